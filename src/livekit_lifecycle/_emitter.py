@@ -1,0 +1,53 @@
+"""Notification listeners in livekit's ``.on("event", cb)`` style."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar, get_args
+
+NotificationName = Literal["created", "state_changed", "reconnected", "removed"]
+NOTIFICATIONS: frozenset[str] = frozenset(get_args(NotificationName))
+
+Listener = Callable[..., Any]
+L = TypeVar("L", bound=Listener)
+
+
+class Listeners:
+    """Registered listeners per notification, in registration order."""
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, dict[Listener, bool]] = {name: {} for name in NOTIFICATIONS}
+
+    def add(self, name: str, listener: Listener, *, once: bool) -> None:
+        self._check(name)
+        if not callable(listener):
+            raise TypeError(f"listener for {name!r} must be callable, got {listener!r}")
+        self._by_name[name][listener] = once
+
+    def remove(self, name: str, listener: Listener) -> None:
+        self._check(name)
+        self._by_name[name].pop(listener, None)
+
+    def take(self, name: str) -> list[Listener]:
+        """The listeners to call now; ``once`` listeners are removed as they are taken."""
+        registered = self._by_name[name]
+        if not registered:
+            return []
+        listeners = list(registered)
+        for listener in listeners:
+            if registered[listener]:
+                del registered[listener]
+        return listeners
+
+    def clear(self) -> None:
+        for registered in self._by_name.values():
+            registered.clear()
+
+    @staticmethod
+    def _check(name: str) -> None:
+        if name not in NOTIFICATIONS:
+            raise ValueError(
+                f"unknown event {name!r}: expected one of {', '.join(sorted(NOTIFICATIONS))}"
+            )

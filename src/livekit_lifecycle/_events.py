@@ -1,0 +1,31 @@
+"""The inputs a session's queue carries: room events translated once, plus timers and shutdown."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from livekit import rtc
+
+
+class InputKind(enum.Enum):
+    CONNECTED = "participant_connected"
+    ACTIVE = "participant_active"
+    DISCONNECTED = "participant_disconnected"
+    TRACK_PUBLISHED = "track_published"
+    TRACK_UNPUBLISHED = "track_unpublished"
+    EXPIRE = "grace_expired"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One queued input. ``sid`` is the connection it concerns (empty for timers/shutdown)."""
+
+    kind: InputKind
+    key: str
+    sid: str = ""
+    participant: rtc.RemoteParticipant | None = None
+    reason: int | None = None
+    track_sid: str = ""
+    epoch: int = 0

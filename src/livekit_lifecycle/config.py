@@ -1,0 +1,121 @@
+"""Configuration of a :class:`~livekit_lifecycle.LifecycleManager`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from livekit import rtc
+
+__all__ = ["DEFAULT_KINDS", "DEFAULT_NO_GRACE_REASONS", "LifecycleConfig", "SessionKey"]
+
+SessionKey = Callable[[rtc.RemoteParticipant], str]
+"""Maps a participant to the key its session is stored under (default: its identity)."""
+
+DEFAULT_NO_GRACE_REASONS: frozenset[int] = frozenset(
+    {
+        rtc.DisconnectReason.PARTICIPANT_REMOVED,
+        rtc.DisconnectReason.ROOM_DELETED,
+        rtc.DisconnectReason.ROOM_CLOSED,
+        rtc.DisconnectReason.USER_REJECTED,
+    }
+)
+"""Disconnects that mean "this user is not coming back": no grace window."""
+
+DEFAULT_KINDS: frozenset[int] = frozenset(
+    {
+        rtc.ParticipantKind.PARTICIPANT_KIND_STANDARD,
+        rtc.ParticipantKind.PARTICIPANT_KIND_SIP,
+        rtc.ParticipantKind.PARTICIPANT_KIND_CONNECTOR,
+    }
+)
+"""Participant kinds that are users. Agents, egress and ingress are not tracked."""
+
+_VALID_REASONS = frozenset(rtc.DisconnectReason.values())
+_VALID_KINDS = frozenset(rtc.ParticipantKind.values())
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    """How a manager tracks participants. Every field is validated at construction.
+
+    Attributes:
+        grace_period: Seconds a disconnected user's session is kept for a
+            reconnect (``0`` disables the window). A window longer than the
+            room's ``departure_timeout`` (20 s by default) only helps if the
+            room is configured to outlive it: see ``docs/configuration.md``.
+        cleanup_timeout: Seconds each cleanup callback (and each async
+            notification callback) may take before it is abandoned.
+        shutdown_timeout: Seconds the whole of :meth:`LifecycleManager.aclose` may take.
+        history_limit: Transitions kept per session (oldest dropped first).
+        session_key: Maps a participant to its session key. Default: identity.
+            Give one when several identities belong to one user (for example
+            when every page load gets a fresh identity carrying a user id).
+        no_grace_reasons: ``rtc.DisconnectReason`` values that remove the
+            session at once instead of opening the grace window.
+        kinds: ``rtc.ParticipantKind`` values that are tracked.
+        close_on_room_disconnect: Shut the manager down when the room emits
+            ``disconnected`` (the agent's own connection is gone for good).
+    """
+
+    grace_period: float = 30.0
+    cleanup_timeout: float = 10.0
+    shutdown_timeout: float = 30.0
+    history_limit: int = 50
+    session_key: SessionKey | None = None
+    no_grace_reasons: frozenset[int] = field(default=DEFAULT_NO_GRACE_REASONS)
+    kinds: frozenset[int] = field(default=DEFAULT_KINDS)
+    close_on_room_disconnect: bool = True
+
+    def __post_init__(self) -> None:
+        _require_seconds("grace_period", self.grace_period, allow_zero=True)
+        _require_seconds("cleanup_timeout", self.cleanup_timeout, allow_zero=False)
+        _require_seconds("shutdown_timeout", self.shutdown_timeout, allow_zero=False)
+        if isinstance(self.history_limit, bool) or not isinstance(self.history_limit, int):
+            raise ValueError(f"history_limit must be an int, got {self.history_limit!r}")
+        if self.history_limit < 1:
+            raise ValueError(f"history_limit must be at least 1, got {self.history_limit}")
+        if self.session_key is not None and not callable(self.session_key):
+            raise ValueError(f"session_key must be callable, got {self.session_key!r}")
+        # Accept any iterable (a list is the natural thing to type) but store a
+        # frozenset, so the config stays hashable and immutable.
+        object.__setattr__(
+            self,
+            "no_grace_reasons",
+            _enum_set(
+                "no_grace_reasons", self.no_grace_reasons, _VALID_REASONS, "DisconnectReason"
+            ),
+        )
+        object.__setattr__(
+            self, "kinds", _enum_set("kinds", self.kinds, _VALID_KINDS, "ParticipantKind")
+        )
+        if not self.kinds:
+            raise ValueError("kinds must name at least one rtc.ParticipantKind")
+
+    def key_of(self, participant: rtc.RemoteParticipant) -> str:
+        """The session key for ``participant`` under this config."""
+        if self.session_key is None:
+            return participant.identity
+        return self.session_key(participant)
+
+
+def _require_seconds(name: str, value: float, *, allow_zero: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
+    if math.isnan(value) or math.isinf(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
+
+
+def _enum_set(name: str, values: Iterable[int], valid: frozenset[int], enum: str) -> frozenset[int]:
+    try:
+        items = frozenset(values)
+    except TypeError:
+        raise ValueError(f"{name} must be an iterable of rtc.{enum} values") from None
+    unknown = sorted((v for v in items if isinstance(v, bool) or v not in valid), key=repr)
+    if unknown:
+        raise ValueError(f"{name} holds values that are not rtc.{enum}: {unknown!r}")
+    return items

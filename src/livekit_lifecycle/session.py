@@ -1,0 +1,200 @@
+"""What the manager knows about one user: :class:`Session` and its :class:`Transition` history."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from livekit import rtc
+
+from .statechart import State
+
+if TYPE_CHECKING:
+    from ._events import Input
+
+__all__ = ["Session", "Transition"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """One state change of a session, as recorded in :attr:`Session.history`.
+
+    Attributes:
+        source: State before.
+        dest: State after.
+        trigger: The chart's trigger name (``disconnect``, ``expire``...).
+        sid: The participant sid the session was bound to when it happened.
+        at: Wall-clock time (``time.time()``) of the change.
+    """
+
+    source: State
+    dest: State
+    trigger: str
+    sid: str
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return {
+            "source": self.source.value,
+            "dest": self.dest.value,
+            "trigger": self.trigger,
+            "sid": self.sid,
+            "at": self.at,
+        }
+
+
+class Session:
+    """One user's session: survives a reconnect inside the grace window.
+
+    Sessions are created and changed only by their :class:`~livekit_lifecycle.LifecycleManager`;
+    everything here is read-only except :attr:`data`, which belongs to the
+    application and is kept across reconnects.
+    """
+
+    __slots__ = (
+        "_busy",
+        "_cleanups",
+        "_connected_at",
+        "_connections",
+        "_disconnect_reason",
+        "_disconnected_at",
+        "_grace_epoch",
+        "_grace_timer",
+        "_history",
+        "_identity",
+        "_key",
+        "_participant",
+        "_pending",
+        "_queue",
+        "_reconnects",
+        "_sid",
+        "_state",
+        "_tracks",
+        "_user_id",
+        "data",
+    )
+
+    def __init__(
+        self, key: str, participant: rtc.RemoteParticipant, history_limit: int, now: float
+    ) -> None:
+        self._key = key
+        self._identity = participant.identity
+        self._sid = participant.sid
+        self._participant: rtc.RemoteParticipant | None = participant
+        self._user_id: str | None = None
+        self.data: dict[str, Any] = {}
+        """Application state. Kept across reconnects; gone when the session is removed."""
+        self._state = State.CONNECTING
+        self._tracks: set[str] = set()
+        self._connected_at = now
+        self._disconnected_at: float | None = None
+        self._disconnect_reason: int | None = None
+        self._reconnects = 0
+        self._cleanups = 0
+        self._connections = 1
+        self._history: deque[Transition] = deque(maxlen=history_limit)
+        # Manager-private bookkeeping. `_pending` is the connection that took
+        # over while the old one is cleaned; `_grace_epoch` tells the current
+        # grace timer from ones that were already cancelled.
+        self._pending: rtc.RemoteParticipant | None = None
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._grace_epoch = 0
+        self._queue: deque[Input] | None = None
+        self._busy = False
+
+    @property
+    def key(self) -> str:
+        """The session key (by default the participant identity)."""
+        return self._key
+
+    @property
+    def identity(self) -> str:
+        """Identity of the connection the session is bound to (the latest one)."""
+        return self._identity
+
+    @property
+    def sid(self) -> str:
+        """Participant sid of the connection the session is bound to (the latest one)."""
+        return self._sid
+
+    @property
+    def user_id(self) -> str | None:
+        """Set with :meth:`LifecycleManager.set_user_id`; kept across reconnects."""
+        return self._user_id
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def tracks(self) -> frozenset[str]:
+        """Track sids published by the current connection (empty once it has ended)."""
+        return frozenset(self._tracks)
+
+    @property
+    def participant(self) -> rtc.RemoteParticipant | None:
+        """The live participant object, or ``None`` once its connection ended."""
+        return self._participant
+
+    @property
+    def connected_at(self) -> float:
+        """Wall-clock time the latest connection was bound to the session."""
+        return self._connected_at
+
+    @property
+    def disconnected_at(self) -> float | None:
+        """Wall-clock time the latest connection ended, ``None`` while connected."""
+        return self._disconnected_at
+
+    @property
+    def disconnect_reason(self) -> int | None:
+        """``rtc.DisconnectReason`` of the latest disconnect (``None`` if unknown or connected)."""
+        return self._disconnect_reason
+
+    @property
+    def reconnects(self) -> int:
+        """How many times a new connection was bound to this session."""
+        return self._reconnects
+
+    @property
+    def cleanups(self) -> int:
+        """Completed cleanup runs: one per connection that ended."""
+        return self._cleanups
+
+    @property
+    def connections(self) -> int:
+        """Connections bound to this session so far (``reconnects + 1``)."""
+        return self._connections
+
+    @property
+    def history(self) -> tuple[Transition, ...]:
+        """The latest transitions, oldest first, at most ``history_limit`` of them."""
+        return tuple(self._history)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (``data`` is left out: it belongs to the application)."""
+        reason = self._disconnect_reason
+        return {
+            "key": self._key,
+            "identity": self._identity,
+            "sid": self._sid,
+            "state": self._state.value,
+            "user_id": self._user_id,
+            "tracks": sorted(self._tracks),
+            "reconnects": self._reconnects,
+            "cleanups": self._cleanups,
+            "connected_at": self._connected_at,
+            "disconnected_at": self._disconnected_at,
+            "disconnect_reason": None if reason is None else rtc.DisconnectReason.Name(reason),  # type: ignore[arg-type]
+            "history": [t.as_dict() for t in self._history],
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Session(key={self._key!r}, sid={self._sid!r}, state={self._state.value},"
+            f" user_id={self._user_id!r}, reconnects={self._reconnects},"
+            f" cleanups={self._cleanups})"
+        )
