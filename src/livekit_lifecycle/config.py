@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from livekit import rtc
@@ -53,8 +54,9 @@ class LifecycleConfig:
             Give one when several identities belong to one user (for example
             when every page load gets a fresh identity carrying a user id).
         no_grace_reasons: ``rtc.DisconnectReason`` values that remove the
-            session at once instead of opening the grace window.
-        kinds: ``rtc.ParticipantKind`` values that are tracked.
+            session at once instead of opening the grace window. Any set or
+            iterable is accepted; it is stored as a ``frozenset``.
+        kinds: ``rtc.ParticipantKind`` values that are tracked (stored as a ``frozenset``).
         close_on_room_disconnect: Shut the manager down when the room emits
             ``disconnected`` (the agent's own connection is gone for good).
     """
@@ -64,8 +66,8 @@ class LifecycleConfig:
     shutdown_timeout: float = 30.0
     history_limit: int = 50
     session_key: SessionKey | None = None
-    no_grace_reasons: frozenset[int] = field(default=DEFAULT_NO_GRACE_REASONS)
-    kinds: frozenset[int] = field(default=DEFAULT_KINDS)
+    no_grace_reasons: AbstractSet[int] = field(default=DEFAULT_NO_GRACE_REASONS)
+    kinds: AbstractSet[int] = field(default=DEFAULT_KINDS)
     close_on_room_disconnect: bool = True
 
     def __post_init__(self) -> None:

@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from livekit import rtc
 
@@ -31,6 +31,8 @@ CleanupCallback = Callable[[Session], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 _ACTIVE = rtc.ParticipantState.PARTICIPANT_STATE_ACTIVE
 _CONNECTED_STATES = (State.CONNECTING, State.ACTIVE)
+_SHUTDOWN_SLACK = 0.05
+"""Seconds past the shutdown deadline for self-bounded work to finish its bookkeeping."""
 _STATS = (
     "events",
     "transitions",
@@ -252,6 +254,10 @@ class LifecycleManager:
             )
         self._resources.append((name or describe(resource), closer))
 
+    @overload
+    def on(self, event: NotificationName, callback: None = None) -> Callable[[F], F]: ...
+    @overload
+    def on(self, event: NotificationName, callback: F) -> F: ...
     def on(self, event: NotificationName, callback: Listener | None = None) -> Any:
         """Listen to ``state_changed(session, transition)``, ``created(session)``,
         ``reconnected(session)`` or ``removed(session)``.
@@ -343,16 +349,21 @@ class LifecycleManager:
         while pending := {task for task in self._tasks if task is not me}:
             remaining = self._deadline - loop.time()
             if remaining <= 0:
-                self._log.error(
-                    "shutdown.timeout",
-                    category="shutdown",
-                    room=self._room_name(),
-                    pending_tasks=len(pending),
-                    stuck_sessions=sorted(self._sessions),
-                )
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending, timeout=1.0)
+                # Callbacks are bounded by the same deadline, so runners end
+                # right after it; only a runner stuck outside a callback
+                # (a blocking sync callback) is still here after the slack.
+                _, pending = await asyncio.wait(pending, timeout=_SHUTDOWN_SLACK)
+                if pending:
+                    self._log.error(
+                        "shutdown.timeout",
+                        category="shutdown",
+                        room=self._room_name(),
+                        pending_tasks=len(pending),
+                        stuck_sessions=sorted(self._sessions),
+                    )
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending, timeout=_SHUTDOWN_SLACK)
                 break
             await asyncio.wait(pending, timeout=remaining)
         for session in list(self._sessions.values()):

@@ -1,0 +1,55 @@
+"""Shared fixtures: real rtc.Room objects driven through the SDK's event translation."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from livekit_lifecycle import PARTICIPANT_CHART, LifecycleConfig, LifecycleManager, Session
+from livekit_lifecycle.session import Transition
+from livekit_lifecycle.testing import RoomDriver
+
+MakeManager = Callable[..., LifecycleManager]
+
+
+@pytest.fixture
+async def driver() -> AsyncIterator[RoomDriver]:
+    async with RoomDriver("test-room") as room_driver:
+        yield room_driver
+
+
+@pytest.fixture
+async def make_manager(driver: RoomDriver) -> AsyncIterator[MakeManager]:
+    """Builds managers attached to ``driver.room``; closes them and checks every
+    recorded transition is an edge of the chart."""
+    managers: list[LifecycleManager] = []
+    off_chart: list[tuple[str, Transition]] = []
+
+    def make(attach: bool = True, **config: Any) -> LifecycleManager:
+        manager = LifecycleManager(LifecycleConfig(**config))
+
+        def check_edge(session: Session, transition: Transition) -> None:
+            if not PARTICIPANT_CHART.is_edge(
+                transition.source, transition.dest, transition.trigger
+            ):
+                off_chart.append((session.key, transition))
+
+        manager.on("state_changed", check_edge)
+        if attach:
+            manager.attach(driver.room)
+        managers.append(manager)
+        return manager
+
+    yield make
+    for manager in managers:
+        await manager.aclose()
+        assert manager.sessions == {}
+        assert manager._tasks == set()
+    assert off_chart == []
+
+
+def path(session: Session) -> list[tuple[str, str, str]]:
+    """A session's history as (source, trigger, dest) value triples."""
+    return [(t.source.value, t.trigger, t.dest.value) for t in session.history]

@@ -1,0 +1,88 @@
+"""The chart is consistent, and the runtime machine is built from it and nothing else."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+
+from livekit_lifecycle import PARTICIPANT_CHART, LifecycleManager, State
+from livekit_lifecycle.statechart import Edge, Statechart
+
+CHART = PARTICIPANT_CHART
+
+
+def test_every_state_is_reachable_and_every_non_final_state_can_be_left() -> None:
+    reachable = {CHART.initial}
+    frontier = deque([CHART.initial])
+    while frontier:
+        for edge in CHART.edges_from(frontier.popleft()):
+            if edge.target not in reachable:
+                reachable.add(edge.target)
+                frontier.append(edge.target)
+    assert reachable == set(State)
+    for state in set(State) - CHART.final:
+        assert any(e.dest not in (None, state) for e in CHART.edges_from(state)), state
+
+
+def test_removed_is_reachable_from_every_state() -> None:
+    for start in State:
+        seen, frontier = {start}, deque([start])
+        while frontier:
+            for edge in CHART.edges_from(frontier.popleft()):
+                if edge.target not in seen:
+                    seen.add(edge.target)
+                    frontier.append(edge.target)
+        assert State.REMOVED in seen, start
+
+
+def test_state_values_are_the_public_names() -> None:
+    assert [s.value for s in State] == [
+        "connecting",
+        "active",
+        "disconnecting",
+        "cleaned",
+        "grace",
+        "reconnected",
+        "removed",
+    ]
+
+
+def test_the_runtime_machine_has_exactly_the_charts_edges() -> None:
+    machine = LifecycleManager()._machine
+    built = {
+        (name, source, transition.dest)
+        for name, event in machine.events.items()
+        for source, transitions in event.transitions.items()
+        for transition in transitions
+    }
+    expected = {
+        (e.trigger, e.source.name, None if e.dest is None else e.dest.name) for e in CHART.edges
+    }
+    assert built == expected
+
+
+def test_transient_states_always_leave_by_an_automatic_edge() -> None:
+    for state in (State.CLEANED, State.RECONNECTED):
+        assert CHART.automatic_triggers(state)
+        assert all(e.automatic for e in CHART.edges_from(state))
+
+
+def test_a_chart_naming_an_unknown_guard_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown guard 'nope'"):
+        Statechart(
+            name="broken",
+            states=tuple(State),
+            initial=State.CONNECTING,
+            final=frozenset({State.REMOVED}),
+            guards=(),
+            edges=(Edge("go", State.CONNECTING, State.ACTIVE, "test", guards=("nope",)),),
+        )
+
+
+def test_labels_show_guards_and_delays() -> None:
+    guards = CHART.guard_map
+    labels = {e.label(guards) for e in CHART.edges}
+    assert "disconnect [current sid]" in labels
+    assert "expire (after grace_period) [current timer]" in labels
+    assert "release [not grace allowed, not new connection waiting]" in labels
