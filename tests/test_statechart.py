@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,12 @@ def test_labels_show_guards_and_delays() -> None:
     assert "disconnect [current sid]" in labels
     assert "expire (after grace_period) [current timer]" in labels
     assert "release [not grace allowed, not new connection waiting]" in labels
+
+
+def test_the_concepts_doc_embeds_the_current_chart_table() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "concepts.md").read_text()
+    embedded = doc.split("<!-- chart-table:begin -->\n")[1].split("<!-- chart-table:end -->")[0]
+    assert embedded == CHART.markdown_table(), (
+        "docs/concepts.md is out of date: paste PARTICIPANT_CHART.markdown_table() between the"
+        " chart-table markers"
+    )

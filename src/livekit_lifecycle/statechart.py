@@ -130,6 +130,24 @@ class Statechart:
         """Triggers the manager fires by itself on entering ``source``, in order."""
         return tuple(dict.fromkeys(e.trigger for e in self.edges_from(source) if e.automatic))
 
+    def markdown_table(self) -> str:
+        """Every edge, then every guard, as Markdown tables (docs embed them; a test keeps them true)."""
+        guards = self.guard_map
+        rows = ["| from | trigger | to | guard | fired by |", "|---|---|---|---|---|"]
+        for edge in self.edges:
+            conditions = [guards[name].label for name in edge.guards]
+            conditions += [f"not {guards[name].label}" for name in edge.unless]
+            kind = "automatic" if edge.automatic else f"after `{edge.delay}`" if edge.delay else ""
+            dest = "(stays)" if edge.dest is None else f"`{edge.dest.value}`"
+            cause = f"{kind}: {edge.cause}" if kind else edge.cause
+            rows.append(
+                f"| `{edge.source.value}` | `{edge.trigger}` | {dest}"
+                f" | {', '.join(conditions) or '-'} | {cause} |"
+            )
+        rows += ["", "| guard | shown as | holds when |", "|---|---|---|"]
+        rows += [f"| `{g.name}` | {g.label} | {g.description} |" for g in self.guards]
+        return "\n".join(rows) + "\n"
+
     def is_edge(self, source: State, dest: State, trigger: str) -> bool:
         """Whether ``source --trigger--> dest`` is a transition of this chart."""
         return any(

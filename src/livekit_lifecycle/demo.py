@@ -1,0 +1,220 @@
+"""``livekit-lifecycle demo``: the seed's testing checklist, played on a real ``rtc.Room``.
+
+No server and no credentials: a :class:`~livekit_lifecycle.testing.RoomDriver`
+feeds the SDK the same RoomEvent protobufs a LiveKit server would cause, and
+the SDK's own translation emits the events the manager reacts to. Every
+transition is printed as a timeline; each scenario ends with checks, and the
+command exits non-zero if any check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from livekit import rtc
+
+from .config import LifecycleConfig
+from .log import configure_logging
+from .manager import LifecycleManager
+from .session import Session, Transition
+from .statechart import State
+from .testing import RoomDriver
+
+__all__ = ["configure_parser", "run", "run_demo"]
+
+_WAIT = 5.0
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=0.3,
+        metavar="SECONDS",
+        help="grace window used by the demo (default: 0.3, so expiry is quick to watch)",
+    )
+    parser.add_argument(
+        "--logs",
+        action="store_true",
+        help="also print the library's structured logs (stderr)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.grace <= 0:
+        print("--grace must be > 0 for the reconnect scenarios", file=sys.stderr)
+        return 2
+    if args.logs:
+        configure_logging(level="DEBUG")
+    return asyncio.run(run_demo(grace_period=args.grace))
+
+
+@dataclass
+class _Timeline:
+    out: TextIO
+    started: float = field(default_factory=time.monotonic)
+    failures: list[str] = field(default_factory=list)
+
+    def line(self, text: str) -> None:
+        print(f"  {time.monotonic() - self.started:7.3f}s  {text}", file=self.out)
+
+    def transition(self, session: Session, transition: Transition) -> None:
+        self.line(
+            f"{session.key:<6} {transition.source.value:>13} -> {transition.dest.value:<13}"
+            f" {transition.trigger} (sid {transition.sid})"
+        )
+
+    def heading(self, title: str) -> None:
+        print(f"\n== {title}", file=self.out)
+
+    def check(self, label: str, ok: bool) -> None:
+        print(f"  [{'ok' if ok else 'FAILED'}] {label}", file=self.out)
+        if not ok:
+            self.failures.append(label)
+
+
+async def run_demo(grace_period: float = 0.3, out: TextIO | None = None) -> int:
+    """Play every scenario; return 0 when every check passed, 1 otherwise."""
+    timeline = _Timeline(out or sys.stdout)
+    print(
+        f"livekit-lifecycle demo: a real rtc.Room driven through the SDK's event translation"
+        f" (grace window {grace_period}s)",
+        file=timeline.out,
+    )
+    async with RoomDriver("demo-room") as driver:
+        manager = LifecycleManager(LifecycleConfig(grace_period=grace_period, cleanup_timeout=2.0))
+        cleanups: dict[str, int] = {}
+
+        async def save_transcript(session: Session) -> None:
+            # Stands in for real work: awaited, bounded by cleanup_timeout.
+            await asyncio.sleep(0.01)
+            cleanups[session.key] = cleanups.get(session.key, 0) + 1
+            timeline.line(f"{session.key:<6} cleanup ran (user_id={session.user_id})")
+
+        manager.add_cleanup(save_transcript)
+        seen: list[Session] = []
+        manager.on("created", seen.append)
+        manager.on("state_changed", timeline.transition)
+        manager.attach(driver.room)
+        for scenario in _SCENARIOS:
+            timeline.heading(scenario.__doc__ or scenario.__name__)
+            await scenario(driver, manager, timeline, cleanups)
+        await _graceful_shutdown(driver, manager, timeline, cleanups)
+    print("\n== Final states (every session the demo created)", file=timeline.out)
+    print(
+        f"  {'key':<6} {'state':<8} {'connections':>11} {'cleanups':>8}  user_id", file=timeline.out
+    )
+    for session in seen:
+        print(
+            f"  {session.key:<6} {session.state.value:<8} {session.connections:>11}"
+            f" {session.cleanups:>8}  {session.user_id}",
+            file=timeline.out,
+        )
+    print(file=timeline.out)
+    if timeline.failures:
+        print(f"{len(timeline.failures)} check(s) FAILED", file=timeline.out)
+        return 1
+    print("all checks passed", file=timeline.out)
+    return 0
+
+
+async def _browser_refresh(
+    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+) -> None:
+    """User refresh: the page leaves and comes back inside the window"""
+    driver.connect("alice", active=True)
+    driver.publish_track("alice")
+    manager.set_user_id("alice", "user-4e3efa3d")
+    driver.refresh("alice")
+    session = await manager.wait_for("alice", State.ACTIVE, _WAIT)
+    timeline.check("backend saw the disconnect and cleaned up once", cleanups.get("alice") == 1)
+    timeline.check("user_id kept across the refresh", session.user_id == "user-4e3efa3d")
+    timeline.check("stale track reference dropped", session.tracks == frozenset())
+    timeline.check("session reconnected, not recreated", session.reconnects == 1)
+
+
+async def _rapid_disconnects(
+    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+) -> None:
+    """Multiple disconnects: the same user drops quickly, events delivered twice"""
+    first = driver.connect("bob", active=True)
+    driver.disconnect("bob")
+    for _ in range(3):
+        driver.redeliver_disconnect(first)
+    driver.connect("bob", active=True)
+    for _ in range(2):
+        driver.refresh("bob")
+    await manager.idle()
+    session = await manager.wait_for("bob", State.ACTIVE, _WAIT)
+    duplicates = manager.stats["ignored_duplicate"]
+    timeline.line(f"bob    {duplicates} duplicate disconnect(s) ignored by guard")
+    timeline.check("one cleanup per connection (3 connections ended)", cleanups.get("bob") == 3)
+    timeline.check("duplicate disconnects were no-ops", duplicates >= 3)
+    latest = driver.room.remote_participants["bob"].sid
+    timeline.check("bob is active on his latest connection", session.sid == latest)
+
+
+async def _window_expired(
+    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+) -> None:
+    """Reconnection window: a user who comes back too late starts afresh"""
+    driver.connect("carol", active=True)
+    manager.set_user_id("carol", "user-7c1d")
+    driver.disconnect("carol", rtc.DisconnectReason.CLIENT_INITIATED)
+    await manager.wait_for("carol", State.REMOVED, _WAIT)
+    driver.connect("carol", active=True)
+    session = manager.get("carol")
+    timeline.check("session removed after the window", cleanups.get("carol") == 1)
+    timeline.check(
+        "late reconnect gets a fresh session (no user_id)",
+        session is not None and session.user_id is None and session.reconnects == 0,
+    )
+
+
+async def _removed_by_server(
+    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+) -> None:
+    """Removed by the server: no grace window for PARTICIPANT_REMOVED"""
+    driver.connect("erin", active=True)
+    driver.disconnect("erin", rtc.DisconnectReason.PARTICIPANT_REMOVED)
+    session = await manager.wait_for("erin", State.REMOVED, _WAIT)
+    timeline.check(
+        "cleaned once, removed at once", session.cleanups == 1 and manager.get("erin") is None
+    )
+
+
+_SCENARIOS = (_browser_refresh, _rapid_disconnects, _window_expired, _removed_by_server)
+
+
+async def _graceful_shutdown(
+    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+) -> None:
+    timeline.heading("Graceful shutdown: every participant cleaned once, TTS closed")
+    closed: list[str] = []
+
+    class DemoTTS:
+        async def aclose(self) -> None:
+            closed.append("tts")
+            timeline.line("tts    closed")
+
+    manager.add_resource(DemoTTS(), name="tts")
+    driver.connect("dave", active=True)
+    before = dict(cleanups)
+    print("\n  state before shutdown:", file=timeline.out)
+    for key, session in manager.sessions.items():
+        print(
+            f"    {key:<6} {session.state.value:<13} user_id={session.user_id}", file=timeline.out
+        )
+    await manager.aclose()
+    cleaned_now = {k: v - before.get(k, 0) for k, v in cleanups.items() if v != before.get(k, 0)}
+    timeline.check(
+        "every connected participant cleaned exactly once",
+        cleaned_now == {"alice": 1, "bob": 1, "carol": 1, "dave": 1},
+    )
+    timeline.check("TTS closed once", closed == ["tts"])
+    timeline.check("no session left", manager.sessions == {})
