@@ -131,7 +131,7 @@ class Statechart:
         return tuple(dict.fromkeys(e.trigger for e in self.edges_from(source) if e.automatic))
 
     def markdown_table(self) -> str:
-        """Every edge, then every guard, as Markdown tables (embedded in the docs, kept true by a test)."""
+        """Every edge, then every guard, as Markdown tables (docs embed them)."""
         guards = self.guard_map
         rows = ["| from | trigger | to | guard | fired by |", "|---|---|---|---|---|"]
         for edge in self.edges:
