@@ -148,3 +148,23 @@ async def test_blocking_user_code_in_a_connect_is_isolated(driver: RoomDriver) -
     driver.connect("alice", active=True)
     assert manager.state_of("alice") is State.ACTIVE
     await manager.aclose()
+
+
+async def test_unknown_disconnect_reason_is_kept_and_serialisable(
+    make_manager: MakeManager, driver: RoomDriver
+) -> None:
+    manager = make_manager(grace_period=30)
+    driver.connect("alice", active=True)
+    driver.disconnect("alice", 999)  # a reason newer than this SDK knows
+    session = await manager.wait_for("alice", State.GRACE, 2)
+    assert session.disconnect_reason == 999
+    assert manager.snapshot()["alice"]["disconnect_reason"] == "999"
+
+
+async def test_a_listener_that_emits_room_events_is_processed_in_order(
+    make_manager: MakeManager, driver: RoomDriver
+) -> None:
+    manager = make_manager(grace_period=30)
+    manager.once("created", lambda session: driver.activate(session.identity))
+    driver.connect("alice")
+    assert manager.state_of("alice") is State.ACTIVE

@@ -16,6 +16,8 @@ class InputKind(enum.Enum):
     TRACK_UNPUBLISHED = "track_unpublished"
     EXPIRE = "grace_expired"
     SHUTDOWN = "shutdown"
+    ADOPT = "adopt"
+    """Internal: take over what a newly bound participant already has (tracks, ACTIVE)."""
 
 
 @dataclass(frozen=True, slots=True)

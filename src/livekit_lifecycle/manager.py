@@ -20,7 +20,7 @@ from ._events import Input, InputKind
 from ._machine import EventData, build_machine
 from .config import LifecycleConfig
 from .log import LOGGER_NAME, get_logger
-from .session import Session, Transition
+from .session import Session, Transition, reason_name
 from .statechart import PARTICIPANT_CHART, State
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
@@ -428,7 +428,7 @@ class LifecycleManager:
         self._reconcile()
 
     def _on_room_disconnected(self, reason: int | None = None) -> None:
-        self._info("room.disconnected", "shutdown", reason=_reason_name(reason))
+        self._info("room.disconnected", "shutdown", reason=reason_name(reason))
         if self._config.close_on_room_disconnect and not self._closing:
             self._close_task = asyncio.get_running_loop().create_task(
                 self.aclose(), name="livekit-lifecycle:aclose"
@@ -513,7 +513,7 @@ class LifecycleManager:
             else:
                 self._feed(session, inp)
             return
-        if inp.kind in (InputKind.EXPIRE, InputKind.SHUTDOWN):
+        if inp.kind in (InputKind.EXPIRE, InputKind.SHUTDOWN, InputKind.ADOPT):
             return  # addressed to a session that no longer exists
         found = self._by_sid.get(inp.sid) or session
         if found is None:
@@ -535,8 +535,11 @@ class LifecycleManager:
         self._by_sid[participant.sid] = session
         self._log_session(logging.INFO, "session.created", "connect", session)
         self._resolve_waiters(session)
+        # Through the queue, so events a `created` listener causes wait their turn.
+        session._busy = True
         self._emit("created", session)
-        self._guarded_step(session, self._adopt)
+        session._busy = False
+        self._feed(session, Input(InputKind.ADOPT, key, sid=participant.sid))
 
     def _reconcile(self) -> None:
         """Bring sessions in line with ``room.remote_participants`` (attach, room reconnected)."""
@@ -641,6 +644,10 @@ class LifecycleManager:
             return self._fire(session, "unpublish_track", sid=inp.sid, track_sid=inp.track_sid)
         if kind is InputKind.EXPIRE:
             return self._fire(session, "expire", epoch=inp.epoch)
+        if kind is InputKind.ADOPT:
+            if session._state in _CONNECTED_STATES and inp.sid == session._sid:
+                self._adopt(session)
+            return True
         return self._fire(session, "shutdown")
 
     def _fire(self, session: Session, trigger: str, **kwargs: Any) -> bool:
@@ -677,7 +684,7 @@ class LifecycleManager:
             "cleanup",
             session,
             tracks=len(session._tracks),
-            reason=_reason_name(session._disconnect_reason),
+            reason=reason_name(session._disconnect_reason),
         )
         for callback in list(self._cleanups):
             await call_bounded(
@@ -1007,6 +1014,7 @@ _CATEGORY = {
     InputKind.TRACK_UNPUBLISHED: "track",
     InputKind.EXPIRE: "session",
     InputKind.SHUTDOWN: "shutdown",
+    InputKind.ADOPT: "connect",
 }
 _TRIGGER_CATEGORY = {
     "activate": "connect",
@@ -1026,12 +1034,3 @@ def _is_duplicate(state: State, kind: InputKind) -> bool:
     if kind is InputKind.ACTIVE:
         return state is State.ACTIVE
     return kind is InputKind.CONNECTED
-
-
-def _reason_name(reason: int | None) -> str | None:
-    if reason is None:
-        return None
-    try:
-        return rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
-    except ValueError:
-        return str(reason)

@@ -176,7 +176,6 @@ class Session:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (``data`` is left out: it belongs to the application)."""
-        reason = self._disconnect_reason
         return {
             "key": self._key,
             "identity": self._identity,
@@ -188,7 +187,7 @@ class Session:
             "cleanups": self._cleanups,
             "connected_at": self._connected_at,
             "disconnected_at": self._disconnected_at,
-            "disconnect_reason": None if reason is None else rtc.DisconnectReason.Name(reason),  # type: ignore[arg-type]
+            "disconnect_reason": reason_name(self._disconnect_reason),
             "history": [t.as_dict() for t in self._history],
         }
 
@@ -198,3 +197,13 @@ class Session:
             f" user_id={self._user_id!r}, reconnects={self._reconnects},"
             f" cleanups={self._cleanups})"
         )
+
+
+def reason_name(reason: int | None) -> str | None:
+    """``CLIENT_INITIATED`` for a known ``rtc.DisconnectReason``, the number for an unknown one."""
+    if reason is None:
+        return None
+    try:
+        return rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
+    except ValueError:
+        return str(reason)
