@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -48,6 +49,18 @@ async def make_manager(driver: RoomDriver) -> AsyncIterator[MakeManager]:
         assert manager.sessions == {}
         assert manager._tasks == set()
     assert off_chart == []
+
+
+def gate_cleanup(manager: LifecycleManager, *keys: str) -> asyncio.Event:
+    """Add a cleanup that blocks (for ``keys``, or every session) until the returned event is set."""
+    release = asyncio.Event()
+
+    async def gated(session: Session) -> None:
+        if not keys or session.key in keys:
+            await release.wait()
+
+    manager.add_cleanup(gated)
+    return release
 
 
 def path(session: Session) -> list[tuple[str, str, str]]:

@@ -10,7 +10,7 @@ from livekit import rtc
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
 from livekit_lifecycle.testing import RoomDriver
-from tests.conftest import MakeManager, path
+from tests.conftest import MakeManager, gate_cleanup, path
 
 REASON = rtc.DisconnectReason
 WAIT = 2.0
@@ -286,14 +286,9 @@ async def test_a_reconnect_never_cancels_a_running_cleanup(
     make_manager: MakeManager, driver: RoomDriver
 ) -> None:
     manager = make_manager(grace_period=30)
-    release = asyncio.Event()
+    release = gate_cleanup(manager)
     finished: list[str] = []
-
-    async def slow_cleanup(session: Session) -> None:
-        await release.wait()
-        finished.append(session.sid)
-
-    manager.add_cleanup(slow_cleanup)
+    manager.add_cleanup(lambda session: finished.append(session.sid))
     old = driver.connect("alice", active=True)
     driver.disconnect("alice")
     driver.connect("alice", active=True)  # the refreshed page is back before cleanup ended
@@ -364,12 +359,7 @@ async def test_connect_queued_behind_a_no_grace_cleanup_starts_fresh(
     make_manager: MakeManager, driver: RoomDriver
 ) -> None:
     manager = make_manager(grace_period=30)
-    release = asyncio.Event()
-
-    async def slow_cleanup(session: Session) -> None:
-        await release.wait()
-
-    manager.add_cleanup(slow_cleanup)
+    release = gate_cleanup(manager)
     driver.connect("alice", active=True)
     manager.set_user_id("alice", "user-1")
     driver.disconnect("alice", REASON.PARTICIPANT_REMOVED)
@@ -459,13 +449,7 @@ async def test_a_slow_cleanup_never_delays_another_user(
     make_manager: MakeManager, driver: RoomDriver
 ) -> None:
     manager = make_manager(grace_period=30)
-    release = asyncio.Event()
-
-    async def blocking(session: Session) -> None:
-        if session.key == "alice":
-            await release.wait()
-
-    manager.add_cleanup(blocking)
+    release = gate_cleanup(manager, "alice")
     driver.connect("alice", active=True)
     driver.connect("bob", active=True)
     driver.disconnect("alice")
@@ -483,12 +467,7 @@ async def test_events_of_one_session_are_processed_in_order(
     make_manager: MakeManager, driver: RoomDriver
 ) -> None:
     manager = make_manager(grace_period=30)
-    release = asyncio.Event()
-
-    async def slow(session: Session) -> None:
-        await release.wait()
-
-    manager.add_cleanup(slow)
+    release = gate_cleanup(manager)
     driver.connect("alice", active=True)
     for _ in range(3):  # three refreshes while the first cleanup is still running
         driver.refresh("alice")
