@@ -52,7 +52,7 @@ async def make_manager(driver: RoomDriver) -> AsyncIterator[MakeManager]:
 
 
 def gate_cleanup(manager: LifecycleManager, *keys: str) -> asyncio.Event:
-    """Add a cleanup that blocks (for ``keys``, or every session) until the returned event is set."""
+    """Add a cleanup that blocks (for ``keys``, or every session) until the event is set."""
     release = asyncio.Event()
 
     async def gated(session: Session) -> None:
