@@ -17,6 +17,7 @@ from __future__ import annotations
 from .config import DEFAULT_KINDS, DEFAULT_NO_GRACE_REASONS, LifecycleConfig, SessionKey
 from .log import configure_logging
 from .manager import CleanupCallback, LifecycleManager
+from .render import render_statechart
 from .session import Session, Transition
 from .statechart import PARTICIPANT_CHART, State
 
@@ -32,6 +33,7 @@ __all__ = [
     "State",
     "Transition",
     "configure_logging",
+    "render_statechart",
 ]
 
 __version__ = "0.1.0"
