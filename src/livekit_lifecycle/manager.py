@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from livekit import rtc
 
@@ -22,6 +22,13 @@ from .config import LifecycleConfig
 from .log import LOGGER_NAME, get_logger
 from .session import Session, Transition, reason_name
 from .statechart import PARTICIPANT_CHART, State
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from livekit.agents import AgentSession, JobContext
+
+    from .agents import JobLifecycleManager
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
 
@@ -113,6 +120,23 @@ class LifecycleManager:
             state: tuple(self._events[t] for t in self._chart.automatic_triggers(state))
             for state in self._chart.states
         }
+
+    @classmethod
+    async def for_job(
+        cls,
+        ctx: JobContext,
+        *,
+        session: AgentSession[Any] | None = None,
+        config: LifecycleConfig | None = None,
+        resources: Iterable[object] = (),
+    ) -> JobLifecycleManager:
+        """A manager for a livekit-agents job: see :func:`livekit_lifecycle.agents.for_job`.
+
+        Needs the ``agents`` extra (``livekit-lifecycle[agents]``).
+        """
+        from .agents import for_job
+
+        return await for_job(ctx, session=session, config=config, resources=resources)
 
     # ------------------------------------------------------------------ public API
 

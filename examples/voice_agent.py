@@ -1,0 +1,148 @@
+"""A voice agent whose conversation survives a browser refresh (livekit-agents 1.8).
+
+Without the lifecycle manager, a refresh ends the agent session: the page
+leaves with ``CLIENT_INITIATED`` and RoomIO closes the ``AgentSession``. Here
+the same ``AgentSession`` keeps running for ``grace_period`` seconds; when the
+user comes back (same identity, or a new identity carrying the same user id),
+RoomIO is linked to the new connection and the user's id and data are still
+there. If the user does not come back, the session is closed, once, and the
+TTS is closed when the job shuts down.
+
+Run it against a LiveKit server (the models are LiveKit Inference, so use a
+LiveKit Cloud project; swap ``inference_pipeline`` for plugins otherwise)::
+
+    pip install 'livekit-lifecycle[agents]'
+    export LIVEKIT_URL=wss://<project>.livekit.cloud
+    export LIVEKIT_API_KEY=<key> LIVEKIT_API_SECRET=<secret>
+    python examples/voice_agent.py dev
+
+then join a room from a frontend (Agents Playground, a starter app) with an
+identity such as ``user-4e3efa3d-d8fe-431e-9a1b-2c3d4e5f6a7b``, refresh the page
+and keep talking. See ``docs/agents.md``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from livekit import rtc
+from livekit.agents import (
+    Agent,
+    AgentServer,
+    AgentSession,
+    JobContext,
+    RunContext,
+    cli,
+    function_tool,
+    inference,
+)
+from livekit.agents.tts import TTS
+
+from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session
+from livekit_lifecycle.agents import JobLifecycleManager
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
+
+
+def extract_user_id(identity: str) -> str | None:
+    """The user id (a UUID) inside an identity like ``user-<uuid>`` or ``user-<uuid>-<tab>``."""
+    match = _UUID.search(identity)
+    return match.group(0).lower() if match else None
+
+
+def session_key(participant: rtc.RemoteParticipant) -> str:
+    """One lifecycle session per user, whatever identity each page load gets."""
+    return extract_user_id(participant.identity) or participant.identity
+
+
+CONFIG = LifecycleConfig(grace_period=15.0, session_key=session_key)
+"""15 s: under the room's default ``departure_timeout`` (20 s), see docs/agents.md."""
+
+
+@dataclass
+class Pipeline:
+    """The models of one job: the AgentSession, and the TTS to close at shutdown."""
+
+    session: AgentSession[Any]
+    tts: TTS[Any] | None = None
+
+
+PipelineFactory = Callable[[], Pipeline]
+
+
+def inference_pipeline() -> Pipeline:
+    """LiveKit Inference models (LiveKit Cloud credentials are all they need)."""
+    voice = inference.TTS("cartesia/sonic-3")
+    session: AgentSession[Any] = AgentSession(
+        stt=inference.STT("deepgram/nova-3"),
+        llm=inference.LLM("openai/gpt-4.1-mini"),
+        tts=voice,
+        vad=inference.VAD(),
+    )
+    return Pipeline(session, voice)
+
+
+class Assistant(Agent):
+    """A small assistant that keeps notes about its user in the lifecycle session."""
+
+    def __init__(self, lifecycle: JobLifecycleManager) -> None:
+        super().__init__(
+            instructions=(
+                "You are a friendly voice assistant. Keep answers short. When the user tells"
+                " you something worth remembering about them, call remember_note."
+            )
+        )
+        self.lifecycle = lifecycle
+
+    async def on_enter(self) -> None:
+        if self.session.llm is not None:
+            self.session.generate_reply(instructions="Greet the user and offer your help.")
+
+    @function_tool
+    async def remember_note(self, context: RunContext[Any], note: str) -> str:
+        """Remember a note about the user for the rest of the conversation.
+
+        Args:
+            note: What to remember, in a few words.
+        """
+        user = self.lifecycle.linked_session
+        if user is None:
+            return "Nobody is connected right now."
+        notes: list[str] = user.data.setdefault("notes", [])
+        notes.append(note)
+        return f"Noted. Notes so far: {'; '.join(notes)}"
+
+
+async def entrypoint(ctx: JobContext, *, pipeline: PipelineFactory = inference_pipeline) -> None:
+    """The job: a refresh-safe AgentSession for the user who joins the room."""
+    models = pipeline()
+    manager = await LifecycleManager.for_job(
+        ctx, session=models.session, config=CONFIG, resources=[models.tts]
+    )
+
+    @manager.on("created")
+    def identify(user: Session) -> None:
+        # The seed's extract_uuid_from_identity, once per new user session;
+        # the id then survives refreshes inside the window.
+        manager.set_user_id(user.key, extract_user_id(user.identity))
+
+    @manager.on("reconnected")
+    def welcome_back(user: Session) -> None:
+        if user.key == manager.linked_key and models.session.llm is not None:
+            models.session.generate_reply(
+                instructions="The user reloaded the page and is back. Welcome them back in a"
+                " few words and continue where you left off."
+            )
+
+    await manager.start_session(Assistant(manager))
+
+
+server = AgentServer()
+server.rtc_session(entrypoint)
+
+
+if __name__ == "__main__":
+    cli.run_app(server)
