@@ -657,3 +657,27 @@ async def test_wait_for_times_out_with_a_clear_error(
         await manager.wait_for("alice", "nowhere", timeout=0.01)
     assert await manager.wait_for("alice", "connecting") is manager.get("alice")
     assert manager._waiters == {}
+
+
+async def test_attach_before_connect_adopts_who_was_already_there() -> None:
+    async with RoomDriver(connected=False) as driver:
+        manager = LifecycleManager()
+        manager.attach(driver.room)
+        driver.join("alice")  # Room.connect(): alice is created without an event
+        assert manager.get("alice") is None
+        driver.connect("bob")  # the first event after connecting catches up
+        assert manager.state_of("alice") is State.ACTIVE
+        assert manager.state_of("bob") is State.CONNECTING
+        await manager.aclose()
+
+
+async def test_connection_state_connected_adopts_who_was_already_there() -> None:
+    async with RoomDriver(connected=False) as driver:
+        manager = LifecycleManager()
+        manager.attach(driver.room)
+        driver.join("alice", active=False)
+        driver.connection_state(rtc.ConnectionState.CONN_CONNECTED)
+        assert manager.state_of("alice") is State.CONNECTING
+        driver.disconnect("alice")
+        await manager.wait_for("alice", State.GRACE, WAIT)
+        await manager.aclose()

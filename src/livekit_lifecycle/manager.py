@@ -84,6 +84,7 @@ class LifecycleManager:
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._room: rtc.Room | None = None
         self._handlers: list[tuple[str, Callable[..., None]]] = []
+        self._reconcile_on_connect = False
         self._closing = False
         self._closed: asyncio.Event | None = None
         self._close_task: asyncio.Task[None] | None = None
@@ -183,6 +184,9 @@ class LifecycleManager:
         if not isinstance(room, rtc.Room):
             raise TypeError(f"attach() takes a livekit.rtc.Room, got {type(room).__name__}")
         self._room = room
+        # Room.connect() fills remote_participants without emitting events, so
+        # a room attached before it connects is reconciled once it has.
+        self._reconcile_on_connect = not room.isconnected()
         self._handlers = [
             ("participant_connected", self._on_participant_connected),
             ("participant_active", self._on_participant_active),
@@ -192,6 +196,7 @@ class LifecycleManager:
             ("reconnecting", self._on_room_reconnecting),
             ("reconnected", self._on_room_reconnected),
             ("disconnected", self._on_room_disconnected),
+            ("connection_state_changed", self._on_connection_state_changed),
         ]
         for name, handler in self._handlers:
             room.on(name, handler)  # type: ignore[arg-type]
@@ -444,6 +449,17 @@ class LifecycleManager:
     ) -> None:
         self._submit(InputKind.TRACK_UNPUBLISHED, participant, publication)
 
+    def _on_connection_state_changed(self, state: int) -> None:
+        if state == rtc.ConnectionState.CONN_CONNECTED:
+            self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Adopt the participants ``Room.connect()`` added silently, once."""
+        room = self._room
+        if self._reconcile_on_connect and room is not None and room.isconnected():
+            self._reconcile_on_connect = False
+            self._reconcile()
+
     def _on_room_reconnecting(self) -> None:
         self._info("room.reconnecting", "connect")
 
@@ -468,6 +484,8 @@ class LifecycleManager:
     ) -> None:
         """Translate one room event into an :class:`Input` and route it. Never raises."""
         self._stats["events"] += 1
+        if self._reconcile_on_connect:
+            self._catch_up()
         if self._closing:
             self._stats["ignored_after_close"] += 1
             self._debug("event.ignored", "handlers", input=kind.value, why="manager closed")

@@ -41,17 +41,41 @@ class RoomDriver:
         self.room._info.name = room_name
         self.room._info.sid = "RM_" + room_name
         self._sids = itertools.count(1)
+        self._agent_identity = agent_identity
         if connected:
-            # What Room.connect leaves behind, minus the native handle: code
-            # that checks `isconnected()` or reads `local_participant` works.
-            self.room._ffi_handle = FfiHandle(INVALID_HANDLE)
-            owned = proto_participant.OwnedParticipant()
-            owned.handle.id = INVALID_HANDLE
-            owned.info.identity = agent_identity
-            owned.info.sid = self.new_sid()
-            owned.info.kind = proto_participant.PARTICIPANT_KIND_AGENT
-            self.room._local_participant = rtc.LocalParticipant(self.room._room_queue, owned)
-            self.room._connection_state = proto_room.CONN_CONNECTED
+            self.join()
+
+    def join(self, *present: str, active: bool = True) -> None:
+        """The agent's own ``Room.connect()``, minus the native handle.
+
+        Like the SDK, participants already in the room (``present``) are
+        created silently: ``Room.connect`` emits no ``participant_connected``
+        for them. Afterwards code that checks ``isconnected()`` or reads
+        ``local_participant`` works. The driver joins at construction unless
+        built with ``connected=False``.
+        """
+        self.room._ffi_handle = FfiHandle(INVALID_HANDLE)
+        owned = proto_participant.OwnedParticipant()
+        owned.handle.id = INVALID_HANDLE
+        owned.info.identity = self._agent_identity
+        owned.info.sid = self.new_sid()
+        owned.info.kind = proto_participant.PARTICIPANT_KIND_AGENT
+        self.room._local_participant = rtc.LocalParticipant(self.room._room_queue, owned)
+        for identity in present:
+            existing = proto_participant.OwnedParticipant()
+            existing.handle.id = INVALID_HANDLE
+            existing.info.identity = identity
+            existing.info.sid = self.new_sid()
+            existing.info.kind = proto_participant.PARTICIPANT_KIND_STANDARD
+            existing.info.state = _ACTIVE if active else _JOINED
+            self.room._create_remote_participant(existing)
+        self.room._connection_state = proto_room.CONN_CONNECTED
+
+    def connection_state(self, state: int) -> None:
+        """``connection_state_changed`` (``rtc.ConnectionState`` value)."""
+        event = proto_room.RoomEvent()
+        event.connection_state_changed.state = state  # type: ignore[assignment]
+        self.room._on_room_event(event)
 
     # ------------------------------------------------------------------ participants
 
