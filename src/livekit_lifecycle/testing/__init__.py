@@ -8,6 +8,21 @@ handlers see in production. No server, no credentials, no network.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._driver import RoomDriver
 
-__all__ = ["RoomDriver"]
+if TYPE_CHECKING:
+    from .loopback import LoopbackServer
+
+__all__ = ["LoopbackServer", "RoomDriver"]
+
+
+def __getattr__(name: str) -> Any:
+    # LoopbackServer pulls in aiortc (the optional `testing` extra): import it
+    # only when asked for, so RoomDriver works without the extra.
+    if name == "LoopbackServer":
+        from .loopback import LoopbackServer
+
+        return LoopbackServer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

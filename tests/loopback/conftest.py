@@ -1,0 +1,19 @@
+"""Every loopback server test checks it left no task, socket or thread behind."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from tests.loopback.support import no_leaks, webrtc_warmed_up
+
+__all__ = ["no_leaks", "webrtc_warmed_up"]
+
+# Without the `testing` extra there is no server to test.
+collect_ignore_glob = [] if importlib.util.find_spec("aiortc") else ["test_*.py"]
+
+
+@pytest.fixture(autouse=True)
+def _leak_check(no_leaks: None) -> None:
+    """Pulls ``no_leaks`` in first, so its checks run after every other teardown."""

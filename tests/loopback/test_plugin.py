@@ -1,0 +1,91 @@
+"""The pytest plugin as a user enables it: in a separate pytest run, from a fresh conftest."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' extra")
+
+from tests.loopback.support import needs_network
+
+pytestmark = pytest.mark.e2e
+
+CONFTEST = 'pytest_plugins = ["livekit_lifecycle.testing.pytest_plugin"]\n'
+USER_TEST = """
+import pytest
+
+
+@pytest.mark.asyncio
+@pytest.mark.loopback(leave_timeout=0.5)
+async def test_agent_sees_a_user(loopback_server):
+    assert loopback_server.leave_timeout == 0.5
+    agent = await loopback_server.connect("agent", "room", kind="agent")
+    await loopback_server.connect("alice", "room")
+    await loopback_server.wait_for_participant("room", "alice", "active")
+    assert "alice" in agent.remote_participants
+
+
+@pytest.mark.asyncio
+async def test_default_options(loopback_server):
+    assert loopback_server.leave_timeout == 3.0
+"""
+RUN_TIMEOUT = 120
+
+
+def _write_project(root: Path) -> None:
+    (root / "conftest.py").write_text(CONFTEST)
+    (root / "test_user.py").write_text(USER_TEST)
+
+
+def _pytest(root: Path, prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    command = [
+        *(prefix or []),
+        sys.executable,
+        "-m",
+        "pytest",
+        str(root),
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        # pytest-asyncio's default (strict) mode: what a user starts from.
+        "-o",
+        "asyncio_mode=strict",
+        "-o",
+        "asyncio_default_fixture_loop_scope=function",
+    ]
+    return subprocess.run(
+        command, cwd=root, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+
+
+@needs_network
+def test_user_tests_get_a_running_server_configured_by_the_marker(tmp_path: Path) -> None:
+    _write_project(tmp_path)
+    result = _pytest(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
+def _can_isolate_network() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=10, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(
+    not _can_isolate_network(), reason="needs `unshare -rn` (unprivileged network namespaces)"
+)
+def test_without_a_network_interface_tests_are_skipped_not_hung(tmp_path: Path) -> None:
+    # A network namespace has only `lo`: exactly the machine libwebrtc cannot use.
+    _write_project(tmp_path)
+    result = _pytest(tmp_path, prefix=["unshare", "-rn"])
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 skipped" in result.stdout
+    assert "needs a non-loopback network interface" in result.stdout
