@@ -14,6 +14,8 @@ from livekit_lifecycle.testing import RoomDriver
 
 MakeManager = Callable[..., LifecycleManager]
 
+pytest_plugins = ["livekit_lifecycle.testing.pytest_plugin"]
+
 
 @pytest.fixture
 async def driver() -> AsyncIterator[RoomDriver]:
@@ -66,3 +68,31 @@ def gate_cleanup(manager: LifecycleManager, *keys: str) -> asyncio.Event:
 def path(session: Session) -> list[tuple[str, str, str]]:
     """A session's history as (source, trigger, dest) value triples."""
     return [(t.source.value, t.trigger, t.dest.value) for t in session.history]
+
+
+# Hypothesis budgets (tests/test_properties.py): a fixed, derandomized budget by
+# default so CI is deterministic; LIVEKIT_LIFECYCLE_HYPOTHESIS_PROFILE=long for more.
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile(
+    "ci",
+    max_examples=150,
+    stateful_step_count=40,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long",
+    max_examples=3000,
+    stateful_step_count=80,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("LIVEKIT_LIFECYCLE_HYPOTHESIS_PROFILE", "ci"))
