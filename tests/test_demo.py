@@ -5,8 +5,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from livekit_lifecycle.cli import main
 from livekit_lifecycle.demo import run_demo
+from livekit_lifecycle.demo_live import LiveDemoUnavailable, run_live_demo
 
 
 async def test_demo_passes_every_check() -> None:
@@ -24,9 +27,23 @@ async def test_demo_passes_every_check() -> None:
     assert re.search(r"grace\s+->\s+reconnected", text)
 
 
-def test_demo_command_runs_as_a_module() -> None:
+@pytest.mark.e2e
+async def test_live_demo_over_real_connections_passes_every_check() -> None:
+    out = io.StringIO()
+    try:
+        code = await run_live_demo(grace_period=1.0, out=out)
+    except LiveDemoUnavailable as exc:
+        pytest.skip(f"the loopback server cannot run here: {exc}")
+    text = out.getvalue()
+    assert code == 0, text
+    for heading in ("User refresh", "Rapid reconnects", "Duplicate tab", "Lost leave"):
+        assert heading in text
+    assert "Window expired" in text and "Graceful shutdown" in text
+
+
+def test_offline_demo_command_runs_as_a_module() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "livekit_lifecycle", "demo", "--grace", "0.05"],
+        [sys.executable, "-m", "livekit_lifecycle", "demo", "--offline", "--grace", "0.05"],
         capture_output=True,
         text=True,
         timeout=60,

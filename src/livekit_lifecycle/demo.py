@@ -1,10 +1,14 @@
-"""``livekit-lifecycle demo``: the seed's testing checklist, played on a real ``rtc.Room``.
+"""``livekit-lifecycle demo``: the seed's testing checklist, played on real ``rtc.Room`` objects.
 
-No server and no credentials: a :class:`~livekit_lifecycle.testing.RoomDriver`
-feeds the SDK the same RoomEvent protobufs a LiveKit server would cause, and
-the SDK's own translation emits the events the manager reacts to. Every
-transition is printed as a timeline; each scenario ends with checks, and the
-command exits non-zero if any check fails.
+By default the demo runs live (:mod:`livekit_lifecycle.demo_live`): an
+embedded loopback LiveKit-compatible server, an agent-side Room with a
+manager, and scripted users connecting as real SDK clients. With
+``--offline`` (or automatically where the server cannot run: no ``testing``
+extra, no non-loopback network interface) a
+:class:`~livekit_lifecycle.testing.RoomDriver` feeds an unconnected Room the
+RoomEvent protobufs a server would cause. Either way there is no credential
+to set up; every transition is printed, each scenario ends with checks, and
+the command exits non-zero if any check fails.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import argparse
 import asyncio
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TextIO
 
 from livekit import rtc
@@ -32,11 +36,16 @@ _WAIT = 5.0
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="drive an unconnected rtc.Room instead of real connections to the embedded server",
+    )
+    parser.add_argument(
         "--grace",
         type=float,
-        default=0.3,
+        default=None,
         metavar="SECONDS",
-        help="grace window used by the demo (default: 0.3, so expiry is quick to watch)",
+        help="grace window (default: 2.0 live, 0.3 offline, so expiry is quick to watch)",
     )
     parser.add_argument(
         "--logs",
@@ -46,22 +55,39 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.grace <= 0:
+    if args.grace is not None and args.grace <= 0:
         print("--grace must be > 0 for the reconnect scenarios", file=sys.stderr)
         return 2
     if args.logs:
         configure_logging(level="DEBUG")
-    return asyncio.run(run_demo(grace_period=args.grace))
+    if args.offline:
+        return asyncio.run(run_demo(grace_period=args.grace or 0.3))
+    from .demo_live import LiveDemoUnavailable, run_live_demo
+
+    try:
+        return asyncio.run(
+            run_live_demo(grace_period=args.grace or 2.0, live_table=sys.stdout.isatty())
+        )
+    except LiveDemoUnavailable as exc:
+        print(f"live demo unavailable ({exc}); running the offline demo instead", file=sys.stderr)
+        return asyncio.run(run_demo(grace_period=args.grace or 0.3))
 
 
-@dataclass
-class _Timeline:
-    out: TextIO
-    started: float = field(default_factory=time.monotonic)
-    failures: list[str] = field(default_factory=list)
+class Timeline:
+    """Prints what the demo does: transitions as a timeline, checks, final states."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+        self.started = time.monotonic()
+        self.failures: list[str] = []
+        self.write: Callable[[str], None] = lambda text: print(text, file=self.out)
+        """Where lines go; a live display swaps in its own printer."""
+
+    def title(self, text: str) -> None:
+        self.write(text)
 
     def line(self, text: str) -> None:
-        print(f"  {time.monotonic() - self.started:7.3f}s  {text}", file=self.out)
+        self.write(f"  {time.monotonic() - self.started:7.3f}s  {text}")
 
     def transition(self, session: Session, transition: Transition) -> None:
         self.line(
@@ -70,21 +96,37 @@ class _Timeline:
         )
 
     def heading(self, title: str) -> None:
-        print(f"\n== {title}", file=self.out)
+        self.write(f"\n== {title}")
 
     def check(self, label: str, ok: bool) -> None:
-        print(f"  [{'ok' if ok else 'FAILED'}] {label}", file=self.out)
+        self.write(f"  [{'ok' if ok else 'FAILED'}] {label}")
         if not ok:
             self.failures.append(label)
 
+    def final_states(self, sessions: list[Session]) -> None:
+        self.write("\n== Final states (every session the demo created)")
+        self.write(f"  {'key':<6} {'state':<8} {'connections':>11} {'cleanups':>8}  user_id")
+        for session in sessions:
+            self.write(
+                f"  {session.key:<6} {session.state.value:<8} {session.connections:>11}"
+                f" {session.cleanups:>8}  {session.user_id}"
+            )
+
+    def verdict(self) -> int:
+        self.write("")
+        if self.failures:
+            self.write(f"{len(self.failures)} check(s) FAILED")
+            return 1
+        self.write("all checks passed")
+        return 0
+
 
 async def run_demo(grace_period: float = 0.3, out: TextIO | None = None) -> int:
-    """Play every scenario; return 0 when every check passed, 1 otherwise."""
-    timeline = _Timeline(out or sys.stdout)
-    print(
+    """Play every scenario offline; return 0 when every check passed, 1 otherwise."""
+    timeline = Timeline(out)
+    timeline.title(
         f"livekit-lifecycle demo: a real rtc.Room driven through the SDK's event translation"
-        f" (grace window {grace_period}s)",
-        file=timeline.out,
+        f" (grace window {grace_period}s)"
     )
     async with RoomDriver("demo-room") as driver:
         manager = LifecycleManager(LifecycleConfig(grace_period=grace_period, cleanup_timeout=2.0))
@@ -105,26 +147,12 @@ async def run_demo(grace_period: float = 0.3, out: TextIO | None = None) -> int:
             timeline.heading(scenario.__doc__ or scenario.__name__)
             await scenario(driver, manager, timeline, cleanups)
         await _graceful_shutdown(driver, manager, timeline, cleanups)
-    print("\n== Final states (every session the demo created)", file=timeline.out)
-    print(
-        f"  {'key':<6} {'state':<8} {'connections':>11} {'cleanups':>8}  user_id", file=timeline.out
-    )
-    for session in seen:
-        print(
-            f"  {session.key:<6} {session.state.value:<8} {session.connections:>11}"
-            f" {session.cleanups:>8}  {session.user_id}",
-            file=timeline.out,
-        )
-    print(file=timeline.out)
-    if timeline.failures:
-        print(f"{len(timeline.failures)} check(s) FAILED", file=timeline.out)
-        return 1
-    print("all checks passed", file=timeline.out)
-    return 0
+    timeline.final_states(seen)
+    return timeline.verdict()
 
 
 async def _browser_refresh(
-    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+    driver: RoomDriver, manager: LifecycleManager, timeline: Timeline, cleanups: dict[str, int]
 ) -> None:
     """User refresh: the page leaves and comes back inside the window"""
     driver.connect("alice", active=True)
@@ -139,7 +167,7 @@ async def _browser_refresh(
 
 
 async def _rapid_disconnects(
-    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+    driver: RoomDriver, manager: LifecycleManager, timeline: Timeline, cleanups: dict[str, int]
 ) -> None:
     """Multiple disconnects: the same user drops quickly, events delivered twice"""
     first = driver.connect("bob", active=True)
@@ -160,7 +188,7 @@ async def _rapid_disconnects(
 
 
 async def _window_expired(
-    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+    driver: RoomDriver, manager: LifecycleManager, timeline: Timeline, cleanups: dict[str, int]
 ) -> None:
     """Reconnection window: a user who comes back too late starts afresh"""
     driver.connect("carol", active=True)
@@ -177,7 +205,7 @@ async def _window_expired(
 
 
 async def _removed_by_server(
-    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+    driver: RoomDriver, manager: LifecycleManager, timeline: Timeline, cleanups: dict[str, int]
 ) -> None:
     """Removed by the server: no grace window for PARTICIPANT_REMOVED"""
     driver.connect("erin", active=True)
@@ -192,7 +220,7 @@ _SCENARIOS = (_browser_refresh, _rapid_disconnects, _window_expired, _removed_by
 
 
 async def _graceful_shutdown(
-    driver: RoomDriver, manager: LifecycleManager, timeline: _Timeline, cleanups: dict[str, int]
+    driver: RoomDriver, manager: LifecycleManager, timeline: Timeline, cleanups: dict[str, int]
 ) -> None:
     timeline.heading("Graceful shutdown: every participant cleaned once, TTS closed")
     closed: list[str] = []
@@ -205,11 +233,9 @@ async def _graceful_shutdown(
     manager.add_resource(DemoTTS(), name="tts")
     driver.connect("dave", active=True)
     before = dict(cleanups)
-    print("\n  state before shutdown:", file=timeline.out)
+    timeline.write("\n  state before shutdown:")
     for key, session in manager.sessions.items():
-        print(
-            f"    {key:<6} {session.state.value:<13} user_id={session.user_id}", file=timeline.out
-        )
+        timeline.write(f"    {key:<6} {session.state.value:<13} user_id={session.user_id}")
     await manager.aclose()
     cleaned_now = {k: v - before.get(k, 0) for k, v in cleanups.items() if v != before.get(k, 0)}
     timeline.check(
