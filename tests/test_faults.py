@@ -132,12 +132,6 @@ def _cancel_runner_sync(session: Session) -> None:
     task.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a synchronous cleanup callback that raises CancelledError (or cancels"
-    " the current task) kills the session's runner: the session stays disconnecting, later"
-    " callbacks never run, and shutdown runs the whole cleanup a second time",
-)
 @pytest.mark.parametrize("failing", [_cancel_sync, _cancel_runner_sync])
 def test_a_sync_cleanup_that_cancels_is_isolated_and_logged_once(
     caplog: pytest.LogCaptureFixture, failing: Callable[[Session], Any]
@@ -456,12 +450,6 @@ def test_aclose_started_from_a_listener(caplog: pytest.LogCaptureFixture) -> Non
     assert not logged(caplog, "shutdown.session_abandoned")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: aclose() awaited inside a cleanup callback (or an async listener) waits"
-    " for the runner that waits for it; cleanup_timeout then cancels that aclose() half-way"
-    " and the manager is never marked closed: resources stay open, later aclose() hangs",
-)
 @pytest.mark.parametrize("where", ["cleanup", "listener"])
 def test_aclose_awaited_inside_a_callback(caplog: pytest.LogCaptureFixture, where: str) -> None:
     closed: list[str] = []
@@ -544,11 +532,6 @@ def test_cancelling_a_task_awaiting_idle_leaves_the_manager_intact(
     scenario(caplog, body, grace_period=30)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: cancelling the task awaiting aclose() abandons the shutdown half-way:"
-    " it is never marked done, resources are never closed and every later aclose() hangs",
-)
 def test_cancelling_the_task_awaiting_aclose_still_completes_the_shutdown(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -578,13 +561,6 @@ def test_cancelling_the_task_awaiting_aclose_still_completes_the_shutdown(
 # --------------------------------------------------------------------------- shutdown races
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a participant_connected queued behind a cleanup when aclose() starts is"
-    " routed after that session was removed and creates a new session during shutdown; it is"
-    " never cleaned (its SHUTDOWN input was addressed to the old session) and is logged as"
-    " shutdown.session_abandoned",
-)
 def test_a_connect_queued_when_shutdown_starts_is_cleaned_or_ignored(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -613,11 +589,6 @@ def test_a_connect_queued_when_shutdown_starts_is_cleaned_or_ignored(
     assert not logged(caplog, "shutdown.session_abandoned")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: aclose() detaches from the room before cleaning, so every record of the"
-    " shutdown (cleanup.failed, resource failures, shutdown.done) has room=None",
-)
 def test_failures_during_shutdown_keep_the_room_in_their_context(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

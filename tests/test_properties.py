@@ -38,7 +38,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
@@ -46,7 +45,6 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 from livekit import rtc
 
@@ -95,9 +93,6 @@ def session_key(participant: rtc.RemoteParticipant) -> str:
 
 class LifecycleMachine(RuleBasedStateMachine):
     """Random interleavings of room events, callbacks, time and shutdown; properties checked."""
-
-    avoid_known_bugs = True
-    """Steer clear of the core bugs that have strict-xfail reproductions (docs/guarantees.md)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -388,18 +383,13 @@ class LifecycleMachine(RuleBasedStateMachine):
         """participant_connected delivered twice for a connection the manager tracks."""
         participant = data.draw(st.sampled_from(self.present()))
         session = self.manager.by_sid(participant.sid)
-        tracked = (
-            session is not None
-            and session.participant is participant
-            and session.state in (State.CONNECTING, State.ACTIVE)
-        )
-        if self.avoid_known_bugs and not tracked:
-            return  # a superseded connection announced again takes the session back (bug)
+        if session is None or session.participant is not participant:
+            # The SDK never announces a participant twice (it raises "participant already
+            # exists"); only an application forwarding events can, for one it tracks.
+            # Re-announced superseded tabs are covered by the explicit tests below.
+            return
         self.act(lambda: self.driver.room.emit("participant_connected", participant))
 
-    @precondition(
-        lambda self: not (self.avoid_known_bugs and self.several_connections_of_one_user())
-    )
     @rule()
     def room_resume(self) -> None:
         """The agent's connection resumes: reconnecting, reconnected, no participant events."""
@@ -410,9 +400,6 @@ class LifecycleMachine(RuleBasedStateMachine):
 
         self.act(resume)
 
-    @precondition(
-        lambda self: not (self.avoid_known_bugs and self.several_connections_of_one_user())
-    )
     @rule()
     def full_reconnect(self) -> None:
         """The agent's full reconnect: everyone disconnected, then back with the same sid."""
@@ -441,9 +428,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.act(lambda: self.manager.set_user_id(key, user_id))
         self.expected_user[key] = user_id
 
-    @precondition(
-        lambda self: not self.closing and not (self.avoid_known_bugs and self.connect_queued())
-    )
+    @precondition(lambda self: not self.closing)
     @rule(via_room=st.booleans(), now=st.integers(0, 2))
     def shutdown(self, via_room: bool, now: int) -> None:
         """aclose(), or the room disconnecting (which runs aclose()), at any point."""
@@ -553,31 +538,6 @@ async def _hanging_close() -> None:
 TestLifecycleProperties = LifecycleMachine.TestCase
 
 
-class LifecycleMachineWithKnownBugs(LifecycleMachine):
-    """The same machine without steering around the known core bugs."""
-
-    avoid_known_bugs = False
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bugs: a room resume makes a superseded connection take the session back;"
-    " a connect queued behind a cleanup when aclose() starts creates a session that is"
-    " never cleaned (see test_faults/test_properties reproductions)",
-)
-def test_properties_without_steering_around_known_bugs() -> None:
-    """A tripwire: once the core bugs are fixed this passes, strict xfail fails, and
-    ``LifecycleMachine.avoid_known_bugs`` can go. Stops at the first failure (no shrinking)."""
-    quick = settings(settings(), phases=[Phase.generate], report_multiple_bugs=False)
-    run_state_machine_as_test(LifecycleMachineWithKnownBugs, settings=quick)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: a superseded connection still in the room, announced again (by the"
-    " room-resume reconcile or a duplicate participant_connected), takes the session back:"
-    " the live connection is cleaned and the session re-bound, possibly to the old tab",
-)
 @pytest.mark.parametrize("announced_by", ["room resume", "duplicate participant_connected"])
 def test_room_resume_never_hands_the_session_back_to_a_superseded_connection(
     announced_by: str,

@@ -39,7 +39,8 @@ async def call_bounded(
     """
     try:
         result = fn(*args)
-    except Exception as exc:
+    except (Exception, asyncio.CancelledError) as exc:
+        # A sync callback raising CancelledError did not cancel *us*.
         report(Outcome.FAILED, exc)
         return Outcome.FAILED
     if not inspect.isawaitable(result):

@@ -38,6 +38,8 @@ CleanupCallback = Callable[[Session], Any]
 F = TypeVar("F", bound=Callable[..., Any])
 _ACTIVE = rtc.ParticipantState.PARTICIPANT_STATE_ACTIVE
 _CONNECTED_STATES = (State.CONNECTING, State.ACTIVE)
+_SUPERSEDED_LIMIT = 16
+"""Sids of replaced connections remembered per session (oldest forgotten first)."""
 _SHUTDOWN_SLACK = 0.05
 """Seconds past the shutdown deadline for self-bounded work to finish its bookkeeping."""
 _STATS = (
@@ -83,10 +85,11 @@ class LifecycleManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._room: rtc.Room | None = None
+        self._last_room: rtc.Room | None = None
         self._handlers: list[tuple[str, Callable[..., None]]] = []
         self._reconcile_on_connect = False
         self._closing = False
-        self._closed: asyncio.Event | None = None
+        self._cancelling_runners = False
         self._close_task: asyncio.Task[None] | None = None
         self._deadline: float | None = None
         self._stats: dict[str, int] = dict.fromkeys(_STATS, 0)
@@ -184,6 +187,7 @@ class LifecycleManager:
         if not isinstance(room, rtc.Room):
             raise TypeError(f"attach() takes a livekit.rtc.Room, got {type(room).__name__}")
         self._room = room
+        self._last_room = room
         # Room.connect() fills remote_participants without emitting events, so
         # a room attached before it connects is reconciled once it has.
         self._reconcile_on_connect = not room.isconnected()
@@ -361,11 +365,20 @@ class LifecycleManager:
         state. The whole takes at most ``shutdown_timeout`` seconds (plus
         resources, which are always asked to close).
         """
-        if self._closed is not None:
-            await self._closed.wait()
-            return
-        self._closed = asyncio.Event()
+        if self._close_task is None:
+            self._start_close()
+        assert self._close_task is not None
+        # Shielded: a caller that is cancelled (or times out) stops waiting,
+        # but the one shutdown always runs to the end.
+        await asyncio.shield(self._close_task)
+
+    def _start_close(self) -> None:
         self._closing = True
+        self._close_task = asyncio.get_running_loop().create_task(
+            self._shutdown(), name="livekit-lifecycle:aclose"
+        )
+
+    async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
         self._deadline = started + self._config.shutdown_timeout
@@ -383,6 +396,7 @@ class LifecycleManager:
                 # (a blocking sync callback) is still here after the slack.
                 _, pending = await asyncio.wait(pending, timeout=_SHUTDOWN_SLACK)
                 if pending:
+                    self._cancelling_runners = True
                     self._log.error(
                         "shutdown.timeout",
                         category="shutdown",
@@ -415,7 +429,6 @@ class LifecycleManager:
             duration=round(loop.time() - started, 6),
         )
         self._resources.clear()
-        self._closed.set()
 
     async def __aenter__(self) -> LifecycleManager:
         return self
@@ -470,9 +483,7 @@ class LifecycleManager:
     def _on_room_disconnected(self, reason: int | None = None) -> None:
         self._info("room.disconnected", "shutdown", reason=reason_name(reason))
         if self._config.close_on_room_disconnect and not self._closing:
-            self._close_task = asyncio.get_running_loop().create_task(
-                self.aclose(), name="livekit-lifecycle:aclose"
-            )
+            self._start_close()
 
     # ------------------------------------------------------------------ input routing
 
@@ -550,6 +561,11 @@ class LifecycleManager:
         session = self._sessions.get(inp.key)
         if inp.kind is InputKind.CONNECTED:
             if session is None:
+                if self._closing:
+                    # Queued behind a cleanup when shutdown began: too late to start a session.
+                    self._stats["ignored_after_close"] += 1
+                    self._debug("event.ignored", "connect", key=inp.key, why="manager closed")
+                    return
                 assert inp.participant is not None
                 self._create(inp.key, inp.participant)
             else:
@@ -594,9 +610,20 @@ class LifecycleManager:
             if session._state in _CONNECTED_STATES and session._sid not in present_sids:
                 self._feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
         for participant in present:
+            # A safety net, not a source of takeovers: a participant that is present
+            # but not bound gets a session only when its key has none (it may be an
+            # older tab the session moved away from).
             bound = self._by_sid.get(participant.sid)
-            if bound is None or bound._state not in _CONNECTED_STATES:
-                self._submit(InputKind.CONNECTED, participant)
+            if bound is None:
+                if participant.kind in self._config.kinds:
+                    key = self._key_of(InputKind.CONNECTED, participant)
+                    if key is not None and key not in self._sessions:
+                        self._submit(InputKind.CONNECTED, participant)
+                continue
+            if bound._state is State.GRACE:
+                self._submit(InputKind.CONNECTED, participant)  # the same connection is back
+                continue
+            if bound._state not in _CONNECTED_STATES:
                 continue
             if participant.state == _ACTIVE and bound._state is State.CONNECTING:
                 self._submit(InputKind.ACTIVE, participant)
@@ -666,6 +693,11 @@ class LifecycleManager:
 
     def _apply(self, session: Session, inp: Input) -> bool:
         kind = inp.kind
+        superseded = session._superseded
+        if superseded is not None and inp.sid in superseded:
+            # An older tab that a takeover replaced: never the session's again, even when
+            # the agent's full reconnect announces it anew with the same sid.
+            return False
         if kind is InputKind.CONNECTED:
             assert inp.participant is not None
             if session._state is State.GRACE:
@@ -729,13 +761,18 @@ class LifecycleManager:
             reason=reason_name(session._disconnect_reason),
         )
         for callback in list(self._cleanups):
-            await call_bounded(
-                callback,
-                (session,),
-                self._callback_timeout(),
-                self._reporter("cleanup", describe(callback), session),
-                self._abandoned,
-            )
+            report = self._reporter("cleanup", describe(callback), session)
+            try:
+                await call_bounded(
+                    callback, (session,), self._callback_timeout(), report, self._abandoned
+                )
+            except asyncio.CancelledError:
+                if self._cancelling_runners:
+                    raise
+                # Not ours: a callback cancelled the task running it. Keep the
+                # lifecycle going; the callback is the one that failed.
+                _uncancel_current_task()
+                report(Outcome.FAILED, asyncio.CancelledError("cancelled the cleanup runner"))
         self._guarded_step(session, lambda s: self._fire(s, "cleanup_done"))
         if session._state in _CONNECTED_STATES:
             self._guarded_step(session, self._adopt)  # a takeover's new connection
@@ -796,6 +833,12 @@ class LifecycleManager:
 
     def _effect_takeover(self, ev: EventData) -> None:
         session: Session = ev.model
+        superseded = session._superseded
+        if superseded is None:
+            superseded = session._superseded = {}
+        superseded[session._sid] = None
+        if len(superseded) > _SUPERSEDED_LIMIT:
+            del superseded[next(iter(superseded))]
         session._pending = ev.kwargs["participant"]
         session._disconnect_reason = None
         session._disconnected_at = time.time()
@@ -989,7 +1032,9 @@ class LifecycleManager:
     # ------------------------------------------------------------------ logging helpers
 
     def _room_name(self) -> str | None:
-        return None if self._room is None else self._room.name
+        # The last attached room: shutdown detaches first, and its logs still need the name.
+        room = self._room or self._last_room
+        return None if room is None else room.name
 
     def _info(self, event: str, category: str, **fields: Any) -> None:
         if self._stdlog.isEnabledFor(logging.INFO):
@@ -1068,6 +1113,13 @@ _TRIGGER_CATEGORY = {
     "reconnect": "connect",
     "rejoin": "connect",
 }
+
+
+def _uncancel_current_task() -> None:
+    task = asyncio.current_task()
+    uncancel = getattr(task, "uncancel", None)  # Python >= 3.11 counts cancel requests
+    if uncancel is not None:
+        uncancel()
 
 
 def _is_duplicate(state: State, kind: InputKind) -> bool:

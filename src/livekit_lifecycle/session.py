@@ -72,6 +72,7 @@ class Session:
         "_reconnects",
         "_sid",
         "_state",
+        "_superseded",
         "_tracks",
         "_user_id",
         "data",
@@ -100,6 +101,8 @@ class Session:
         # over while the old one is cleaned; `_grace_epoch` tells the current
         # grace timer from ones that were already cancelled.
         self._pending: rtc.RemoteParticipant | None = None
+        # Insertion-ordered (a dict used as a set) so the oldest can be forgotten.
+        self._superseded: dict[str, None] | None = None
         self._grace_timer: asyncio.TimerHandle | None = None
         self._grace_epoch = 0
         self._queue: deque[Input] | None = None
