@@ -43,7 +43,7 @@ async def call_bounded(
         # A sync callback raising CancelledError did not cancel *us*.
         report(Outcome.FAILED, exc)
         return Outcome.FAILED
-    if not inspect.isawaitable(result):
+    if result is None or not inspect.isawaitable(result):  # None: the common sync case, cheaply
         return Outcome.OK
     future = asyncio.ensure_future(result)
     try:

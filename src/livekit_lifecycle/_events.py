@@ -20,9 +20,13 @@ class InputKind(enum.Enum):
     """Internal: take over what a newly bound participant already has (tracks, ACTIVE)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Input:
-    """One queued input. ``sid`` is the connection it concerns (empty for timers/shutdown)."""
+    """One queued input. ``sid`` is the connection it concerns (empty for timers/shutdown).
+
+    Never changed once built; not ``frozen`` because a frozen dataclass's
+    ``__init__`` costs ~3x as much, and one is built per room event.
+    """
 
     kind: InputKind
     key: str

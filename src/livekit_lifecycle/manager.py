@@ -120,6 +120,11 @@ class LifecycleManager:
             after_state_change=self._after_state_change,
         )
         self._events = self._machine.events
+        self._state_by_name = dict(State.__members__)
+        self._sources = {
+            trigger: frozenset(State[name] for name in event.transitions)
+            for trigger, event in self._events.items()
+        }
         self._automatic = {
             state: tuple(self._events[t] for t in self._chart.automatic_triggers(state))
             for state in self._chart.states
@@ -202,6 +207,7 @@ class LifecycleManager:
             ("disconnected", self._on_room_disconnected),
             ("connection_state_changed", self._on_connection_state_changed),
         ]
+        self._handlers = [(name, _introspectable(method)) for name, method in self._handlers]
         for name, handler in self._handlers:
             room.on(name, handler)  # type: ignore[arg-type]
         self._info("handlers.registered", "handlers", events=[n for n, _ in self._handlers])
@@ -590,14 +596,16 @@ class LifecycleManager:
     def _create(self, key: str, participant: rtc.RemoteParticipant) -> None:
         session = Session(key, participant, self._config.history_limit, time.time())
         self._sessions[key] = session
-        self._by_sid[participant.sid] = session
-        self._log_session(logging.INFO, "session.created", "connect", session)
-        self._resolve_waiters(session)
+        self._by_sid[session._sid] = session
+        if self._stdlog.isEnabledFor(logging.INFO):
+            self._log_session(logging.INFO, "session.created", "connect", session)
+        if self._waiters:
+            self._resolve_waiters(session)
         # Through the queue, so events a `created` listener causes wait their turn.
         session._busy = True
         self._emit("created", session)
         session._busy = False
-        self._feed(session, Input(InputKind.ADOPT, key, sid=participant.sid))
+        self._feed(session, Input(InputKind.ADOPT, key, sid=session._sid))
 
     def _reconcile(self) -> None:
         """Bring sessions in line with ``room.remote_participants`` (attach, room reconnected)."""
@@ -726,10 +734,9 @@ class LifecycleManager:
 
     def _fire(self, session: Session, trigger: str, **kwargs: Any) -> bool:
         """Fire ``trigger``, then every automatic edge the new state offers, until none applies."""
-        event = self._events[trigger]
-        if session._state.name not in event.transitions:
+        if session._state not in self._sources[trigger]:
             return False
-        if not event.trigger(session, **kwargs):
+        if not self._events[trigger].trigger(session, **kwargs):
             return False
         settled = False
         while not settled:
@@ -745,23 +752,25 @@ class LifecycleManager:
         participant = session._participant
         if participant is None:
             return
+        sid = session._sid  # the participant's: it is the one bound to the session
         for track_sid in list(participant.track_publications):
             if track_sid not in session._tracks:
-                self._fire(session, "publish_track", sid=participant.sid, track_sid=track_sid)
+                self._fire(session, "publish_track", sid=sid, track_sid=track_sid)
         if session._state is State.CONNECTING and participant.state == _ACTIVE:
-            self._fire(session, "activate", sid=participant.sid)
+            self._fire(session, "activate", sid=sid)
 
     async def _cleanup(self, session: Session) -> None:
-        self._log_session(
-            logging.INFO,
-            "cleanup.started",
-            "cleanup",
-            session,
-            tracks=len(session._tracks),
-            reason=reason_name(session._disconnect_reason),
-        )
+        if self._stdlog.isEnabledFor(logging.INFO):
+            self._log_session(
+                logging.INFO,
+                "cleanup.started",
+                "cleanup",
+                session,
+                tracks=len(session._tracks),
+                reason=reason_name(session._disconnect_reason),
+            )
         for callback in list(self._cleanups):
-            report = self._reporter("cleanup", describe(callback), session)
+            report = self._reporter("cleanup", callback, session)
             try:
                 await call_bounded(
                     callback, (session,), self._callback_timeout(), report, self._abandoned
@@ -868,7 +877,8 @@ class LifecycleManager:
     def _bind(self, session: Session, participant: rtc.RemoteParticipant) -> None:
         if self._by_sid.get(session._sid) is session:
             del self._by_sid[session._sid]
-        session._identity = participant.identity
+        identity = participant.identity
+        session._identity = session._key if identity == session._key else identity
         session._sid = participant.sid
         session._participant = participant
         session._tracks.clear()
@@ -877,7 +887,7 @@ class LifecycleManager:
         session._connected_at = time.time()
         session._disconnected_at = None
         session._disconnect_reason = None
-        self._by_sid[participant.sid] = session
+        self._by_sid[session._sid] = session
 
     def _enter_grace(self, ev: EventData) -> None:
         session: Session = ev.model
@@ -913,7 +923,7 @@ class LifecycleManager:
     def _after_state_change(self, ev: EventData) -> None:
         session: Session = ev.model
         transition = Transition(
-            State[ev.transition.source],
+            self._state_by_name[ev.transition.source],
             session._state,
             ev.event.name,
             session._sid,
@@ -921,16 +931,18 @@ class LifecycleManager:
         )
         session._history.append(transition)
         self._stats["transitions"] += 1
-        self._log_session(
-            logging.INFO,
-            "session.transition",
-            _TRIGGER_CATEGORY.get(transition.trigger, "session"),
-            session,
-            trigger=transition.trigger,
-            from_state=transition.source.value,
-            to_state=transition.dest.value,
-        )
-        self._resolve_waiters(session)
+        if self._stdlog.isEnabledFor(logging.INFO):  # spares building the fields when off
+            self._log_session(
+                logging.INFO,
+                "session.transition",
+                _TRIGGER_CATEGORY.get(transition.trigger, "session"),
+                session,
+                trigger=transition.trigger,
+                from_state=transition.source.value,
+                to_state=transition.dest.value,
+            )
+        if self._waiters:
+            self._resolve_waiters(session)
         self._emit("state_changed", session, transition)
         if transition.dest is State.RECONNECTED:
             self._emit("reconnected", session)
@@ -949,13 +961,13 @@ class LifecycleManager:
 
     def _emit(self, name: str, *args: Any) -> None:
         for listener in self._listeners.take(name):
-            report = self._reporter(f"listener:{name}", describe(listener), args[0])
             try:
                 result = listener(*args)
             except Exception as exc:
-                report(Outcome.FAILED, exc)
+                self._reporter(f"listener:{name}", listener, args[0])(Outcome.FAILED, exc)
                 continue
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
+                report = self._reporter(f"listener:{name}", listener, args[0])
                 awaitable = result
                 task = asyncio.get_running_loop().create_task(
                     call_bounded(
@@ -970,9 +982,11 @@ class LifecycleManager:
                 task.add_done_callback(self._tasks.discard)
 
     def _reporter(
-        self, what: str, callback: str, session: Session
+        self, what: str, fn: object, session: Session
     ) -> Callable[[Outcome, BaseException | None], None]:
+        # Built for every callback call, used only on failure: names are made then.
         def report(outcome: Outcome, exc: BaseException | None) -> None:
+            callback = describe(fn)
             if outcome is Outcome.TIMED_OUT:
                 self._stats["callback_timeouts"] += 1
                 self._log_session(
@@ -1120,6 +1134,23 @@ def _uncancel_current_task() -> None:
     uncancel = getattr(task, "uncancel", None)  # Python >= 3.11 counts cancel requests
     if uncancel is not None:
         uncancel()
+
+
+def _introspectable(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` as a room handler that is cheap for livekit's ``EventEmitter.emit``.
+
+    ``emit`` calls ``inspect.signature(handler)`` on every event to drop
+    arguments the handler does not take. For a bound method that costs
+    ~10 µs per event, more than all our own processing of it; a function
+    that carries a precomputed ``__signature__`` costs ~1 µs.
+    """
+
+    def handler(*args: Any) -> None:
+        method(*args)
+
+    handler.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
+    handler.__qualname__ = handler.__name__ = getattr(method, "__name__", "handler")
+    return handler
 
 
 def _is_duplicate(state: State, kind: InputKind) -> bool:
