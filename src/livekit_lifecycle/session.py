@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from livekit import rtc
 
@@ -17,9 +16,11 @@ if TYPE_CHECKING:
 __all__ = ["Session", "Transition"]
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(NamedTuple):
     """One state change of a session, as recorded in :attr:`Session.history`.
+
+    Immutable (a named tuple: one is built per transition, and that is the
+    cheapest immutable record Python has).
 
     Attributes:
         source: State before.
