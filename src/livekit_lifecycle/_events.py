@@ -16,8 +16,6 @@ class InputKind(enum.Enum):
     TRACK_UNPUBLISHED = "track_unpublished"
     EXPIRE = "grace_expired"
     SHUTDOWN = "shutdown"
-    ADOPT = "adopt"
-    """Internal: take over what a newly bound participant already has (tracks, ACTIVE)."""
 
 
 @dataclass(slots=True)

@@ -577,7 +577,7 @@ class LifecycleManager:
             else:
                 self._feed(session, inp)
             return
-        if inp.kind in (InputKind.EXPIRE, InputKind.SHUTDOWN, InputKind.ADOPT):
+        if inp.kind in (InputKind.EXPIRE, InputKind.SHUTDOWN):
             return  # addressed to a session that no longer exists
         found = self._by_sid.get(inp.sid) or session
         if found is None:
@@ -601,11 +601,18 @@ class LifecycleManager:
             self._log_session(logging.INFO, "session.created", "connect", session)
         if self._waiters:
             self._resolve_waiters(session)
-        # Through the queue, so events a `created` listener causes wait their turn.
+        # Busy meanwhile, so events a `created` listener causes wait their turn.
         session._busy = True
-        self._emit("created", session)
-        session._busy = False
-        self._feed(session, Input(InputKind.ADOPT, key, sid=session._sid))
+        try:
+            self._emit("created", session)
+            self._guarded_step(session, self._adopt)
+        finally:
+            session._busy = False
+        queued = session._queue
+        if queued:
+            first = queued.popleft()
+            session._queue = queued or None
+            self._feed(session, first)
 
     def _reconcile(self) -> None:
         """Bring sessions in line with ``room.remote_participants`` (attach, room reconnected)."""
@@ -623,10 +630,10 @@ class LifecycleManager:
             # older tab the session moved away from).
             bound = self._by_sid.get(participant.sid)
             if bound is None:
-                if participant.kind in self._config.kinds:
+                if participant.kind in self._config.kinds and participant.sid:
                     key = self._key_of(InputKind.CONNECTED, participant)
                     if key is not None and key not in self._sessions:
-                        self._submit(InputKind.CONNECTED, participant)
+                        self._create(key, participant)
                 continue
             if bound._state is State.GRACE:
                 self._submit(InputKind.CONNECTED, participant)  # the same connection is back
@@ -726,10 +733,6 @@ class LifecycleManager:
             return self._fire(session, "unpublish_track", sid=inp.sid, track_sid=inp.track_sid)
         if kind is InputKind.EXPIRE:
             return self._fire(session, "expire", epoch=inp.epoch)
-        if kind is InputKind.ADOPT:
-            if session._state in _CONNECTED_STATES and inp.sid == session._sid:
-                self._adopt(session)
-            return True
         return self._fire(session, "shutdown")
 
     def _fire(self, session: Session, trigger: str, **kwargs: Any) -> bool:
@@ -1115,7 +1118,6 @@ _CATEGORY = {
     InputKind.TRACK_UNPUBLISHED: "track",
     InputKind.EXPIRE: "session",
     InputKind.SHUTDOWN: "shutdown",
-    InputKind.ADOPT: "connect",
 }
 _TRIGGER_CATEGORY = {
     "activate": "connect",
