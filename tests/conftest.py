@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from livekit_lifecycle import PARTICIPANT_CHART, LifecycleConfig, LifecycleManager, Session
-from livekit_lifecycle.session import Transition
+from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session
+from livekit_lifecycle.invariants import InvariantChecker, check_closed
 from livekit_lifecycle.testing import RoomDriver
 
 MakeManager = Callable[..., LifecycleManager]
@@ -25,21 +25,14 @@ async def driver() -> AsyncIterator[RoomDriver]:
 
 @pytest.fixture
 async def make_manager(driver: RoomDriver) -> AsyncIterator[MakeManager]:
-    """Builds managers attached to ``driver.room``; closes them and checks every
-    recorded transition is an edge of the chart."""
+    """Builds managers attached to ``driver.room``; closes them, and checks the
+    lifecycle invariants after every transition of every test that uses them."""
     managers: list[LifecycleManager] = []
-    off_chart: list[tuple[str, Transition]] = []
+    checkers: list[InvariantChecker] = []
 
     def make(attach: bool = True, **config: Any) -> LifecycleManager:
         manager = LifecycleManager(LifecycleConfig(**config))
-
-        def check_edge(session: Session, transition: Transition) -> None:
-            if not PARTICIPANT_CHART.is_edge(
-                transition.source, transition.dest, transition.trigger
-            ):
-                off_chart.append((session.key, transition))
-
-        manager.on("state_changed", check_edge)
+        checkers.append(InvariantChecker(manager))
         if attach:
             manager.attach(driver.room)
         managers.append(manager)
@@ -48,9 +41,9 @@ async def make_manager(driver: RoomDriver) -> AsyncIterator[MakeManager]:
     yield make
     for manager in managers:
         await manager.aclose()
-        assert manager.sessions == {}
-        assert manager._tasks == set()
-    assert off_chart == []
+        assert check_closed(manager) == []
+    for checker in checkers:
+        checker.raise_if_violated()
 
 
 def gate_cleanup(manager: LifecycleManager, *keys: str) -> asyncio.Event:

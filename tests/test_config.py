@@ -60,6 +60,8 @@ def test_defaults() -> None:
             "not rtc.ParticipantKind",
         ),
         ("kinds", [], "at least one"),
+        ("check_invariants", "yes", "check_invariants must be a bool"),
+        ("close_on_room_disconnect", 1, "close_on_room_disconnect must be a bool"),
     ],
 )
 def test_invalid_values_raise_clear_errors(field: str, value: Any, message: str) -> None:

@@ -304,3 +304,21 @@ def test_the_docs_list_every_invariant() -> None:
     for invariant in INVARIANTS:
         assert f"`{invariant}`" in guarantees, invariant
         assert re.search(rf"``{re.escape(invariant)}``\s", module), invariant
+
+
+async def test_the_runtime_flag_logs_and_counts_violations(
+    driver: RoomDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = LifecycleManager(LifecycleConfig(check_invariants=True, grace_period=30))
+    manager.attach(driver.room)
+    driver.connect("alice", active=True)
+    assert manager.stats["invariant_violations"] == 0
+    session = manager.get("alice")
+    assert session is not None
+    session._cleanups = 5  # corrupt it: more cleanups than connections
+    driver.disconnect("alice")
+    await manager.wait_for("alice", State.GRACE, 2)
+    assert manager.stats["invariant_violations"] > 0
+    records = [r for r in caplog.records if r.msg == "invariant.violated"]
+    assert records and records[0].__dict__["invariant"] == "cleanups.bounded"
+    await manager.aclose()

@@ -54,6 +54,7 @@ _STATS = (
     "callback_errors",
     "callback_timeouts",
     "internal_errors",
+    "invariant_violations",
 )
 
 
@@ -934,6 +935,8 @@ class LifecycleManager:
         )
         session._history.append(transition)
         self._stats["transitions"] += 1
+        if self._config.check_invariants:
+            self._check_invariants(session)
         if self._stdlog.isEnabledFor(logging.INFO):  # spares building the fields when off
             self._log_session(
                 logging.INFO,
@@ -951,6 +954,20 @@ class LifecycleManager:
             self._emit("reconnected", session)
         elif transition.dest is State.REMOVED:
             self._emit("removed", session)
+
+    def _check_invariants(self, session: Session) -> None:
+        from .invariants import check_session
+
+        for violation in check_session(self, session, self._chart):
+            self._stats["invariant_violations"] += 1
+            self._log_session(
+                logging.ERROR,
+                "invariant.violated",
+                "session",
+                session,
+                invariant=violation.invariant,
+                detail=violation.detail,
+            )
 
     # ------------------------------------------------------------------ notifications, waiters
 
