@@ -30,6 +30,10 @@ class Listeners:
         self._check(name)
         self._by_name[name].pop(listener, None)
 
+    def __contains__(self, name: str) -> bool:
+        """Whether anything listens to ``name`` now (cheap: checked on every transition)."""
+        return bool(self._by_name[name])
+
     def take(self, name: str) -> list[Listener]:
         """The listeners to call now; ``once`` listeners are removed as they are taken."""
         registered = self._by_name[name]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -80,10 +81,13 @@ class LifecycleManager:
         self._sessions: dict[str, Session] = {}
         self._by_sid: dict[str, Session] = {}
         self._cleanups: list[CleanupCallback] = []
+        self._async_cleanups = False
+        """Whether a cleanup callback is a coroutine function (cleanup then runs in a task)."""
         self._resources: list[tuple[str, Callable[[], Any]]] = []
         self._listeners = Listeners()
         self._waiters: dict[str, list[tuple[State, asyncio.Future[Session]]]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[Any]] = set()
+        """Session runners, scheduled cleanups and async listeners: what idle() waits for."""
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._room: rtc.Room | None = None
         self._last_room: rtc.Room | None = None
@@ -271,6 +275,8 @@ class LifecycleManager:
         if not callable(fn):
             raise TypeError(f"cleanup callback must be callable, got {fn!r}")
         self._cleanups.append(fn)
+        if inspect.iscoroutinefunction(fn):
+            self._async_cleanups = True
         return fn
 
     def add_resource(self, resource: object, name: str | None = None) -> None:
@@ -663,49 +669,86 @@ class LifecycleManager:
             session._queue.append(inp)
             return
         session._busy = True
-        work = self._step(session, inp)
-        while work is None and session._queue:
-            work = self._step(session, session._queue.popleft())
-        if work is None:
+        self._continue(session, self._step(session, inp))
+
+    def _continue(self, session: Session, needs_cleanup: bool) -> None:
+        """Drain the session's queue synchronously up to the next cleanup, then schedule it."""
+        while not needs_cleanup and session._queue:
+            needs_cleanup = self._step(session, session._queue.popleft())
+        if not needs_cleanup:
             session._busy = False
             session._queue = None
             return
-        task = asyncio.get_running_loop().create_task(
-            self._drain(session, work), name=f"livekit-lifecycle:{session._key}"
-        )
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        loop = asyncio.get_running_loop()
+        if self._async_cleanups:
+            self._track(
+                loop.create_task(
+                    self._drain(session, self._cleanup(session)),
+                    name=f"livekit-lifecycle:{session._key}",
+                )
+            )
+            return
+        # Every cleanup callback is synchronous: run them on the loop's next turn
+        # (the session is seen `disconnecting` until then, as with a task) from a
+        # plain callback, which costs a fraction of a task. The future lets
+        # idle() and aclose() wait for it like for any task.
+        done: asyncio.Future[None] = loop.create_future()
+        self._track(done)
+        loop.call_soon(self._cleanup_now, session, done)
+
+    def _track(self, future: asyncio.Future[Any]) -> None:
+        self._tasks.add(future)
+        future.add_done_callback(self._tasks.discard)
+
+    def _cleanup_now(self, session: Session, done: asyncio.Future[None]) -> None:
+        if done.done():  # cancelled by a shutdown past its deadline
+            session._busy = False
+            return
+        try:
+            rest = self._cleanup_sync(session)
+            if rest is None:
+                self._continue(session, False)
+            else:
+                self._track(
+                    asyncio.get_running_loop().create_task(
+                        self._drain(session, rest), name=f"livekit-lifecycle:{session._key}"
+                    )
+                )
+        except Exception:
+            session._busy = False
+            self._internal_error(session, "cleanup")
+        finally:
+            done.set_result(None)
 
     async def _drain(self, session: Session, work: Coroutine[Any, Any, None]) -> None:
         try:
             while True:
                 await work
-                next_work = None
-                while next_work is None and session._queue:
-                    next_work = self._step(session, session._queue.popleft())
-                if next_work is None:
+                needs_cleanup = False
+                while not needs_cleanup and session._queue:
+                    needs_cleanup = self._step(session, session._queue.popleft())
+                if not needs_cleanup:
                     return
-                work = next_work
+                work = self._cleanup(session)
         finally:
             session._busy = False
             if not session._queue:
                 session._queue = None
 
-    def _step(self, session: Session, inp: Input) -> Coroutine[Any, Any, None] | None:
-        """Apply one input; return the cleanup coroutine when the session starts disconnecting."""
+    def _step(self, session: Session, inp: Input) -> bool:
+        """Apply one input; True when the session started disconnecting (cleanup is due)."""
         try:
             if session._state is State.REMOVED:
                 # Queued behind the work that removed the session: route it
                 # afresh (a connect then starts a new session).
                 self._route(inp)
-                return None
+                return False
             if not self._apply(session, inp):
                 self._ignored(session, inp)
-            if session._state is State.DISCONNECTING:
-                return self._cleanup(session)
+            return session._state is State.DISCONNECTING
         except Exception:
             self._internal_error(session, inp.kind.value)
-        return None
+        return False
 
     def _apply(self, session: Session, inp: Input) -> bool:
         kind = inp.kind
@@ -763,7 +806,7 @@ class LifecycleManager:
         if session._state is State.CONNECTING and participant.state == _ACTIVE:
             self._fire(session, "activate", sid=sid)
 
-    async def _cleanup(self, session: Session) -> None:
+    def _log_cleanup_started(self, session: Session) -> None:
         if self._stdlog.isEnabledFor(logging.INFO):
             self._log_session(
                 logging.INFO,
@@ -773,19 +816,60 @@ class LifecycleManager:
                 tracks=len(session._tracks),
                 reason=reason_name(session._disconnect_reason),
             )
+
+    async def _cleanup(self, session: Session) -> None:
+        self._log_cleanup_started(session)
         for callback in list(self._cleanups):
-            report = self._reporter("cleanup", callback, session)
+            await self._bounded_cleanup(session, callback, functools.partial(callback, session))
+        self._end_cleanup(session)
+
+    def _cleanup_sync(self, session: Session) -> Coroutine[Any, Any, None] | None:
+        """Run cleanup callbacks inline while they stay synchronous.
+
+        Returns the rest as a coroutine from the first one that returns an
+        awaitable after all (a partial or a callable object wrapping an async
+        function); ``None`` once cleanup is done.
+        """
+        self._log_cleanup_started(session)
+        callbacks = list(self._cleanups)
+        for index, callback in enumerate(callbacks):
             try:
-                await call_bounded(
-                    callback, (session,), self._callback_timeout(), report, self._abandoned
-                )
-            except asyncio.CancelledError:
-                if self._cancelling_runners:
-                    raise
-                # Not ours: a callback cancelled the task running it. Keep the
-                # lifecycle going; the callback is the one that failed.
-                _uncancel_current_task()
-                report(Outcome.FAILED, asyncio.CancelledError("cancelled the cleanup runner"))
+                result = callback(session)
+            except (Exception, asyncio.CancelledError) as exc:
+                self._reporter("cleanup", callback, session)(Outcome.FAILED, exc)
+                continue
+            if result is not None and inspect.isawaitable(result):
+                return self._cleanup_rest(session, result, callback, callbacks[index + 1 :])
+        self._end_cleanup(session)
+        return None
+
+    async def _cleanup_rest(
+        self,
+        session: Session,
+        awaitable: Awaitable[Any],
+        callback: CleanupCallback,
+        rest: list[CleanupCallback],
+    ) -> None:
+        await self._bounded_cleanup(session, callback, lambda: awaitable)
+        for later in rest:
+            await self._bounded_cleanup(session, later, functools.partial(later, session))
+        self._end_cleanup(session)
+
+    async def _bounded_cleanup(
+        self, session: Session, callback: CleanupCallback, call: Callable[[], Any]
+    ) -> None:
+        report = self._reporter("cleanup", callback, session)
+        try:
+            await call_bounded(call, (), self._callback_timeout(), report, self._abandoned)
+        except asyncio.CancelledError:
+            if self._cancelling_runners:
+                raise
+            # Not ours: a callback cancelled the task running it. Keep the
+            # lifecycle going; the callback is the one that failed.
+            _uncancel_current_task()
+            report(Outcome.FAILED, asyncio.CancelledError("cancelled the cleanup runner"))
+
+    def _end_cleanup(self, session: Session) -> None:
         self._guarded_step(session, lambda s: self._fire(s, "cleanup_done"))
         if session._state in _CONNECTED_STATES:
             self._guarded_step(session, self._adopt)  # a takeover's new connection
@@ -949,10 +1033,14 @@ class LifecycleManager:
             )
         if self._waiters:
             self._resolve_waiters(session)
-        self._emit("state_changed", session, transition)
-        if transition.dest is State.RECONNECTED:
-            self._emit("reconnected", session)
-        elif transition.dest is State.REMOVED:
+        listeners = self._listeners
+        if "state_changed" in listeners:
+            self._emit("state_changed", session, transition)
+        dest = transition.dest
+        if dest is State.RECONNECTED:
+            if "reconnected" in listeners:
+                self._emit("reconnected", session)
+        elif dest is State.REMOVED and "removed" in listeners:
             self._emit("removed", session)
 
     def _check_invariants(self, session: Session) -> None:
@@ -998,8 +1086,7 @@ class LifecycleManager:
                         self._abandoned,
                     )
                 )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._track(task)
 
     def _reporter(
         self, what: str, fn: object, session: Session
