@@ -335,9 +335,13 @@ class LifecycleManager:
     async def wait_for(self, key: str, state: State | str, timeout: float | None = None) -> Session:
         """Wait until the session under ``key`` is in ``state`` (now or later).
 
+        A session that was already removed before the call is not seen: wait
+        for ``removed`` before (or while) causing the removal.
+
         Raises:
             TimeoutError: when ``timeout`` seconds pass first.
             ValueError: for an unknown state.
+            RuntimeError: when the manager shuts down first.
         """
         target = State(state)
         session = self._sessions.get(key)
@@ -659,9 +663,9 @@ class LifecycleManager:
         """Process ``inp`` now if the session is idle, else queue it behind the running work.
 
         Synchronous steps run inline, so a state change is visible as soon
-        as the room event has been emitted. A step that needs to await
-        (cleanup) continues in a task that also drains whatever queued up
-        meanwhile: nothing ever cancels it.
+        as the room event has been emitted. Cleanup runs on the loop's next
+        turn (see :meth:`_continue`); whatever queues up meanwhile is drained
+        after it, in order, and nothing ever cancels it.
         """
         if session._busy:
             if session._queue is None:
