@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 
@@ -83,6 +83,3 @@ def describe(fn: object) -> str:
         return type(fn).__qualname__
     module = getattr(fn, "__module__", None)
     return f"{module}.{name}" if module else str(name)
-
-
-AsyncCallable = Callable[..., Awaitable[Any]]

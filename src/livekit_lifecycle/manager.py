@@ -677,9 +677,7 @@ class LifecycleManager:
 
     def _continue(self, session: Session, needs_cleanup: bool) -> None:
         """Drain the session's queue synchronously up to the next cleanup, then schedule it."""
-        while not needs_cleanup and session._queue:
-            needs_cleanup = self._step(session, session._queue.popleft())
-        if not needs_cleanup:
+        if not needs_cleanup and not self._drain_queue(session):
             session._busy = False
             session._queue = None
             return
@@ -728,16 +726,21 @@ class LifecycleManager:
         try:
             while True:
                 await work
-                needs_cleanup = False
-                while not needs_cleanup and session._queue:
-                    needs_cleanup = self._step(session, session._queue.popleft())
-                if not needs_cleanup:
+                if not self._drain_queue(session):
                     return
                 work = self._cleanup(session)
         finally:
             session._busy = False
             if not session._queue:
                 session._queue = None
+
+    def _drain_queue(self, session: Session) -> bool:
+        """Apply queued inputs in order until one starts a cleanup (True) or none is left."""
+        # Re-read every time: a step can create the queue (an event it caused while busy).
+        while session._queue:
+            if self._step(session, session._queue.popleft()):
+                return True
+        return False
 
     def _step(self, session: Session, inp: Input) -> bool:
         """Apply one input; True when the session started disconnecting (cleanup is due)."""
@@ -1158,7 +1161,7 @@ class LifecycleManager:
 
     def _room_name(self) -> str | None:
         # The last attached room: shutdown detaches first, and its logs still need the name.
-        room = self._room or self._last_room
+        room = self._last_room
         return None if room is None else room.name
 
     def _info(self, event: str, category: str, **fields: Any) -> None:
