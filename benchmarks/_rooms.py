@@ -94,8 +94,13 @@ def populate(room: rtc.Room, count: int, prefix: str = "present") -> None:
 
 @contextmanager
 def real_room(name: str = "bench") -> Iterator[rtc.Room]:
-    """A real, unconnected ``rtc.Room`` (needs a running loop), released on exit."""
-    driver = RoomDriver(name, connected=False)
+    """A real ``rtc.Room``, connected as an agent's is (needs a running loop), released on exit.
+
+    Connected the way :class:`RoomDriver` does it (the SDK's state, no native
+    handle), so a subject sees what it sees in production once
+    ``Room.connect()`` has returned.
+    """
+    driver = RoomDriver(name)
     try:
         yield driver.room
     finally:

@@ -159,6 +159,69 @@ def test_a_sync_cleanup_that_cancels_is_isolated_and_logged_once(
     assert not logged(caplog, "shutdown.session_abandoned")
 
 
+def test_sync_cleanups_due_in_the_same_turn_are_isolated_from_each_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cleaned: list[str] = []
+
+    def cleanup(session: Session) -> None:
+        cleaned.append(session.key)
+        if session.key == "bob":
+            raise ValueError("cleanup broke")
+
+    async def body(driver: RoomDriver, manager: LifecycleManager) -> None:
+        manager.add_cleanup(cleanup)
+        users = ("alice", "bob", "carol")
+        for name in users:
+            driver.connect(name, active=True)
+        for name in users:
+            driver.disconnect(name)
+        # All three are due on the loop's next turn: one loop callback runs them.
+        batch = manager._cleanup_batch
+        assert batch is not None and [s.key for s in batch[0]] == list(users)
+        for name in users:
+            session = await manager.wait_for(name, State.GRACE, 1)
+            assert session.cleanups == 1
+        assert cleaned == list(users)
+
+    scenario(caplog, body, grace_period=30)
+    (failure,) = logged(caplog, "cleanup.failed")
+    assert_session_context(failure, "bob", "disconnecting")
+
+
+class _Fatal(BaseException):
+    """Not an ``Exception``: user code raising it is not isolated, like KeyboardInterrupt."""
+
+
+def test_a_base_exception_in_one_sync_cleanup_still_lets_the_others_run() -> None:
+    loop_errors: list[BaseException] = []
+
+    def cleanup(session: Session) -> None:
+        if session.key == "bob":
+            raise _Fatal
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: loop_errors.append(context["exception"])
+        )
+        async with RoomDriver(ROOM) as driver:
+            manager = LifecycleManager(LifecycleConfig(grace_period=30))
+            manager.add_cleanup(cleanup)
+            manager.attach(driver.room)
+            for name in ("alice", "bob", "carol"):
+                driver.connect(name, active=True)
+                driver.disconnect(name)
+            await manager.wait_for("carol", State.GRACE, 1)
+            assert manager.state_of("alice") is State.GRACE
+            # The exception left bob's cleanup half done; it reached the loop.
+            assert manager.state_of("bob") is State.DISCONNECTING
+            assert [type(e) for e in loop_errors] == [_Fatal]
+            await manager.aclose()
+            raise_for(check_closed(manager))
+
+    run(main)
+
+
 def test_a_cleanup_hanging_past_cleanup_timeout_is_cancelled_and_logged_once(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

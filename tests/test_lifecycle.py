@@ -9,6 +9,7 @@ import pytest
 from livekit import rtc
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
+from livekit_lifecycle._events import InputKind
 from livekit_lifecycle.testing import RoomDriver
 from tests.conftest import MakeManager, gate_cleanup, path
 
@@ -569,7 +570,8 @@ async def test_events_after_shutdown_are_ignored(driver: RoomDriver) -> None:
         manager.attach(driver.room)
     room_handlers_left = sum(len(v) for v in driver.room._events.values())
     assert room_handlers_left == 0
-    manager._on_participant_connected(driver.connect("alice"))
+    driver.room.on("participant_connected", lambda p: manager._submit(InputKind.CONNECTED, p))
+    driver.connect("alice")
     assert manager.sessions == {} and manager.stats["ignored_after_close"] == 1
     with pytest.raises(RuntimeError, match="closed"):
         manager.attach(driver.room)

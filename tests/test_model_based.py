@@ -202,8 +202,9 @@ def record_edges(manager: LifecycleManager, chart: Statechart) -> list[tuple[Ses
     """Every chart edge the manager's machine executes, internal ones included, in order.
 
     Hooks an ``after`` callback onto each ``transitions.Transition`` the
-    manager built; the machine keeps a trigger's transitions from one source
-    in the chart's order, which maps each back to its :class:`Edge`.
+    manager built, then freezes the machine again so that it calls them. The
+    machine keeps a trigger's transitions from one source in the chart's
+    order, which maps each back to its :class:`Edge`.
     """
     fired: list[tuple[Session, Edge]] = []
 
@@ -220,6 +221,7 @@ def record_edges(manager: LifecycleManager, chart: Statechart) -> list[tuple[Ses
             )
             for edge, transition in zip(edges, built, strict=True):
                 transition.add_callback("after", functools.partial(note, edge))
+    manager._machine.freeze()  # the lean machine compiles its callbacks: recompile with ours
     return fired
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from pathlib import Path
 
@@ -67,6 +68,22 @@ def test_transient_states_always_leave_by_an_automatic_edge() -> None:
     for state in (State.CLEANED, State.RECONNECTED):
         assert CHART.automatic_triggers(state)
         assert all(e.automatic for e in CHART.edges_from(state))
+
+
+def test_automatic_edges_of_a_state_exclude_each_other_and_cover_every_case() -> None:
+    # So the order they are tried in is only a matter of cost (the common case
+    # goes first) and a transient state is always left, whatever the guards say.
+    for state in (State.CLEANED, State.RECONNECTED):
+        edges = [e for e in CHART.edges_from(state) if e.automatic]
+        names = sorted({g for e in edges for g in (*e.guards, *e.unless)})
+        for values in itertools.product((False, True), repeat=len(names)):
+            holds = dict(zip(names, values, strict=True))
+            taken = [
+                e
+                for e in edges
+                if all(holds[g] for g in e.guards) and not any(holds[g] for g in e.unless)
+            ]
+            assert len(taken) == 1, (state, holds, taken)
 
 
 def test_a_chart_naming_an_unknown_guard_is_refused() -> None:

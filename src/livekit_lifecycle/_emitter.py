@@ -15,28 +15,26 @@ L = TypeVar("L", bound=Listener)
 class Listeners:
     """Registered listeners per notification, in registration order."""
 
-    __slots__ = ("_by_name",)
+    __slots__ = ("by_name",)
 
     def __init__(self) -> None:
-        self._by_name: dict[str, dict[Listener, bool]] = {name: {} for name in NOTIFICATIONS}
+        self.by_name: dict[str, dict[Listener, bool]] = {name: {} for name in NOTIFICATIONS}
+        """Notification -> its listeners (-> once). Read-only outside this class; a plain
+        dict so "does anyone listen?", asked on every transition, costs one lookup."""
 
     def add(self, name: str, listener: Listener, *, once: bool) -> None:
         self._check(name)
         if not callable(listener):
             raise TypeError(f"listener for {name!r} must be callable, got {listener!r}")
-        self._by_name[name][listener] = once
+        self.by_name[name][listener] = once
 
     def remove(self, name: str, listener: Listener) -> None:
         self._check(name)
-        self._by_name[name].pop(listener, None)
-
-    def __contains__(self, name: str) -> bool:
-        """Whether anything listens to ``name`` now (cheap: checked on every transition)."""
-        return bool(self._by_name[name])
+        self.by_name[name].pop(listener, None)
 
     def take(self, name: str) -> list[Listener]:
         """The listeners to call now; ``once`` listeners are removed as they are taken."""
-        registered = self._by_name[name]
+        registered = self.by_name[name]
         if not registered:
             return []
         listeners = list(registered)
@@ -46,7 +44,7 @@ class Listeners:
         return listeners
 
     def clear(self) -> None:
-        for registered in self._by_name.values():
+        for registered in self.by_name.values():
             registered.clear()
 
     @staticmethod

@@ -12,8 +12,8 @@ queue, so no later trigger can ever cancel it, which is exactly what
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 from transitions import Machine
 from transitions.core import Event, Transition
@@ -42,7 +42,7 @@ def build_machine(
     ``effects`` are keyed by trigger and run before the state changes (so
     listeners of the change already see their result); ``on_enter``/``on_exit``
     by state. ``after_state_change`` runs after every change of state, not
-    after internal edges.
+    after internal edges: it is the last ``on_enter`` callback of every state.
     """
     missing = {g.name for g in chart.guards} - set(guards)
     if missing:
@@ -58,12 +58,13 @@ def build_machine(
         auto_transitions=False,
         send_event=True,
         model_attribute="_state",
-        after_state_change=[_only_on_change(after_state_change)],
     )
     for state, effect in on_enter.items():
         machine.get_state(state).on_enter.append(effect)
     for state, effect in on_exit.items():
         machine.get_state(state).on_exit.append(effect)
+    for state in chart.states:
+        machine.get_state(state).on_enter.append(after_state_change)
     machine.freeze()
     return machine
 
@@ -82,53 +83,54 @@ def _edge_spec(
     }
 
 
-def _only_on_change(callback: Effect) -> Effect:
-    def after(event_data: EventData) -> None:
-        if event_data.transition.dest is not None:
-            callback(event_data)
-
-    return after
-
-
 class _LeanTransition(Transition):
     """``Transition.execute`` without what costs and is never needed here.
 
     transitions logs each step of a trigger (~15 logger calls, even with
     logging off) and resolves every callback by name first. ``build_machine``
-    only installs callables, so this calls the same callback lists, read live,
-    in the same order, directly: prepare, conditions, before_state_change +
-    before, exit, state set, enter (+ on_final), after + after_state_change.
-    (``type: ignore[operator]``: transitions types callbacks as ``str |
-    callable``; :meth:`_LeanMachine.freeze` checked there are no names.)
+    only installs callables, so :meth:`_LeanMachine.freeze` compiles each
+    transition's callback lists into one plan, in transitions' order:
+    prepare, conditions, before_state_change + before, exit, state set,
+    enter (+ on_final), after + after_state_change. ``execute`` then calls
+    the plan directly.
     """
 
+    lean_plan: _Plan | None = None
+    """Set by :meth:`_LeanMachine.freeze`; ``None`` until then."""
+
     def execute(self, event_data: EventData) -> bool:
-        machine: _LeanMachine = event_data.machine
-        for callback in self.prepare:
-            callback(event_data)  # type: ignore[operator]
-        for condition in self.conditions:
-            if condition.func(event_data) != condition.target:  # type: ignore[operator]
+        plan = self.lean_plan
+        if plan is None:
+            raise RuntimeError("a lean machine's transitions run only after freeze()")
+        for callback in plan.prepare:
+            callback(event_data)
+        for condition, target in plan.conditions:
+            if condition(event_data) != target:
                 return False
-        for callback in machine._before_state_change:
-            callback(event_data)  # type: ignore[operator]
-        for callback in self.before:
-            callback(event_data)  # type: ignore[operator]
-        if self.dest:  # None for an internal edge: no state change
-            for callback in machine.states[self.source].on_exit:
-                callback(event_data)  # type: ignore[operator]
-            dest, value = machine.lean_dests[self.dest]
-            setattr(event_data.model, machine.model_attribute, value)
-            event_data.state = dest
-            for callback in dest.on_enter:
-                callback(event_data)
-            if dest.final:
-                for callback in machine.on_final:
-                    callback(event_data)
-        for callback in self.after:
-            callback(event_data)  # type: ignore[operator]
-        for callback in machine._after_state_change:
-            callback(event_data)  # type: ignore[operator]
+        for callback in plan.before:
+            callback(event_data)
+        if plan.dest is not None:  # None for an internal edge: no state change
+            setattr(event_data.model, plan.attribute, plan.value)
+            event_data.state = plan.dest
+        for callback in plan.after:
+            callback(event_data)
         return True
+
+
+class _Plan(NamedTuple):
+    """One transition's callbacks, flattened in the order ``Transition.execute`` calls them."""
+
+    prepare: tuple[Callable[[EventData], Any], ...]
+    conditions: tuple[tuple[Callable[[EventData], Any], bool], ...]
+    before: tuple[Callable[[EventData], Any], ...]
+    """before_state_change, the transition's before, the source state's on_exit."""
+    dest: Any
+    """The destination's transitions ``State``; ``None`` for an internal edge."""
+    attribute: str
+    value: Any
+    """What the model attribute holds in the destination state."""
+    after: tuple[Callable[[EventData], Any], ...]
+    """The destination's on_enter (+ on_final), the transition's after, after_state_change."""
 
 
 class _LeanEvent(Event):
@@ -142,58 +144,87 @@ class _LeanEvent(Event):
     handed to transitions itself (MachineError, or False when ignored).
     """
 
+    lean_sources: dict[Any, tuple[Any, list[Transition]]]
+    """State value -> (transitions State, the transitions from it), set by ``freeze``."""
+
     def trigger(self, model: object, *args: Any, **kwargs: Any) -> bool:
         machine: _LeanMachine = self.machine  # type: ignore[assignment]
-        state, name = machine.lean_states[getattr(model, machine.model_attribute)]
-        transitions = self.transitions.get(name)
-        if not transitions:
+        source = self.lean_sources.get(getattr(model, machine.model_attribute))
+        if source is None:
             return super().trigger(model, *args, **kwargs)
-        event_data = _EventData(state, self, machine, model, args=args, kwargs=kwargs)
-        for callback in machine._prepare_event:
-            callback(event_data)  # type: ignore[operator]
-        for transition in transitions:
+        event_data = _EventData(source[0], self, machine, model, args=args, kwargs=kwargs)
+        for callback in machine.lean_prepare_event:
+            callback(event_data)
+        for transition in source[1]:
             event_data.transition = transition
             if transition.execute(event_data):
                 event_data.result = True
-                break
-        return bool(event_data.result)
+                return True
+        return False
 
 
 class _LeanMachine(Machine):
     """A ``Machine`` whose triggers skip per-call logging and callback name resolution.
 
-    Callbacks may be added after :meth:`freeze` (they are read live), as
-    long as they are callables, never names.
+    :meth:`freeze` compiles the callback lists: a callback, state or
+    transition added afterwards is only seen after another ``freeze()``.
     """
 
     event_cls = _LeanEvent
     transition_cls = _LeanTransition
 
-    lean_states: dict[Any, tuple[Any, str]]
-    """State value (what the model attribute holds) -> (transitions State, its name)."""
-    lean_dests: dict[str, tuple[Any, Any]]
-    """State name -> (transitions State, its value)."""
+    lean_prepare_event: tuple[Callable[[EventData], Any], ...] = ()
 
     def freeze(self) -> None:
-        """Index the states; refuse what only transitions' general code path handles.
+        """Compile every transition's callbacks; refuse what only transitions' general path handles.
 
-        Call it once every state is added.
+        Call it once every state, transition and callback is added (again
+        after adding more).
         """
         if self.has_queue or self.on_exception or self.finalize_event or not self.send_event:
             raise ValueError(
                 "a lean machine sends EventData, has no queue, no exception/finalize callbacks"
             )
-        callbacks = [*self.prepare_event, *self.before_state_change, *self.after_state_change]
-        callbacks += self.on_final
-        for state in self.states.values():
-            callbacks += [*state.on_enter, *state.on_exit]
+        self.lean_prepare_event = _callables(self.prepare_event)
         for event in self.events.values():
-            for transitions in event.transitions.values():
+            lean_event: _LeanEvent = event  # type: ignore[assignment]
+            lean_event.lean_sources = {}
+            for name, transitions in event.transitions.items():
+                if not transitions:
+                    continue
+                state = self.states[name]
+                lean_event.lean_sources[state.value] = (state, transitions)
                 for transition in transitions:
-                    callbacks += [*transition.prepare, *transition.before, *transition.after]
-                    callbacks += [condition.func for condition in transition.conditions]
-        for callback in callbacks:
-            if not callable(callback):
-                raise TypeError(f"a lean machine calls callbacks directly, got {callback!r}")
-        self.lean_states = {state.value: (state, name) for name, state in self.states.items()}
-        self.lean_dests = {name: (state, state.value) for name, state in self.states.items()}
+                    if not isinstance(transition, _LeanTransition):
+                        raise TypeError(f"a lean machine runs only lean transitions: {transition}")
+                    transition.lean_plan = self._plan(transition)
+
+    def _plan(self, transition: _LeanTransition) -> _Plan:
+        source = self.states[transition.source]
+        dest = None if transition.dest is None else self.states[transition.dest]
+        after = [*transition.after, *self.after_state_change]
+        before = [*self.before_state_change, *transition.before]
+        if dest is not None:
+            before += source.on_exit
+            after = [*dest.on_enter, *(self.on_final if dest.final else ()), *after]
+        return _Plan(
+            prepare=_callables(transition.prepare),
+            conditions=tuple(
+                (_callables([condition.func])[0], condition.target)
+                for condition in transition.conditions
+            ),
+            before=_callables(before),
+            dest=dest,
+            attribute=self.model_attribute,
+            value=None if dest is None else dest.value,
+            after=_callables(after),
+        )
+
+
+def _callables(callbacks: Iterable[Any]) -> tuple[Callable[[EventData], Any], ...]:
+    """``callbacks`` as a tuple; a lean machine calls them directly, so names are refused."""
+    checked = tuple(callbacks)
+    for callback in checked:
+        if not callable(callback):
+            raise TypeError(f"a lean machine calls callbacks directly, got {callback!r}")
+    return checked

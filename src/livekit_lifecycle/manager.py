@@ -37,6 +37,7 @@ CleanupCallback = Callable[[Session], Any]
 """``fn(session)``, sync or async; called while the session is ``disconnecting``."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+_CleanupBatch = tuple[list[Session], "asyncio.Future[None]"]
 _ACTIVE = rtc.ParticipantState.PARTICIPANT_STATE_ACTIVE
 _CONNECTED_STATES = (State.CONNECTING, State.ACTIVE)
 _SUPERSEDED_LIMIT = 16
@@ -85,8 +86,12 @@ class LifecycleManager:
         """Whether a cleanup callback is a coroutine function (cleanup then runs in a task)."""
         self._resources: list[tuple[str, Callable[[], Any]]] = []
         self._listeners = Listeners()
+        self._listening = self._listeners.by_name
+        self._check_invariants_on = self._config.check_invariants
         self._waiters: dict[str, list[tuple[State, asyncio.Future[Session]]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        self._cleanup_batch: _CleanupBatch | None = None
+        """Sessions whose synchronous cleanup runs on the loop's next turn, and its future."""
         """Session runners, scheduled cleanups and async listeners: what idle() waits for."""
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._room: rtc.Room | None = None
@@ -202,17 +207,16 @@ class LifecycleManager:
         # a room attached before it connects is reconciled once it has.
         self._reconcile_on_connect = not room.isconnected()
         self._handlers = [
-            ("participant_connected", self._on_participant_connected),
-            ("participant_active", self._on_participant_active),
-            ("participant_disconnected", self._on_participant_disconnected),
-            ("track_published", self._on_track_published),
-            ("track_unpublished", self._on_track_unpublished),
-            ("reconnecting", self._on_room_reconnecting),
-            ("reconnected", self._on_room_reconnected),
-            ("disconnected", self._on_room_disconnected),
-            ("connection_state_changed", self._on_connection_state_changed),
+            ("participant_connected", _room_handler(self._submit, InputKind.CONNECTED)),
+            ("participant_active", _room_handler(self._submit, InputKind.ACTIVE)),
+            ("participant_disconnected", _room_handler(self._submit, InputKind.DISCONNECTED)),
+            ("track_published", _room_handler(self._on_track, InputKind.TRACK_PUBLISHED)),
+            ("track_unpublished", _room_handler(self._on_track, InputKind.TRACK_UNPUBLISHED)),
+            ("reconnecting", _room_handler(self._on_room_reconnecting)),
+            ("reconnected", _room_handler(self._on_room_reconnected)),
+            ("disconnected", _room_handler(self._on_room_disconnected)),
+            ("connection_state_changed", _room_handler(self._on_connection_state_changed)),
         ]
-        self._handlers = [(name, _introspectable(method)) for name, method in self._handlers]
         for name, handler in self._handlers:
             room.on(name, handler)  # type: ignore[arg-type]
         self._info("handlers.registered", "handlers", events=[n for n, _ in self._handlers])
@@ -460,24 +464,14 @@ class LifecycleManager:
 
     # ------------------------------------------------------------------ room handlers
 
-    def _on_participant_connected(self, participant: rtc.RemoteParticipant) -> None:
-        self._submit(InputKind.CONNECTED, participant)
-
-    def _on_participant_active(self, participant: rtc.RemoteParticipant) -> None:
-        self._submit(InputKind.ACTIVE, participant)
-
-    def _on_participant_disconnected(self, participant: rtc.RemoteParticipant) -> None:
-        self._submit(InputKind.DISCONNECTED, participant)
-
-    def _on_track_published(
-        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    def _on_track(
+        self,
+        kind: InputKind,
+        publication: rtc.RemoteTrackPublication,
+        participant: rtc.RemoteParticipant,
+        *_: object,
     ) -> None:
-        self._submit(InputKind.TRACK_PUBLISHED, participant, publication)
-
-    def _on_track_unpublished(
-        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
-    ) -> None:
-        self._submit(InputKind.TRACK_UNPUBLISHED, participant, publication)
+        self._submit(kind, participant, publication=publication)
 
     def _on_connection_state_changed(self, state: int) -> None:
         if state == rtc.ConnectionState.CONN_CONNECTED:
@@ -508,9 +502,14 @@ class LifecycleManager:
         self,
         kind: InputKind,
         participant: rtc.RemoteParticipant,
+        *_: object,
         publication: rtc.RemoteTrackPublication | None = None,
     ) -> None:
-        """Translate one room event into an :class:`Input` and route it. Never raises."""
+        """Translate one room event into an :class:`Input` and route it. Never raises.
+
+        The participant events' room handler (positional arguments a newer
+        SDK might add are ignored).
+        """
         self._stats["events"] += 1
         if self._reconcile_on_connect:
             self._catch_up()
@@ -549,7 +548,10 @@ class LifecycleManager:
         except Exception as exc:
             self._reject(kind, participant, f"{type(exc).__name__}: {exc}")
             return
-        self._route(inp)
+        if session is None:
+            self._route(inp)
+        else:  # what _route would find: the session bound to this sid
+            self._feed(session, inp)
 
     def _key_of(self, kind: InputKind, participant: rtc.RemoteParticipant) -> str | None:
         try:
@@ -615,8 +617,12 @@ class LifecycleManager:
         # Busy meanwhile, so events a `created` listener causes wait their turn.
         session._busy = True
         try:
-            self._emit("created", session)
-            self._guarded_step(session, self._adopt)
+            if self._listening["created"]:
+                self._emit("created", session)
+            try:
+                self._adopt(session)
+            except Exception:
+                self._internal_error(session, "adopt")
         finally:
             session._busy = False
         queued = session._queue
@@ -655,7 +661,7 @@ class LifecycleManager:
                 self._submit(InputKind.ACTIVE, participant)
             for publication in participant.track_publications.values():
                 if publication.sid not in bound._tracks:
-                    self._submit(InputKind.TRACK_PUBLISHED, participant, publication)
+                    self._submit(InputKind.TRACK_PUBLISHED, participant, publication=publication)
 
     # ------------------------------------------------------------------ per-session processing
 
@@ -673,7 +679,12 @@ class LifecycleManager:
             session._queue.append(inp)
             return
         session._busy = True
-        self._continue(session, self._step(session, inp))
+        needs_cleanup = self._step(session, inp)
+        if needs_cleanup or session._queue:
+            self._continue(session, needs_cleanup)
+        else:  # the common case, without _continue's call
+            session._busy = False
+            session._queue = None
 
     def _continue(self, session: Session, needs_cleanup: bool) -> None:
         """Drain the session's queue synchronously up to the next cleanup, then schedule it."""
@@ -691,21 +702,43 @@ class LifecycleManager:
             )
             return
         # Every cleanup callback is synchronous: run them on the loop's next turn
-        # (the session is seen `disconnecting` until then, as with a task) from a
-        # plain callback, which costs a fraction of a task. The future lets
+        # (the session is seen `disconnecting` until then, as with a task) from
+        # one plain loop callback for every session whose cleanup became due
+        # meanwhile, which costs a fraction of a task each. Its future lets
         # idle() and aclose() wait for it like for any task.
-        done: asyncio.Future[None] = loop.create_future()
-        self._track(done)
-        loop.call_soon(self._cleanup_now, session, done)
+        batch = self._cleanup_batch
+        if batch is None:
+            done: asyncio.Future[None] = loop.create_future()
+            self._track(done)
+            batch = self._cleanup_batch = ([], done)
+            loop.call_soon(self._run_cleanup_batch, batch)
+        batch[0].append(session)
 
     def _track(self, future: asyncio.Future[Any]) -> None:
         self._tasks.add(future)
         future.add_done_callback(self._tasks.discard)
 
-    def _cleanup_now(self, session: Session, done: asyncio.Future[None]) -> None:
+    def _run_cleanup_batch(self, batch: _CleanupBatch) -> None:
+        sessions, done = batch
+        # Cleanups that become due from here on (a queued takeover's) go to the next turn.
+        self._cleanup_batch = None
         if done.done():  # cancelled by a shutdown past its deadline
-            session._busy = False
+            for session in sessions:
+                session._busy = False
             return
+        ran = 0
+        try:
+            for session in sessions:
+                ran += 1
+                self._cleanup_now(session)
+        finally:
+            done.set_result(None)
+            # Only a BaseException from a callback (KeyboardInterrupt...) gets here
+            # early: the sessions after it still get their cleanup, next turn.
+            for session in sessions[ran:]:
+                self._continue(session, True)
+
+    def _cleanup_now(self, session: Session) -> None:
         try:
             rest = self._cleanup_sync(session)
             if rest is None:
@@ -719,8 +752,6 @@ class LifecycleManager:
         except Exception:
             session._busy = False
             self._internal_error(session, "cleanup")
-        finally:
-            done.set_result(None)
 
     async def _drain(self, session: Session, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -877,15 +908,12 @@ class LifecycleManager:
             report(Outcome.FAILED, asyncio.CancelledError("cancelled the cleanup runner"))
 
     def _end_cleanup(self, session: Session) -> None:
-        self._guarded_step(session, lambda s: self._fire(s, "cleanup_done"))
-        if session._state in _CONNECTED_STATES:
-            self._guarded_step(session, self._adopt)  # a takeover's new connection
-
-    def _guarded_step(self, session: Session, step: Callable[[Session], Any]) -> None:
         try:
-            step(session)
+            self._fire(session, "cleanup_done")
+            if session._state in _CONNECTED_STATES:
+                self._adopt(session)  # a takeover's new connection
         except Exception:
-            self._internal_error(session, describe(step))
+            self._internal_error(session, "cleanup_done")
 
     # ------------------------------------------------------------------ guards (named in the chart)
 
@@ -1017,16 +1045,12 @@ class LifecycleManager:
 
     def _after_state_change(self, ev: EventData) -> None:
         session: Session = ev.model
-        transition = Transition(
-            self._state_by_name[ev.transition.source],
-            session._state,
-            ev.event.name,
-            session._sid,
-            time.time(),
-        )
+        dest = session._state
+        source = self._state_by_name[ev.transition.source]
+        transition = Transition(source, dest, ev.event.name, session._sid, time.time())
         session._history.append(transition)
         self._stats["transitions"] += 1
-        if self._config.check_invariants:
+        if self._check_invariants_on:
             self._check_invariants(session)
         if self._stdlog.isEnabledFor(logging.INFO):  # spares building the fields when off
             self._log_session(
@@ -1036,19 +1060,18 @@ class LifecycleManager:
                 session,
                 trigger=transition.trigger,
                 from_state=transition.source.value,
-                to_state=transition.dest.value,
+                to_state=dest.value,
             )
         if self._waiters:
             self._resolve_waiters(session)
-        listeners = self._listeners
-        if "state_changed" in listeners:
+        listening = self._listening
+        if listening["state_changed"]:
             self._emit("state_changed", session, transition)
-        dest = transition.dest
-        if dest is State.RECONNECTED:
-            if "reconnected" in listeners:
-                self._emit("reconnected", session)
-        elif dest is State.REMOVED and "removed" in listeners:
-            self._emit("removed", session)
+        if dest is State.REMOVED:
+            if listening["removed"]:
+                self._emit("removed", session)
+        elif dest is State.RECONNECTED and listening["reconnected"]:
+            self._emit("reconnected", session)
 
     def _check_invariants(self, session: Session) -> None:
         from .invariants import check_session
@@ -1249,20 +1272,17 @@ def _uncancel_current_task() -> None:
         uncancel()
 
 
-def _introspectable(method: Callable[..., None]) -> Callable[..., None]:
-    """``method`` as a room handler that is cheap for livekit's ``EventEmitter.emit``.
+def _room_handler(method: Callable[..., None], *bound: object) -> Callable[..., None]:
+    """``method`` with ``bound`` first arguments, as a handler cheap for ``EventEmitter.emit``.
 
     ``emit`` calls ``inspect.signature(handler)`` on every event to drop
     arguments the handler does not take. For a bound method that costs
-    ~10 µs per event, more than all our own processing of it; a function
-    that carries a precomputed ``__signature__`` costs ~1 µs.
+    ~10 µs per event, more than all our own processing of it; a
+    ``functools.partial`` carrying its precomputed ``__signature__`` costs
+    ~1 µs, and calls the method without a Python frame of its own.
     """
-
-    def handler(*args: Any) -> None:
-        method(*args)
-
-    handler.__signature__ = inspect.signature(method)  # type: ignore[attr-defined]
-    handler.__qualname__ = handler.__name__ = getattr(method, "__name__", "handler")
+    handler = functools.partial(method, *bound)
+    handler.__signature__ = inspect.signature(handler)  # type: ignore[attr-defined]
     return handler
 
 

@@ -63,7 +63,7 @@ class _History(list[Transition]):
         self.maxlen = maxlen
 
     def append(self, transition: Transition) -> None:
-        super().append(transition)
+        list.append(self, transition)
         if len(self) > self.maxlen:
             del self[0]
 

@@ -269,14 +269,6 @@ PARTICIPANT_CHART = Statechart(
             "every cleanup callback returned, failed or timed out",
         ),
         Edge(
-            "rejoin",
-            _S.CLEANED,
-            _S.RECONNECTED,
-            "the connection that took over is bound to the session",
-            guards=("has_pending_connection",),
-            automatic=True,
-        ),
-        Edge(
             "hold",
             _S.CLEANED,
             _S.GRACE,
@@ -291,6 +283,14 @@ PARTICIPANT_CHART = Statechart(
             _S.REMOVED,
             "no grace: removed at once",
             unless=("grace_allowed", "has_pending_connection"),
+            automatic=True,
+        ),
+        Edge(
+            "rejoin",
+            _S.CLEANED,
+            _S.RECONNECTED,
+            "the connection that took over is bound to the session",
+            guards=("has_pending_connection",),
             automatic=True,
         ),
         Edge(
