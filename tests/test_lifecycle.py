@@ -579,6 +579,25 @@ async def test_events_after_shutdown_are_ignored(driver: RoomDriver) -> None:
         manager.add_resource(lambda: None)
 
 
+async def test_room_events_with_arguments_a_newer_sdk_might_add_are_handled(
+    make_manager: MakeManager, driver: RoomDriver
+) -> None:
+    manager = make_manager(grace_period=0)
+    # A participant object from another room: emitted below by hand, with one argument more.
+    async with RoomDriver("elsewhere") as elsewhere:
+        alice = elsewhere.connect("alice", active=True)
+        driver.room.emit("participant_connected", alice, "a future argument")
+        assert manager.state_of("alice") is State.ACTIVE
+        driver.room.emit("participant_disconnected", alice, "a future argument")
+        session = await manager.wait_for("alice", State.REMOVED, WAIT)
+    assert path(session) == [
+        ("connecting", "activate", "active"),
+        ("active", "disconnect", "disconnecting"),
+        ("disconnecting", "cleanup_done", "cleaned"),
+        ("cleaned", "release", "removed"),
+    ]
+
+
 async def test_grace_sessions_are_removed_at_shutdown_without_a_second_cleanup(
     driver: RoomDriver,
 ) -> None:

@@ -90,9 +90,9 @@ class LifecycleManager:
         self._check_invariants_on = self._config.check_invariants
         self._waiters: dict[str, list[tuple[State, asyncio.Future[Session]]]] = {}
         self._tasks: set[asyncio.Future[Any]] = set()
+        """Session runners, scheduled cleanups and async listeners: what idle() waits for."""
         self._cleanup_batch: _CleanupBatch | None = None
         """Sessions whose synchronous cleanup runs on the loop's next turn, and its future."""
-        """Session runners, scheduled cleanups and async listeners: what idle() waits for."""
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._room: rtc.Room | None = None
         self._last_room: rtc.Room | None = None
