@@ -1,6 +1,6 @@
 """Fault injection: failing, hanging, self-cancelling user code; concurrent and cancelled shutdowns.
 
-Every scenario runs on a virtual-time loop (``tests.virtual_time``), so "hangs
+Every scenario runs on a virtual-time loop (``livekit_lifecycle.testing.virtual_time``), so "hangs
 past ``cleanup_timeout``" and "finishes within ``shutdown_timeout``" are exact
 statements about the event loop's clock, not wall-clock guesses. After each
 one: the manager's invariants hold, shutdown leaves nothing behind, and each
@@ -21,7 +21,7 @@ from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State,
 from livekit_lifecycle.invariants import InvariantChecker, check_closed, check_manager, raise_for
 from livekit_lifecycle.manager import _SHUTDOWN_SLACK
 from livekit_lifecycle.testing import RoomDriver
-from tests.virtual_time import clock, run
+from livekit_lifecycle.testing.virtual_time import clock, run
 
 ROOM = "fault-room"
 Scenario = Callable[[RoomDriver, LifecycleManager], Coroutine[Any, Any, None]]

@@ -24,7 +24,7 @@ from livekit_lifecycle.invariants import (
     raise_for,
 )
 from livekit_lifecycle.testing import RoomDriver
-from tests.virtual_time import run
+from livekit_lifecycle.testing.virtual_time import run
 
 REASON = rtc.DisconnectReason
 GRACE = 30.0

@@ -36,7 +36,7 @@ from livekit import rtc
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, Transition
 from livekit_lifecycle._events import Input
 from livekit_lifecycle.testing import RoomDriver
-from tests.virtual_time import run
+from livekit_lifecycle.testing.virtual_time import run
 
 CYCLES = int(os.environ.get("LIVEKIT_LIFECYCLE_LEAK_CYCLES", "10000"))
 WARMUP = 500

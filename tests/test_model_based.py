@@ -46,7 +46,7 @@ from livekit_lifecycle.invariants import (
 )
 from livekit_lifecycle.statechart import Edge, Statechart
 from livekit_lifecycle.testing import RoomDriver
-from tests.virtual_time import run
+from livekit_lifecycle.testing.virtual_time import run
 
 CHART = PARTICIPANT_CHART
 GRACE = 30.0

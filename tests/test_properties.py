@@ -1,7 +1,7 @@
 """Property-based tests: hypothesis drives random interleavings against a real Room.
 
 :class:`LifecycleMachine` is a ``RuleBasedStateMachine``. Each example gets a
-fresh virtual-time event loop (``tests.virtual_time``), a real ``rtc.Room``
+fresh virtual-time event loop (``livekit_lifecycle.testing.virtual_time``), a real ``rtc.Room``
 fed through ``RoomDriver`` and a real manager. Rules: connections joining
 (a second one for a user is a takeover: identities ``u0#1``, ``u0#2`` share
 the session key ``u0``), refreshes, activation, track publish/unpublish,
@@ -65,7 +65,7 @@ from livekit_lifecycle.invariants import (
 from livekit_lifecycle.log import LOGGER_NAME
 from livekit_lifecycle.manager import _SHUTDOWN_SLACK
 from livekit_lifecycle.testing import RoomDriver
-from tests.virtual_time import VirtualTimeLoop, run
+from livekit_lifecycle.testing.virtual_time import VirtualTimeLoop, run
 
 T = TypeVar("T")
 

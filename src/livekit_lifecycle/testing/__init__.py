@@ -4,6 +4,8 @@
 it real ``RoomEvent`` protobufs, so the SDK's own translation code creates the
 ``RemoteParticipant`` and publication objects and emits the events your
 handlers see in production. No server, no credentials, no network.
+:mod:`~livekit_lifecycle.testing.virtual_time` runs such tests on a loop whose
+clock jumps over waits, so a 30 s grace window takes no time.
 """
 
 from __future__ import annotations

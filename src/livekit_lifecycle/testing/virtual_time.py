@@ -11,6 +11,10 @@ sleep-and-hope, no flaky margins.
 
 When nothing is ready and no timer is scheduled, the loop would wait forever:
 that is a deadlock in the code under test, and it raises instead of hanging.
+
+Use it for code that only waits on the loop (``RoomDriver`` rooms, the
+manager's timers); real I/O such as a :class:`LoopbackServer` connection
+takes real time, which this clock does not see.
 """
 
 from __future__ import annotations
@@ -95,7 +99,11 @@ class _AutojumpSelector(selectors.BaseSelector):
 def clock() -> VirtualTimeLoop:
     """The running loop, which must be a :class:`VirtualTimeLoop`."""
     loop = asyncio.get_running_loop()
-    assert isinstance(loop, VirtualTimeLoop), "run this coroutine with tests.virtual_time.run"
+    if not isinstance(loop, VirtualTimeLoop):
+        raise RuntimeError(
+            "not a virtual-time loop: run this coroutine with"
+            " livekit_lifecycle.testing.virtual_time.run"
+        )
     return loop
 
 
