@@ -197,6 +197,23 @@ async def test_repeated_disconnects_are_no_ops(
     assert session.state is State.GRACE
 
 
+async def test_a_repeated_unpublish_changes_nothing(
+    make_manager: MakeManager, driver: RoomDriver
+) -> None:
+    manager = make_manager()
+    participant = driver.connect("alice", active=True)
+    kept = driver.publish_track("alice")
+    gone = driver.publish_track("alice")
+    publication = driver.unpublish_track("alice", gone)
+    assert publication is not None and publication.sid == gone
+    session = manager.get("alice")
+    assert session is not None and session.tracks == frozenset({kept})
+    for _ in range(3):
+        driver.redeliver_unpublish(publication, participant)
+    assert session.state is State.ACTIVE and session.tracks == frozenset({kept})
+    assert driver.unpublish_track("alice", "TR_never_published") is None
+
+
 async def test_stale_events_from_an_old_connection_are_ignored(
     make_manager: MakeManager, driver: RoomDriver, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -161,23 +161,16 @@ class Harness:
         as connecting (its first ``track_published`` activates it); the chart
         accepts one anyway, for events redelivered by application code. So
         the SDK produces a real publish/unpublish pair while the manager is
-        detached, and the unpublish is then emitted again, as
-        ``RoomDriver.redeliver_disconnect`` does for disconnects.
+        detached, and ``RoomDriver.redeliver_unpublish`` then emits the
+        unpublish again.
         """
-        seen: list[tuple[rtc.RemoteTrackPublication, rtc.RemoteParticipant]] = []
-
-        def keep(pub: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant) -> None:
-            seen.append((pub, participant))
-
         room = self.driver.room
         self.manager.detach()
-        room.on("track_unpublished", keep)
         track = self.driver.publish_track(self.current)
-        self.driver.unpublish_track(self.current, track)
-        room.off("track_unpublished", keep)
+        publication = self.driver.unpublish_track(self.current, track)
         self.manager.attach(room)
-        (publication, participant), *_ = seen
-        room.emit("track_unpublished", publication, participant)
+        assert publication is not None
+        self.driver.redeliver_unpublish(publication, self.participant(self.current))
 
     def start_close(self) -> None:
         self.close_task = asyncio.ensure_future(self.manager.aclose())

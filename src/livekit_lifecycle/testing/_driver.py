@@ -188,12 +188,28 @@ class RoomDriver:
         self.room._on_room_event(event)
         return info.sid
 
-    def unpublish_track(self, identity: str, track_sid: str) -> None:
-        """``track_unpublished``."""
+    def unpublish_track(self, identity: str, track_sid: str) -> rtc.RemoteTrackPublication | None:
+        """``track_unpublished``; returns the publication the SDK dropped (``None`` if it had none).
+
+        Keep it to :meth:`redeliver_unpublish` the event later.
+        """
+        participant = self.room.remote_participants.get(identity)
+        publication = None if participant is None else participant.track_publications.get(track_sid)
         event = proto_room.RoomEvent()
         event.track_unpublished.participant_identity = identity
         event.track_unpublished.publication_sid = track_sid
         self.room._on_room_event(event)
+        return publication
+
+    def redeliver_unpublish(
+        self, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
+    ) -> None:
+        """Emit ``track_unpublished`` again for a publication that is already gone.
+
+        Like :meth:`redeliver_disconnect`: the SDK cannot repeat it (it drops
+        the publication first), application code that forwards events can.
+        """
+        self.room.emit("track_unpublished", publication, participant)
 
     # ------------------------------------------------------------------ the agent's own connection
 
