@@ -619,10 +619,7 @@ class LifecycleManager:
         try:
             if self._listening["created"]:
                 self._emit("created", session)
-            try:
-                self._adopt(session)
-            except Exception:
-                self._internal_error(session, "adopt")
+            self._adopt_isolated(session)
         finally:
             session._busy = False
         queued = session._queue
@@ -910,10 +907,17 @@ class LifecycleManager:
     def _end_cleanup(self, session: Session) -> None:
         try:
             self._fire(session, "cleanup_done")
-            if session._state in _CONNECTED_STATES:
-                self._adopt(session)  # a takeover's new connection
         except Exception:
             self._internal_error(session, "cleanup_done")
+        if session._state in _CONNECTED_STATES:
+            self._adopt_isolated(session)  # a takeover's new connection
+
+    def _adopt_isolated(self, session: Session) -> None:
+        """:meth:`_adopt` outside a step: a failure is logged, never raised to the caller."""
+        try:
+            self._adopt(session)
+        except Exception:
+            self._internal_error(session, "adopt")
 
     # ------------------------------------------------------------------ guards (named in the chart)
 
