@@ -25,10 +25,18 @@ Fixtures:
     task behind. Where the server cannot work — aiortc is not installed, or
     the machine has no non-loopback network interface (libwebrtc ignores
     loopback) — the test is skipped with the reason, never left hanging.
+
+``chromium``
+    A headless Chromium (a Playwright ``Browser``, see
+    :mod:`livekit_lifecycle.testing.browser`), one per test. Mark such tests
+    ``browser``. Without Playwright or a Chromium the test is skipped with the
+    reason, unless ``LIVEKIT_LIFECYCLE_REQUIRE_BROWSER=1`` is set (CI sets it):
+    then it fails, so a machine that lost its browser cannot pass by skipping.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -36,11 +44,14 @@ import pytest
 import pytest_asyncio
 
 if TYPE_CHECKING:
+    from playwright.async_api import Browser
+
     from .loopback import LoopbackServer
 
-__all__ = ["loopback_server", "pytest_configure"]
+__all__ = ["chromium", "loopback_server", "pytest_configure"]
 
 _MARKER = "loopback"
+REQUIRE_BROWSER_ENV = "LIVEKIT_LIFECYCLE_REQUIRE_BROWSER"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -48,6 +59,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{_MARKER}(**options): keyword arguments for the loopback_server fixture's"
         " LoopbackServer (leave_timeout=..., single_pc=...)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "browser: drives a headless Chromium (the chromium fixture; the browser extra)",
     )
 
 
@@ -77,3 +92,17 @@ async def loopback_server(request: pytest.FixtureRequest) -> AsyncIterator[Loopb
     left = {what: n for what, n in leaks.items() if n}
     if left:
         pytest.fail(f"the LoopbackServer left resources behind after stop(): {left}")
+
+
+@pytest_asyncio.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    """A headless Chromium for this test (see the module docstring)."""
+    from .browser import BrowserUnavailable, headless_chromium
+
+    try:
+        async with headless_chromium() as browser:
+            yield browser
+    except BrowserUnavailable as exc:
+        if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
+            pytest.fail(f"{REQUIRE_BROWSER_ENV}=1 but {exc}")
+        pytest.skip(str(exc))
