@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = [
+    "CONNECTED",
     "PARTICIPANT_CHART",
     "Edge",
     "Guard",
@@ -50,6 +51,14 @@ class State(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+CONNECTED: tuple[State, ...] = (State.CONNECTING, State.ACTIVE)
+"""States in which a connection is bound and live: a disconnect or a shutdown starts cleanup.
+
+A tuple, not a set: ``in`` on a short tuple compares identities first, while
+hashing a ``str`` enum member calls Python code; the runtime asks this per event.
+"""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,183 @@
+"""The chart's guards and effects, as functions over a :class:`Session`, keyed by chart name.
+
+:data:`~livekit_lifecycle.statechart.PARTICIPANT_CHART` names each guard and
+each trigger; this module says what they do. Most are plain functions of the
+``transitions`` event data (``ev.model`` is the session, ``ev.kwargs`` what
+the runner fired the trigger with). The few that need the manager (its
+config, its sid index, its log) are closures over it, built once by
+:func:`guards` and :func:`effects`; the runtime machine calls them directly,
+so neither kind costs more than a function call per transition.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from livekit import rtc
+
+from ._machine import EventData
+from .session import Session
+from .statechart import CONNECTED
+
+if TYPE_CHECKING:
+    from .config import LifecycleConfig
+
+__all__ = ["ActionHost", "bind", "effects", "guards"]
+
+_ACTIVE = rtc.ParticipantState.PARTICIPANT_STATE_ACTIVE
+_SUPERSEDED_LIMIT = 16
+"""Sids of replaced connections remembered per session (oldest forgotten first)."""
+
+
+class ActionHost(Protocol):
+    """What the guards and effects read from the manager that runs them."""
+
+    _config: LifecycleConfig
+    _closing: bool
+    _by_sid: dict[str, Session]
+
+    def _log_session(
+        self, level: int, event: str, category: str, session: Session, **fields: Any
+    ) -> None: ...
+
+
+# ------------------------------------------------------------------ guards
+
+
+def is_current_sid(ev: EventData) -> bool:
+    return bool(ev.kwargs.get("sid") == ev.model._sid)
+
+
+def is_new_sid(ev: EventData) -> bool:
+    participant = ev.kwargs.get("participant")
+    return participant is not None and participant.sid != ev.model._sid
+
+
+def has_pending_connection(ev: EventData) -> bool:
+    return ev.model._pending is not None
+
+
+def is_current_timer(ev: EventData) -> bool:
+    return bool(ev.kwargs.get("epoch") == ev.model._grace_epoch)
+
+
+def participant_is_active(ev: EventData) -> bool:
+    participant = ev.model._participant
+    return participant is not None and (
+        participant.state == _ACTIVE or bool(participant.track_publications)
+    )
+
+
+def guards(host: ActionHost) -> dict[str, Callable[[EventData], bool]]:
+    """Every guard of the chart, by name."""
+
+    def grace_allowed(ev: EventData) -> bool:
+        config = host._config
+        return (
+            config.grace_period > 0
+            and not host._closing
+            and ev.model._disconnect_reason not in config.no_grace_reasons
+        )
+
+    return {
+        "is_current_sid": is_current_sid,
+        "is_new_sid": is_new_sid,
+        "has_pending_connection": has_pending_connection,
+        "grace_allowed": grace_allowed,
+        "is_current_timer": is_current_timer,
+        "participant_is_active": participant_is_active,
+    }
+
+
+# ------------------------------------------------------------------ effects
+
+
+def disconnect(ev: EventData) -> None:
+    session: Session = ev.model
+    session._disconnect_reason = ev.kwargs.get("reason")
+    session._disconnected_at = time.time()
+
+
+def takeover(ev: EventData) -> None:
+    session: Session = ev.model
+    superseded = session._superseded
+    if superseded is None:
+        superseded = session._superseded = {}
+    superseded[session._sid] = None
+    if len(superseded) > _SUPERSEDED_LIMIT:
+        del superseded[next(iter(superseded))]
+    session._pending = ev.kwargs["participant"]
+    session._disconnect_reason = None
+    session._disconnected_at = time.time()
+
+
+def shutdown(ev: EventData) -> None:
+    session: Session = ev.model
+    if session._state in CONNECTED:
+        session._disconnect_reason = None
+        session._disconnected_at = time.time()
+
+
+def cleanup_done(ev: EventData) -> None:
+    # Only our references go: the SDK owns the tracks and unpublishes them itself.
+    session: Session = ev.model
+    session._tracks.clear()
+    session._participant = None
+    session._cleanups += 1
+
+
+def bind(by_sid: dict[str, Session], session: Session, participant: rtc.RemoteParticipant) -> None:
+    """Bind ``session`` to a new connection ``participant`` (and the sid index with it)."""
+    if by_sid.get(session._sid) is session:
+        del by_sid[session._sid]
+    identity = participant.identity
+    session._identity = session._key if identity == session._key else identity
+    session._sid = participant.sid
+    session._participant = participant
+    session._tracks.clear()
+    session._reconnects += 1
+    session._connections += 1
+    session._connected_at = time.time()
+    session._disconnected_at = None
+    session._disconnect_reason = None
+    by_sid[session._sid] = session
+
+
+def effects(host: ActionHost) -> dict[str, Callable[[EventData], None]]:
+    """Every trigger's effect, by trigger name (triggers without one are absent)."""
+    by_sid = host._by_sid
+
+    def publish_track(ev: EventData) -> None:
+        ev.model._tracks.add(ev.kwargs["track_sid"])
+        host._log_session(
+            logging.DEBUG, "track.published", "track", ev.model, track=ev.kwargs["track_sid"]
+        )
+
+    def unpublish_track(ev: EventData) -> None:
+        ev.model._tracks.discard(ev.kwargs["track_sid"])
+        host._log_session(
+            logging.DEBUG, "track.unpublished", "track", ev.model, track=ev.kwargs["track_sid"]
+        )
+
+    def reconnect(ev: EventData) -> None:
+        bind(by_sid, ev.model, ev.kwargs["participant"])
+
+    def rejoin(ev: EventData) -> None:
+        session: Session = ev.model
+        pending, session._pending = session._pending, None
+        assert pending is not None
+        bind(by_sid, session, pending)
+
+    return {
+        "publish_track": publish_track,
+        "unpublish_track": unpublish_track,
+        "disconnect": disconnect,
+        "takeover": takeover,
+        "shutdown": shutdown,
+        "cleanup_done": cleanup_done,
+        "reconnect": reconnect,
+        "rejoin": rejoin,
+    }
