@@ -2,9 +2,9 @@
 
 :data:`~livekit_lifecycle.statechart.PARTICIPANT_CHART` names each guard and
 each trigger; this module says what they do. Most are plain functions of the
-``transitions`` event data (``ev.model`` is the session, ``ev.kwargs`` what
-the runner fired the trigger with). The few that need the manager (its
-config, its sid index, its log) are closures over it, built once by
+``transitions`` event data (``ev.model`` is the session, ``ev.kwargs["input"]``
+the :class:`~livekit_lifecycle._events.Input` that fired the trigger). The
+few that need the manager (its config, its sid index, its log) are closures over it, built once by
 :func:`guards` and :func:`effects`; the runtime machine calls them directly,
 so neither kind costs more than a function call per transition.
 """
@@ -20,7 +20,7 @@ from livekit import rtc
 
 from ._machine import EventData
 from .session import Session
-from .statechart import CONNECTED
+from .statechart import State
 
 if TYPE_CHECKING:
     from .config import LifecycleConfig
@@ -38,6 +38,7 @@ class ActionHost(Protocol):
     _config: LifecycleConfig
     _closing: bool
     _by_sid: dict[str, Session]
+    _connected: tuple[State, ...]
 
     def _log_session(
         self, level: int, event: str, category: str, session: Session, **fields: Any
@@ -48,11 +49,11 @@ class ActionHost(Protocol):
 
 
 def is_current_sid(ev: EventData) -> bool:
-    return bool(ev.kwargs.get("sid") == ev.model._sid)
+    return bool(ev.kwargs["input"].sid == ev.model._sid)
 
 
 def is_new_sid(ev: EventData) -> bool:
-    participant = ev.kwargs.get("participant")
+    participant = ev.kwargs["input"].participant
     return participant is not None and participant.sid != ev.model._sid
 
 
@@ -61,7 +62,7 @@ def has_pending_connection(ev: EventData) -> bool:
 
 
 def is_current_timer(ev: EventData) -> bool:
-    return bool(ev.kwargs.get("epoch") == ev.model._grace_epoch)
+    return bool(ev.kwargs["input"].epoch == ev.model._grace_epoch)
 
 
 def participant_is_active(ev: EventData) -> bool:
@@ -97,7 +98,7 @@ def guards(host: ActionHost) -> dict[str, Callable[[EventData], bool]]:
 
 def disconnect(ev: EventData) -> None:
     session: Session = ev.model
-    session._disconnect_reason = ev.kwargs.get("reason")
+    session._disconnect_reason = ev.kwargs["input"].reason
     session._disconnected_at = time.time()
 
 
@@ -109,16 +110,9 @@ def takeover(ev: EventData) -> None:
     superseded[session._sid] = None
     if len(superseded) > _SUPERSEDED_LIMIT:
         del superseded[next(iter(superseded))]
-    session._pending = ev.kwargs["participant"]
+    session._pending = ev.kwargs["input"].participant
     session._disconnect_reason = None
     session._disconnected_at = time.time()
-
-
-def shutdown(ev: EventData) -> None:
-    session: Session = ev.model
-    if session._state in CONNECTED:
-        session._disconnect_reason = None
-        session._disconnected_at = time.time()
 
 
 def cleanup_done(ev: EventData) -> None:
@@ -149,21 +143,26 @@ def bind(by_sid: dict[str, Session], session: Session, participant: rtc.RemotePa
 def effects(host: ActionHost) -> dict[str, Callable[[EventData], None]]:
     """Every trigger's effect, by trigger name (triggers without one are absent)."""
     by_sid = host._by_sid
+    connected = host._connected
+
+    def shutdown(ev: EventData) -> None:
+        session: Session = ev.model
+        if session._state in connected:
+            session._disconnect_reason = None
+            session._disconnected_at = time.time()
 
     def publish_track(ev: EventData) -> None:
-        ev.model._tracks.add(ev.kwargs["track_sid"])
-        host._log_session(
-            logging.DEBUG, "track.published", "track", ev.model, track=ev.kwargs["track_sid"]
-        )
+        track_sid = ev.kwargs["input"].track_sid
+        ev.model._tracks.add(track_sid)
+        host._log_session(logging.DEBUG, "track.published", "track", ev.model, track=track_sid)
 
     def unpublish_track(ev: EventData) -> None:
-        ev.model._tracks.discard(ev.kwargs["track_sid"])
-        host._log_session(
-            logging.DEBUG, "track.unpublished", "track", ev.model, track=ev.kwargs["track_sid"]
-        )
+        track_sid = ev.kwargs["input"].track_sid
+        ev.model._tracks.discard(track_sid)
+        host._log_session(logging.DEBUG, "track.unpublished", "track", ev.model, track=track_sid)
 
     def reconnect(ev: EventData) -> None:
-        bind(by_sid, ev.model, ev.kwargs["participant"])
+        bind(by_sid, ev.model, ev.kwargs["input"].participant)
 
     def rejoin(ev: EventData) -> None:
         session: Session = ev.model

@@ -50,6 +50,7 @@ class _Core:
             raise TypeError(f"config must be a LifecycleConfig, got {type(config).__name__}")
         self._config = config or LifecycleConfig()
         self._chart = PARTICIPANT_CHART
+        self._connected = self._chart.group("connected")
         self._sessions: dict[str, Session] = {}
         self._by_sid: dict[str, Session] = {}
         self._cleanups: list[CleanupCallback] = []

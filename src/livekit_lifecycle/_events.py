@@ -8,7 +8,12 @@ from dataclasses import dataclass
 from livekit import rtc
 
 
-class InputKind(enum.Enum):
+class InputKind(str, enum.Enum):
+    """What an :class:`Input` reports; values are the chart's input names (``ChartInput.name``).
+
+    A ``str`` enum: it keys the runner's per-event dispatch, and a ``str`` hashes in C.
+    """
+
     CONNECTED = "participant_connected"
     ACTIVE = "participant_active"
     DISCONNECTED = "participant_disconnected"

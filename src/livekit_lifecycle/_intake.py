@@ -18,7 +18,7 @@ from collections.abc import Callable
 from livekit import rtc
 
 from ._events import Input, InputKind
-from ._runner import _ACTIVE, _CATEGORY, _CONNECTED_STATES, _Runner
+from ._runner import _ACTIVE, _Runner
 from .config import LifecycleConfig
 from .session import Session, reason_name
 from .statechart import State
@@ -204,7 +204,7 @@ class _Intake(_Runner):
             self._stats["ignored_stale"] += 1
             self._debug(
                 "event.ignored",
-                _CATEGORY[inp.kind],
+                self._input_category[inp.kind],
                 input=inp.kind.value,
                 key=inp.key,
                 sid=inp.sid,
@@ -243,7 +243,7 @@ class _Intake(_Runner):
         present = list(room.remote_participants.values())
         present_sids = {p.sid for p in present}
         for session in list(self._sessions.values()):
-            if session._state in _CONNECTED_STATES and session._sid not in present_sids:
+            if session._state in self._connected and session._sid not in present_sids:
                 self._feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
         for participant in present:
             # A safety net, not a source of takeovers: a participant that is present
@@ -259,7 +259,7 @@ class _Intake(_Runner):
             if bound._state is State.GRACE:
                 self._submit(InputKind.CONNECTED, participant)  # the same connection is back
                 continue
-            if bound._state not in _CONNECTED_STATES:
+            if bound._state not in self._connected:
                 continue
             if participant.state == _ACTIVE and bound._state is State.CONNECTING:
                 self._submit(InputKind.ACTIVE, participant)

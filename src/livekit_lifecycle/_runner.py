@@ -64,7 +64,7 @@ from ._events import Input, InputKind
 from ._machine import EventData, build_machine
 from .config import LifecycleConfig
 from .session import Session, Transition, reason_name
-from .statechart import CONNECTED, State
+from .statechart import State
 
 if TYPE_CHECKING:
     from .manager import LifecycleManager
@@ -73,7 +73,10 @@ __all__: list[str] = []
 
 _CleanupBatch = tuple[list[Session], "asyncio.Future[None]"]
 _ACTIVE = _actions._ACTIVE
-_CONNECTED_STATES = CONNECTED
+# Bound once: an enum member read through its class costs a lookup per use.
+_CONNECT = InputKind.CONNECTED
+_ACTIVATE = InputKind.ACTIVE
+_PUBLISHED = InputKind.TRACK_PUBLISHED
 CleanupClaim = Callable[[Session], Awaitable[bool]]
 """``await claim(session)``: ``True`` to run the cleanup here, ``False`` when it ran elsewhere."""
 
@@ -93,6 +96,14 @@ class _Runner(_Core):
             after_state_change=self._after_state_change,
         )
         self._events = self._machine.events
+        # What each input means comes from the chart (see statechart.ChartInput); a chart
+        # input the runtime has no InputKind for fails here, at construction.
+        chart = self._chart
+        kinds = {kind.value: kind for kind in InputKind}
+        self._dispatch = {kinds[name]: table for name, table in chart.input_triggers().items()}
+        self._input_category = {kinds[i.name]: i.category for i in chart.inputs}
+        self._duplicate_in = {kinds[i.name]: i.duplicate_in for i in chart.inputs}
+        self._trigger_category = {trigger: chart.category(trigger) for trigger in chart.triggers}
         self._state_by_name = dict(State.__members__)
         self._sources = {
             trigger: frozenset(State[name] for name in event.transitions)
@@ -249,33 +260,18 @@ class _Runner(_Core):
         return False
 
     def _apply(self, session: Session, inp: Input) -> bool:
-        kind = inp.kind
+        """Fire the trigger the chart says ``inp`` fires in the session's state, if any."""
         superseded = session._superseded
         if superseded is not None and inp.sid in superseded:
             # An older tab that a takeover replaced: never the session's again, even when
             # the agent's full reconnect announces it anew with the same sid.
             return False
-        if kind is InputKind.CONNECTED:
-            assert inp.participant is not None
-            if session._state is State.GRACE:
-                fired = self._fire(session, "reconnect", participant=inp.participant)
-                if fired:
-                    self._adopt(session)
-                return fired
-            if inp.sid == session._sid:
-                return False
-            return self._fire(session, "takeover", participant=inp.participant)
-        if kind is InputKind.ACTIVE:
-            return self._fire(session, "activate", sid=inp.sid)
-        if kind is InputKind.DISCONNECTED:
-            return self._fire(session, "disconnect", sid=inp.sid, reason=inp.reason)
-        if kind is InputKind.TRACK_PUBLISHED:
-            return self._fire(session, "publish_track", sid=inp.sid, track_sid=inp.track_sid)
-        if kind is InputKind.TRACK_UNPUBLISHED:
-            return self._fire(session, "unpublish_track", sid=inp.sid, track_sid=inp.track_sid)
-        if kind is InputKind.EXPIRE:
-            return self._fire(session, "expire", epoch=inp.epoch)
-        return self._fire(session, "shutdown")
+        trigger = self._dispatch[inp.kind].get(session._state)
+        if trigger is None or not self._fire(session, trigger, input=inp):
+            return False
+        if inp.kind is _CONNECT and session._state in self._connected:
+            self._adopt(session)  # a connect that bound a connection again (reconnect)
+        return True
 
     def _fire(self, session: Session, trigger: str, **kwargs: Any) -> bool:
         """Fire ``trigger``, then every automatic edge the new state offers, until none applies."""
@@ -298,11 +294,12 @@ class _Runner(_Core):
         if participant is None:
             return
         sid = session._sid  # the participant's: it is the one bound to the session
+        key = session._key
         for track_sid in list(participant.track_publications):
             if track_sid not in session._tracks:
-                self._fire(session, "publish_track", sid=sid, track_sid=track_sid)
-        if session._state is State.CONNECTING and participant.state == _ACTIVE:
-            self._fire(session, "activate", sid=sid)
+                self._apply(session, Input(_PUBLISHED, key, sid=sid, track_sid=track_sid))
+        if participant.state == _ACTIVE:
+            self._apply(session, Input(_ACTIVATE, key, sid=sid))
 
     def _log_cleanup_started(self, session: Session) -> None:
         if self._stdlog.isEnabledFor(logging.INFO):
@@ -383,7 +380,7 @@ class _Runner(_Core):
             self._fire(session, "cleanup_done")
         except Exception:
             self._internal_error(session, "cleanup_done")
-        if session._state in _CONNECTED_STATES:
+        if session._state in self._connected:
             self._adopt_isolated(session)  # a takeover's new connection
 
     def _adopt_isolated(self, session: Session) -> None:
@@ -437,7 +434,7 @@ class _Runner(_Core):
             self._log_session(
                 logging.INFO,
                 "session.transition",
-                _TRIGGER_CATEGORY.get(transition.trigger, "session"),
+                self._trigger_category[transition.trigger],
                 session,
                 trigger=transition.trigger,
                 from_state=transition.source.value,
@@ -473,7 +470,7 @@ class _Runner(_Core):
     def _ignored(self, session: Session, inp: Input) -> None:
         if inp.sid and inp.sid != session._sid:
             counter, why = "ignored_stale", "event for a connection that is not the current one"
-        elif _is_duplicate(session._state, inp.kind):
+        elif session._state in self._duplicate_in[inp.kind]:
             counter, why = (
                 "ignored_duplicate",
                 f"already handled (session is {session._state.value})",
@@ -484,7 +481,7 @@ class _Runner(_Core):
         self._log_session(
             logging.DEBUG,
             "event.ignored",
-            _CATEGORY[inp.kind],
+            self._input_category[inp.kind],
             session,
             input=inp.kind.value,
             event_sid=inp.sid or None,
@@ -492,37 +489,8 @@ class _Runner(_Core):
         )
 
 
-_CATEGORY = {
-    InputKind.CONNECTED: "connect",
-    InputKind.ACTIVE: "connect",
-    InputKind.DISCONNECTED: "disconnect",
-    InputKind.TRACK_PUBLISHED: "track",
-    InputKind.TRACK_UNPUBLISHED: "track",
-    InputKind.EXPIRE: "session",
-    InputKind.SHUTDOWN: "shutdown",
-}
-_TRIGGER_CATEGORY = {
-    "activate": "connect",
-    "publish_track": "track",
-    "disconnect": "disconnect",
-    "takeover": "connect",
-    "shutdown": "shutdown",
-    "cleanup_done": "cleanup",
-    "reconnect": "connect",
-    "rejoin": "connect",
-}
-
-
 def _uncancel_current_task() -> None:
     task = asyncio.current_task()
     uncancel = getattr(task, "uncancel", None)  # Python >= 3.11 counts cancel requests
     if uncancel is not None:
         uncancel()
-
-
-def _is_duplicate(state: State, kind: InputKind) -> bool:
-    if kind is InputKind.DISCONNECTED:
-        return state not in _CONNECTED_STATES
-    if kind is InputKind.ACTIVE:
-        return state is State.ACTIVE
-    return kind is InputKind.CONNECTED

@@ -56,7 +56,7 @@ from .config import LifecycleConfig
 from .log import get_logger
 from .manager import LifecycleManager
 from .session import Session
-from .statechart import State
+from .statechart import CLEANED
 
 __all__ = [
     "CleanupHandlers",
@@ -72,7 +72,6 @@ __all__ = [
 ClearUserCallback = Callable[[str | None], Any]
 """The seed's ``clear_user_callback``, sync or async: called with ``None`` to clear the user."""
 
-_CLEANED_STATES = frozenset({State.CLEANED, State.GRACE})
 _log = get_logger()
 
 
@@ -318,7 +317,7 @@ def _info(session: Session) -> dict[str, Any]:
     return {
         "user_id": session.user_id,
         "tracks": set(session.tracks),
-        "cleanup_done": session.state in _CLEANED_STATES,
+        "cleanup_done": session.state in CLEANED,
         "connected_at": session.connected_at,
     }
 

@@ -92,11 +92,10 @@ INVARIANTS: dict[str, str] = {
 }
 """Invariant id -> what it promises."""
 
-_BOUND = frozenset({State.CONNECTING, State.ACTIVE, State.DISCONNECTING, State.RECONNECTED})
-"""States in which a connection is bound to the session (its participant is held)."""
-_MAY_HOLD_TRACKS = frozenset({State.ACTIVE, State.DISCONNECTING})
-_MAY_HAVE_PENDING = frozenset({State.DISCONNECTING, State.CLEANED})
-_CONNECTED = frozenset({State.CONNECTING, State.ACTIVE})
+
+def _group(chart: Statechart, name: str) -> tuple[State, ...]:
+    """The chart's state group ``name``; a chart declaring none (a test's variant) uses ours."""
+    return chart.group(name) if chart.groups else PARTICIPANT_CHART.group(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +173,7 @@ def check_session(
         return found
 
     history = session._history
-    # A deque reads its ends in O(1): without full_history only the latest is checked.
-    checked = list(history) if full_history else [history[-1]] if history else []
+    checked = history if full_history else history[-1:]
     for transition in checked:
         found.extend(check_transition(transition, chart, key))
     _check_path(session, chart, bad, full_history)
@@ -184,7 +182,8 @@ def check_session(
     if cleanups > connections:
         bad("cleanups.bounded", f"cleanups={cleanups} > connections={connections}")
     # The connection bound now (being cleaned, in disconnecting) has not ended yet.
-    ended = connections - (1 if state in _BOUND else 0)
+    bound = _group(chart, "bound")
+    ended = connections - (1 if state in bound else 0)
     if cleanups != ended:
         bad(
             "cleanups.exact",
@@ -199,12 +198,12 @@ def check_session(
     elif timer is not None:
         bad("grace.timer", f"in {state.value} with a grace timer (cancelled={timer.cancelled()})")
 
-    if session._tracks and state not in _MAY_HOLD_TRACKS:
+    if session._tracks and state not in _group(chart, "may_hold_tracks"):
         which = "tracks.connecting" if state is State.CONNECTING else "tracks.scope"
         bad(which, f"in {state.value} holding tracks {sorted(session._tracks)}")
 
     participant = session._participant
-    if state in _BOUND:
+    if state in bound:
         if participant is None:
             bad("participant.scope", f"in {state.value} without a participant")
         elif participant.sid != session._sid:
@@ -215,7 +214,7 @@ def check_session(
     elif participant is not None:
         bad("participant.scope", f"in {state.value} still holding participant {participant.sid}")
 
-    if session._pending is not None and state not in _MAY_HAVE_PENDING:
+    if session._pending is not None and state not in _group(chart, "may_have_pending"):
         bad("pending.scope", f"in {state.value} with a waiting connection {session._pending.sid}")
 
     stored = manager._sessions.get(key)
@@ -259,12 +258,7 @@ def _check_path(
             "chart.path",
             f"latest transition ends in {history[-1].dest.value}, state is {session._state.value}",
         )
-    if full_history:
-        recent = list(history)
-    elif len(history) >= 2:
-        recent = [history[-2], history[-1]]
-    else:
-        recent = []
+    recent = history if full_history else history[-2:]
     for before, after in itertools.pairwise(recent):
         if before.dest is not after.source:
             bad(
@@ -272,8 +266,7 @@ def _check_path(
                 f"{before.trigger} ended in {before.dest.value}"
                 f" but {after.trigger} left {after.source.value}",
             )
-    limit = session._history.maxlen
-    if (limit is None or len(history) < limit) and history[0].source is not chart.initial:
+    if len(history) < history.maxlen and history[0].source is not chart.initial:
         bad("chart.path", f"history starts in {history[0].source.value}, not {chart.initial.value}")
 
 
@@ -290,7 +283,7 @@ def check_manager(
             found.append(Violation("index.sessions", key, f"holds session of key {session._key!r}"))
         found.extend(check_session(manager, session, chart, full_history=True))
         if idle:
-            found.extend(_check_idle_session(session))
+            found.extend(_check_idle_session(session, chart))
     for sid, session in manager._by_sid.items():
         if manager._sessions.get(session._key) is not session:
             found.append(
@@ -307,7 +300,7 @@ def check_manager(
     return found
 
 
-def _check_idle_session(session: Session) -> list[Violation]:
+def _check_idle_session(session: Session, chart: Statechart) -> list[Violation]:
     found: list[Violation] = []
     if session._busy or session._queue:
         found.append(
@@ -318,7 +311,7 @@ def _check_idle_session(session: Session) -> list[Violation]:
             )
         )
     participant = session._participant
-    if session._state in _CONNECTED and participant is not None:
+    if session._state in _group(chart, "connected") and participant is not None:
         published = set(participant.track_publications)
         if session._tracks != published:
             found.append(

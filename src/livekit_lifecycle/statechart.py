@@ -12,21 +12,36 @@ pass is taken. An edge with ``dest=None`` is internal: it runs its effect
 without changing state. An edge with ``automatic=True`` has no outside cause:
 the manager fires it as soon as its source state is entered (XState's
 ``always``). An edge with ``delay`` names the :class:`~livekit_lifecycle.LifecycleConfig`
-field that times it (XState's ``after``).
+field that times it (XState's ``after``). An edge with ``input`` names the
+:class:`ChartInput` (a room event, the grace timer, shutdown) that fires it.
+
+The chart also says what the rest of the library needs to know about its
+states and inputs, so that nothing else repeats it: named state groups
+(:class:`StateGroup`: which states are connected, hold a participant, may
+hold tracks...), each input's log category and duplicate rule, each
+trigger's log category, and what each state means. The runtime's input
+dispatch and ignored-input accounting, the invariants, the compat layer and
+the tables in ``docs/concepts.md`` are derived from them.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 
 __all__ = [
+    "BOUND",
+    "CLEANED",
     "CONNECTED",
+    "MAY_HAVE_PENDING",
+    "MAY_HOLD_TRACKS",
     "PARTICIPANT_CHART",
+    "ChartInput",
     "Edge",
     "Guard",
     "State",
+    "StateGroup",
     "Statechart",
 ]
 
@@ -53,12 +68,44 @@ class State(str, enum.Enum):
         return self.value
 
 
+# The participant chart's state groups. Tuples, not sets: the runtime asks
+# "in CONNECTED?" per event, and ``in`` on a short tuple compares identities first.
 CONNECTED: tuple[State, ...] = (State.CONNECTING, State.ACTIVE)
-"""States in which a connection is bound and live: a disconnect or a shutdown starts cleanup.
+"""A live connection: a disconnect or a shutdown starts its cleanup."""
+BOUND: tuple[State, ...] = (State.CONNECTING, State.ACTIVE, State.DISCONNECTING, State.RECONNECTED)
+"""A connection is bound to the session: its participant is held."""
+MAY_HOLD_TRACKS: tuple[State, ...] = (State.ACTIVE, State.DISCONNECTING)
+"""The session may remember track sids (a first track activates; cleanup drops them)."""
+MAY_HAVE_PENDING: tuple[State, ...] = (State.DISCONNECTING, State.CLEANED)
+"""A takeover's new connection may be waiting for the old one's cleanup."""
+CLEANED: tuple[State, ...] = (State.CLEANED, State.GRACE)
+"""Cleanup has run for the connection that ended, and no new one is bound yet."""
 
-A tuple, not a set: ``in`` on a short tuple compares identities first, while
-hashing a ``str`` enum member calls Python code; the runtime asks this per event.
-"""
+
+@dataclass(frozen=True, slots=True)
+class StateGroup:
+    """A named set of states the rest of the library asks about (``connected``, ``bound``...)."""
+
+    name: str
+    states: tuple[State, ...]
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChartInput:
+    """An outside cause of triggers: a room event, the grace timer, or shutdown.
+
+    ``name`` is what logs show as ``input``. An input the session cannot
+    apply is counted and logged as ignored: *stale* when it names another
+    connection's sid, a *duplicate* in the ``duplicate_in`` states (it was
+    already handled), *invalid* otherwise. ``category`` is the ``category``
+    of those log lines.
+    """
+
+    name: str
+    category: str
+    description: str
+    duplicate_in: tuple[State, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +129,8 @@ class Edge:
     unless: tuple[str, ...] = ()
     automatic: bool = False
     delay: str | None = None
+    input: str | None = None
+    """The :class:`ChartInput` that fires the edge; ``None`` when the runtime fires it itself."""
 
     @property
     def internal(self) -> bool:
@@ -113,15 +162,63 @@ class Statechart:
     final: frozenset[State]
     guards: tuple[Guard, ...]
     edges: tuple[Edge, ...]
+    inputs: tuple[ChartInput, ...] = ()
+    groups: tuple[StateGroup, ...] = ()
+    categories: Mapping[str, str] = field(default_factory=dict, compare=False)
+    """Trigger -> the ``category`` of its ``session.transition`` log line (default ``session``)."""
+    meanings: Mapping[State, str] = field(default_factory=dict, compare=False)
+    """State -> what it means, as the docs' states table shows it."""
 
     def __post_init__(self) -> None:
         known = {guard.name for guard in self.guards}
+        inputs = {i.name for i in self.inputs}
+        fired: dict[tuple[str, State], str] = {}
         for edge in self.edges:
             for name in (*edge.guards, *edge.unless):
                 if name not in known:
                     raise ValueError(f"edge {edge.trigger!r} names unknown guard {name!r}")
             if edge.source in self.final:
                 raise ValueError(f"edge {edge.trigger!r} leaves final state {edge.source}")
+            if edge.input is not None:
+                # A chart that declares no inputs (a sketch, a test's variant) is not checked.
+                if inputs and edge.input not in inputs:
+                    raise ValueError(f"edge {edge.trigger!r} names unknown input {edge.input!r}")
+                other = fired.setdefault((edge.input, edge.source), edge.trigger)
+                if other != edge.trigger:
+                    raise ValueError(
+                        f"input {edge.input!r} fires both {other!r} and {edge.trigger!r}"
+                        f" from {edge.source}"
+                    )
+        for group in self.groups:
+            stray = [s for s in group.states if s not in self.states]
+            if stray:
+                raise ValueError(f"group {group.name!r} names states not in the chart: {stray}")
+        unknown = set(self.categories) - {edge.trigger for edge in self.edges}
+        if unknown:
+            raise ValueError(f"categories for triggers the chart does not have: {sorted(unknown)}")
+
+    def group(self, name: str) -> tuple[State, ...]:
+        """The states of the group ``name``.
+
+        Raises:
+            KeyError: for a group the chart does not define.
+        """
+        for group in self.groups:
+            if group.name == name:
+                return group.states
+        raise KeyError(f"chart {self.name!r} has no state group {name!r}")
+
+    def category(self, trigger: str) -> str:
+        """The log category of ``trigger``'s transitions."""
+        return self.categories.get(trigger, "session")
+
+    def input_triggers(self) -> dict[str, dict[State, str]]:
+        """Input name -> (source state -> the trigger that input fires there)."""
+        table: dict[str, dict[State, str]] = {i.name: {} for i in self.inputs}
+        for edge in self.edges:
+            if edge.input is not None:
+                table.setdefault(edge.input, {})[edge.source] = edge.trigger
+        return table
 
     @property
     def triggers(self) -> tuple[str, ...]:
@@ -155,6 +252,25 @@ class Statechart:
             )
         rows += ["", "| guard | shown as | holds when |", "|---|---|---|"]
         rows += [f"| `{g.name}` | {g.label} | {g.description} |" for g in self.guards]
+        return "\n".join(rows) + "\n"
+
+    def states_table(self) -> str:
+        """Every state with its meaning and groups, then every input, as Markdown tables."""
+        rows = ["| state | meaning | groups |", "|---|---|---|"]
+        for state in self.states:
+            groups = ", ".join(f"`{g.name}`" for g in self.groups if state in g.states)
+            rows.append(f"| `{state.value}` | {self.meanings.get(state, '')} | {groups or '-'} |")
+        rows += ["", "| group | states | means |", "|---|---|---|"]
+        rows += [
+            f"| `{g.name}` | {', '.join(f'`{s.value}`' for s in g.states)} | {g.description} |"
+            for g in self.groups
+        ]
+        rows += ["", "| input | fires | log category | a duplicate in |", "|---|---|---|---|"]
+        table = self.input_triggers()
+        for inp in self.inputs:
+            fires = ", ".join(dict.fromkeys(f"`{t}`" for t in table[inp.name].values()))
+            dup = ", ".join(f"`{s.value}`" for s in inp.duplicate_in)
+            rows.append(f"| `{inp.name}` | {fires or '-'} | {inp.category} | {dup or '-'} |")
         return "\n".join(rows) + "\n"
 
     def is_edge(self, source: State, dest: State, trigger: str) -> bool:
@@ -212,6 +328,7 @@ PARTICIPANT_CHART = Statechart(
             _S.ACTIVE,
             "participant_active, or a participant that is already ACTIVE",
             guards=("is_current_sid",),
+            input="participant_active",
         ),
         Edge(
             "publish_track",
@@ -219,6 +336,7 @@ PARTICIPANT_CHART = Statechart(
             _S.ACTIVE,
             "track_published (the first track also activates)",
             guards=("is_current_sid",),
+            input="track_published",
         ),
         Edge(
             "publish_track",
@@ -226,6 +344,7 @@ PARTICIPANT_CHART = Statechart(
             None,
             "track_published: the track sid is remembered",
             guards=("is_current_sid",),
+            input="track_published",
         ),
         Edge(
             "unpublish_track",
@@ -233,6 +352,7 @@ PARTICIPANT_CHART = Statechart(
             None,
             "track_unpublished: the reference is dropped",
             guards=("is_current_sid",),
+            input="track_unpublished",
         ),
         Edge(
             "unpublish_track",
@@ -240,6 +360,7 @@ PARTICIPANT_CHART = Statechart(
             None,
             "track_unpublished: the reference is dropped",
             guards=("is_current_sid",),
+            input="track_unpublished",
         ),
         Edge(
             "disconnect",
@@ -247,6 +368,7 @@ PARTICIPANT_CHART = Statechart(
             _S.DISCONNECTING,
             "participant_disconnected",
             guards=("is_current_sid",),
+            input="participant_disconnected",
         ),
         Edge(
             "disconnect",
@@ -254,6 +376,7 @@ PARTICIPANT_CHART = Statechart(
             _S.DISCONNECTING,
             "participant_disconnected",
             guards=("is_current_sid",),
+            input="participant_disconnected",
         ),
         Edge(
             "takeover",
@@ -261,6 +384,7 @@ PARTICIPANT_CHART = Statechart(
             _S.DISCONNECTING,
             "participant_connected with a new sid for the same session key",
             guards=("is_new_sid",),
+            input="participant_connected",
         ),
         Edge(
             "takeover",
@@ -268,9 +392,22 @@ PARTICIPANT_CHART = Statechart(
             _S.DISCONNECTING,
             "participant_connected with a new sid for the same session key",
             guards=("is_new_sid",),
+            input="participant_connected",
         ),
-        Edge("shutdown", _S.CONNECTING, _S.DISCONNECTING, "aclose() or the room disconnected"),
-        Edge("shutdown", _S.ACTIVE, _S.DISCONNECTING, "aclose() or the room disconnected"),
+        Edge(
+            "shutdown",
+            _S.CONNECTING,
+            _S.DISCONNECTING,
+            "aclose() or the room disconnected",
+            input="shutdown",
+        ),
+        Edge(
+            "shutdown",
+            _S.ACTIVE,
+            _S.DISCONNECTING,
+            "aclose() or the room disconnected",
+            input="shutdown",
+        ),
         Edge(
             "cleanup_done",
             _S.DISCONNECTING,
@@ -307,6 +444,7 @@ PARTICIPANT_CHART = Statechart(
             _S.GRACE,
             _S.RECONNECTED,
             "participant_connected for the same session key inside the window",
+            input="participant_connected",
         ),
         Edge(
             "expire",
@@ -315,8 +453,11 @@ PARTICIPANT_CHART = Statechart(
             "the grace window ran out",
             guards=("is_current_timer",),
             delay="grace_period",
+            input="grace_expired",
         ),
-        Edge("shutdown", _S.GRACE, _S.REMOVED, "aclose() or the room disconnected"),
+        Edge(
+            "shutdown", _S.GRACE, _S.REMOVED, "aclose() or the room disconnected", input="shutdown"
+        ),
         Edge(
             "resume",
             _S.RECONNECTED,
@@ -334,5 +475,75 @@ PARTICIPANT_CHART = Statechart(
             automatic=True,
         ),
     ),
+    inputs=(
+        ChartInput(
+            "participant_connected",
+            "connect",
+            "A participant joined (or the same one announced again).",
+            duplicate_in=tuple(State),
+        ),
+        ChartInput(
+            "participant_active",
+            "connect",
+            "The participant became ACTIVE.",
+            duplicate_in=(State.ACTIVE,),
+        ),
+        ChartInput(
+            "participant_disconnected",
+            "disconnect",
+            "The participant left.",
+            duplicate_in=tuple(s for s in State if s not in CONNECTED),
+        ),
+        ChartInput("track_published", "track", "The participant published a track."),
+        ChartInput("track_unpublished", "track", "The participant unpublished a track."),
+        ChartInput("grace_expired", "session", "The grace timer fired."),
+        ChartInput("shutdown", "shutdown", "aclose(), or the room disconnected."),
+    ),
+    groups=(
+        StateGroup("connected", CONNECTED, "a live connection; disconnect or shutdown cleans it"),
+        StateGroup("bound", BOUND, "a connection is bound: the participant is held"),
+        StateGroup("may_hold_tracks", MAY_HOLD_TRACKS, "track sids may be remembered"),
+        StateGroup(
+            "may_have_pending", MAY_HAVE_PENDING, "a takeover's new connection may be waiting"
+        ),
+        StateGroup("cleaned", CLEANED, "the ended connection was cleaned; none is bound"),
+    ),
+    categories={
+        "activate": "connect",
+        "publish_track": "track",
+        "unpublish_track": "track",
+        "disconnect": "disconnect",
+        "takeover": "connect",
+        "shutdown": "shutdown",
+        "cleanup_done": "cleanup",
+        "hold": "session",
+        "release": "session",
+        "rejoin": "connect",
+        "reconnect": "connect",
+        "expire": "session",
+        "resume": "session",
+    },
+    meanings={
+        State.CONNECTING: "the participant joined; no media yet",
+        State.ACTIVE: "`participant_active` arrived, or the participant published a track",
+        State.DISCONNECTING: (
+            "the connection ended; cleanup callbacks are running. The session still holds the"
+            " participant object and whatever track sids are left (over a real connection the"
+            " SDK reports `track_unpublished` for every track *before*"
+            " `participant_disconnected`, so usually none: record what you need while the user"
+            " is active)"
+        ),
+        State.CLEANED: (
+            "cleanup finished once; our references to tracks and the participant are dropped"
+            " (transient)"
+        ),
+        State.GRACE: "waiting `grace_period` seconds for the same user to return",
+        State.RECONNECTED: (
+            "the user came back; the session is bound to the new connection (transient)"
+        ),
+        State.REMOVED: (
+            "final: the session is forgotten; the same key later starts a fresh session"
+        ),
+    },
 )
 """The participant lifecycle. See ``docs/concepts.md`` for a walk through it."""
