@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from livekit import rtc
@@ -23,7 +23,7 @@ from .log import LOGGER_NAME, get_logger
 from .session import Session
 from .statechart import PARTICIPANT_CHART, State
 
-__all__: list[str] = []
+__all__ = ["InternalView"]
 
 CleanupCallback = Callable[[Session], Any]
 """``fn(session)``, sync or async; called while the session is ``disconnecting``."""
@@ -66,6 +66,8 @@ class _Core:
         self._abandoned: set[asyncio.Future[Any]] = set()
         self._room: rtc.Room | None = None
         self._last_room: rtc.Room | None = None
+        self._handlers: list[tuple[str, Callable[..., None]]] = []
+        """The attached room's handlers (:mod:`._intake` registers them)."""
         self._closing = False
         self._cancelling_runners = False
         self._close_task: asyncio.Task[None] | None = None
@@ -187,3 +189,56 @@ class _Core:
     def _track(self, future: asyncio.Future[Any]) -> None:
         self._tasks.add(future)
         future.add_done_callback(self._tasks.discard)
+
+
+class InternalView:
+    """A live, read-only window on a manager's indexes and bookkeeping.
+
+    The one way code outside the manager's own layers (:mod:`livekit_lifecycle.invariants`)
+    reads them: what it may rely on is listed here, and nothing else.
+    """
+
+    __slots__ = ("_manager",)
+
+    def __init__(self, manager: _Core) -> None:
+        self._manager = manager
+
+    @property
+    def sessions(self) -> Mapping[str, Session]:
+        """Live sessions by key."""
+        return self._manager._sessions
+
+    @property
+    def by_sid(self) -> Mapping[str, Session]:
+        """Live sessions by the sid of their current connection."""
+        return self._manager._by_sid
+
+    @property
+    def tasks(self) -> frozenset[asyncio.Future[Any]]:
+        """Runners, scheduled cleanups and async listeners not yet done or just done."""
+        return frozenset(self._manager._tasks)
+
+    @property
+    def waiter_count(self) -> int:
+        """Pending ``wait_for`` calls."""
+        return sum(len(waiters) for waiters in self._manager._waiters.values())
+
+    @property
+    def handler_count(self) -> int:
+        """Handlers registered on the attached room."""
+        return len(self._manager._handlers)
+
+    @property
+    def resource_count(self) -> int:
+        """Resources still to close."""
+        return len(self._manager._resources)
+
+    @property
+    def room(self) -> rtc.Room | None:
+        """The attached room."""
+        return self._manager._room
+
+    @property
+    def closed(self) -> bool:
+        """Whether shutdown has started."""
+        return self._manager._closing

@@ -43,10 +43,6 @@ class Listeners:
                 del registered[listener]
         return listeners
 
-    def clear(self) -> None:
-        for registered in self.by_name.values():
-            registered.clear()
-
     @staticmethod
     def _check(name: str) -> None:
         if name not in NOTIFICATIONS:

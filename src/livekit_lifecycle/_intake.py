@@ -14,6 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from livekit import rtc
 
@@ -23,13 +24,12 @@ from .config import LifecycleConfig
 from .session import Session, reason_name
 from .statechart import State
 
-__all__: list[str] = []
+__all__ = ["session_key"]
 
 
 class _Intake(_Runner):
     def __init__(self, config: LifecycleConfig | None = None) -> None:
         super().__init__(config)
-        self._handlers: list[tuple[str, Callable[..., None]]] = []
         self._reconcile_on_connect = False
 
     def _register(self, room: rtc.Room) -> None:
@@ -161,13 +161,9 @@ class _Intake(_Runner):
             self._feed(session, inp)
 
     def _key_of(self, kind: InputKind, participant: rtc.RemoteParticipant) -> str | None:
-        try:
-            key = self._config.key_of(participant)
-        except Exception as exc:
-            self._reject(kind, participant, f"session_key raised {type(exc).__name__}: {exc}")
-            return None
-        if not isinstance(key, str) or not key:
-            self._reject(kind, participant, f"empty or non-string session key {key!r}")
+        key = session_key(self._config, participant)
+        if isinstance(key, _BadKey):
+            self._reject(kind, participant, key.why)
             return None
         return key
 
@@ -266,6 +262,21 @@ class _Intake(_Runner):
             for publication in participant.track_publications.values():
                 if publication.sid not in bound._tracks:
                     self._submit(InputKind.TRACK_PUBLISHED, participant, publication=publication)
+
+
+class _BadKey(NamedTuple):
+    why: str
+
+
+def session_key(config: LifecycleConfig, participant: rtc.RemoteParticipant) -> str | _BadKey:
+    """``participant``'s session key under ``config``, or why it has none. Never raises."""
+    try:
+        key = config.key_of(participant)
+    except Exception as exc:
+        return _BadKey(f"session_key raised {type(exc).__name__}: {exc}")
+    if not isinstance(key, str) or not key:
+        return _BadKey(f"empty or non-string session key {key!r}")
+    return key
 
 
 def _room_handler(method: Callable[..., None], *bound: object) -> Callable[..., None]:

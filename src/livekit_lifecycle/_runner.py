@@ -63,6 +63,7 @@ from ._core import CleanupCallback, _Core
 from ._events import Input, InputKind
 from ._machine import EventData, build_machine
 from .config import LifecycleConfig
+from .invariants import check_session
 from .session import Session, Transition, reason_name
 from .statechart import State
 
@@ -452,8 +453,6 @@ class _Runner(_Core):
             self._emit("reconnected", session)
 
     def _check_invariants(self, session: Session) -> None:
-        from .invariants import check_session
-
         # Only a LifecycleManager is ever a _Runner: the layers exist to split the source.
         manager = cast("LifecycleManager", self)
         for violation in check_session(manager, session, self._chart):

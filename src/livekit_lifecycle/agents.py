@@ -39,6 +39,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, CloseEvent, CloseReason, JobContext
 from livekit.agents.voice.room_io import RoomIO, RoomOptions
 
+from ._intake import session_key
 from .config import LifecycleConfig
 from .log import LOGGER_NAME, get_logger
 from .manager import LifecycleManager
@@ -266,11 +267,9 @@ class JobLifecycleManager(LifecycleManager):
             return session.key
         if participant.kind not in self.config.kinds:
             return None
-        try:
-            key = self.config.key_of(participant)
-        except Exception:
-            return None  # the manager logs the same failure as event.rejected
-        return key if isinstance(key, str) and key else None
+        key = session_key(self.config, participant)
+        # A key that cannot be had is the manager's to log (event.rejected), not ours.
+        return key if isinstance(key, str) else None
 
     # ------------------------------------------------------------------ listeners
 

@@ -54,6 +54,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ._core import InternalView
 from .session import Session, Transition
 from .statechart import PARTICIPANT_CHART, State, Statechart
 
@@ -217,8 +218,9 @@ def check_session(
     if session._pending is not None and state not in _group(chart, "may_have_pending"):
         bad("pending.scope", f"in {state.value} with a waiting connection {session._pending.sid}")
 
-    stored = manager._sessions.get(key)
-    indexed = manager._by_sid.get(session._sid)
+    view = InternalView(manager)
+    stored = view.sessions.get(key)
+    indexed = view.by_sid.get(session._sid)
     if state is State.REMOVED:
         left = [
             name
@@ -278,14 +280,15 @@ def check_manager(
     With ``idle=True``, also what must hold once ``await manager.idle()`` returned.
     """
     found: list[Violation] = []
-    for key, session in manager._sessions.items():
+    view = InternalView(manager)
+    for key, session in view.sessions.items():
         if session._key != key:
             found.append(Violation("index.sessions", key, f"holds session of key {session._key!r}"))
         found.extend(check_session(manager, session, chart, full_history=True))
         if idle:
             found.extend(_check_idle_session(session, chart))
-    for sid, session in manager._by_sid.items():
-        if manager._sessions.get(session._key) is not session:
+    for sid, session in view.by_sid.items():
+        if view.sessions.get(session._key) is not session:
             found.append(
                 Violation("index.sid", session._key, f"sid {sid} maps to a session not stored")
             )
@@ -294,7 +297,7 @@ def check_manager(
                 Violation("index.sid", session._key, f"stale sid {sid} (current is {session._sid})")
             )
     if idle:
-        running = [task for task in manager._tasks if not task.done()]
+        running = [task for task in view.tasks if not task.done()]
         if running:
             found.append(Violation("idle.settled", None, f"{len(running)} task(s) still running"))
     return found
@@ -327,22 +330,23 @@ def _check_idle_session(session: Session, chart: Statechart) -> list[Violation]:
 
 def check_closed(manager: LifecycleManager) -> list[Violation]:
     """What must hold once ``await manager.aclose()`` has returned."""
+    view = InternalView(manager)
     left = [
         f"{name}={size}"
         for name, size in (
-            ("sessions", len(manager._sessions)),
-            ("sid index", len(manager._by_sid)),
-            ("tasks", sum(1 for task in manager._tasks if not task.done())),
-            ("waiters", sum(len(w) for w in manager._waiters.values())),
-            ("room handlers", len(manager._handlers)),
-            ("resources", len(manager._resources)),
+            ("sessions", len(view.sessions)),
+            ("sid index", len(view.by_sid)),
+            ("tasks", sum(1 for task in view.tasks if not task.done())),
+            ("waiters", view.waiter_count),
+            ("room handlers", view.handler_count),
+            ("resources", view.resource_count),
         )
         if size
     ]
     found: list[Violation] = []
     if left:
         found.append(Violation("closed.empty", None, f"left after aclose(): {', '.join(left)}"))
-    if not manager.closed or manager._room is not None:
+    if not view.closed or view.room is not None:
         found.append(
             Violation("closed.empty", None, "not marked closed, or still attached to a room")
         )

@@ -232,5 +232,5 @@ def reason_name(reason: int | None) -> str | None:
         return None
     try:
         return rtc.DisconnectReason.Name(reason)  # type: ignore[arg-type]
-    except ValueError:
+    except (ValueError, TypeError):  # an unknown number; anything else an SDK might send
         return str(reason)

@@ -32,7 +32,7 @@ from livekit import rtc
 
 from .config import DEFAULT_KINDS, LifecycleConfig
 from .manager import LifecycleManager
-from .session import Session, Transition
+from .session import Session, Transition, reason_name
 from .statechart import State
 
 __all__ = ["WatchError", "WatchSettings", "Watcher", "configure_parser", "run"]
@@ -548,7 +548,7 @@ class Watcher:
 
     def _room_gone(self, reason: Any, gone: asyncio.Event) -> None:
         if not self._leaving:
-            self.renderer.note(f"the observer was disconnected ({_reason(reason)})")
+            self.renderer.note(f"the observer was disconnected ({reason_name(reason)})")
         gone.set()
 
     def _created(self, session: Session) -> None:
@@ -564,13 +564,6 @@ class Watcher:
             row.state = State.REMOVED.value
         self.rows[session.key] = row
         self.renderer.changed(session, transition)
-
-
-def _reason(reason: Any) -> str:
-    try:
-        return rtc.DisconnectReason.Name(reason)
-    except (ValueError, TypeError):
-        return str(reason)
 
 
 async def _first(*waits: Any, timeout: float | None) -> None:
