@@ -16,16 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
-from collections.abc import Callable
 from typing import TextIO
 
 from livekit import rtc
 
-from .config import LifecycleConfig
+from ._demo_common import DemoManager, Timeline
 from .log import configure_logging
 from .manager import LifecycleManager
-from .session import Session, Transition
 from .statechart import State
 from .testing import RoomDriver
 
@@ -73,54 +70,6 @@ def run(args: argparse.Namespace) -> int:
         return asyncio.run(run_demo(grace_period=args.grace or 0.3))
 
 
-class Timeline:
-    """Prints what the demo does: transitions as a timeline, checks, final states."""
-
-    def __init__(self, out: TextIO | None = None) -> None:
-        self.out = out or sys.stdout
-        self.started = time.monotonic()
-        self.failures: list[str] = []
-        self.write: Callable[[str], None] = lambda text: print(text, file=self.out)
-        """Where lines go; a live display swaps in its own printer."""
-
-    def title(self, text: str) -> None:
-        self.write(text)
-
-    def line(self, text: str) -> None:
-        self.write(f"  {time.monotonic() - self.started:7.3f}s  {text}")
-
-    def transition(self, session: Session, transition: Transition) -> None:
-        self.line(
-            f"{session.key:<6} {transition.source.value:>13} -> {transition.dest.value:<13}"
-            f" {transition.trigger} (sid {transition.sid})"
-        )
-
-    def heading(self, title: str) -> None:
-        self.write(f"\n== {title}")
-
-    def check(self, label: str, ok: bool) -> None:
-        self.write(f"  [{'ok' if ok else 'FAILED'}] {label}")
-        if not ok:
-            self.failures.append(label)
-
-    def final_states(self, sessions: list[Session]) -> None:
-        self.write("\n== Final states (every session the demo created)")
-        self.write(f"  {'key':<6} {'state':<8} {'connections':>11} {'cleanups':>8}  user_id")
-        for session in sessions:
-            self.write(
-                f"  {session.key:<6} {session.state.value:<8} {session.connections:>11}"
-                f" {session.cleanups:>8}  {session.user_id}"
-            )
-
-    def verdict(self) -> int:
-        self.write("")
-        if self.failures:
-            self.write(f"{len(self.failures)} check(s) FAILED")
-            return 1
-        self.write("all checks passed")
-        return 0
-
-
 async def run_demo(grace_period: float = 0.3, out: TextIO | None = None) -> int:
     """Play every scenario offline; return 0 when every check passed, 1 otherwise."""
     timeline = Timeline(out)
@@ -129,18 +78,8 @@ async def run_demo(grace_period: float = 0.3, out: TextIO | None = None) -> int:
         f" (grace window {grace_period}s)"
     )
     async with RoomDriver("demo-room") as driver:
-        manager = LifecycleManager(LifecycleConfig(grace_period=grace_period, cleanup_timeout=2.0))
-        cleanups: dict[str, int] = {}
-
-        async def save_transcript(session: Session) -> None:
-            # Stands in for real work: awaited, bounded by cleanup_timeout.
-            await asyncio.sleep(0.01)
-            cleanups[session.key] = cleanups.get(session.key, 0) + 1
-            timeline.line(f"{session.key:<6} cleanup ran (user_id={session.user_id})")
-
-        manager.add_cleanup(save_transcript)
-        seen: list[Session] = []
-        manager.on("created", seen.append)
+        demo = DemoManager(grace_period, timeline)
+        manager, cleanups, seen = demo.manager, demo.cleanups, demo.seen
         manager.on("state_changed", timeline.transition)
         manager.attach(driver.room)
         for scenario in _SCENARIOS:

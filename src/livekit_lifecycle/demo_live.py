@@ -10,7 +10,6 @@ shown on a terminal (one line per transition otherwise), then a summary.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -19,8 +18,7 @@ from typing import Any, TextIO
 
 from livekit import rtc
 
-from .config import LifecycleConfig
-from .demo import Timeline
+from ._demo_common import DemoManager, Timeline
 from .manager import LifecycleManager
 from .session import Session, Transition
 from .statechart import State
@@ -61,19 +59,8 @@ async def run_live_demo(
                 f"livekit-lifecycle live demo: agent and users on real SDK connections to"
                 f" {server.url} (grace window {grace_period}s)"
             )
-            manager = LifecycleManager(
-                LifecycleConfig(grace_period=grace_period, cleanup_timeout=2.0)
-            )
-            cleanups: dict[str, int] = {}
-
-            async def save_transcript(session: Session) -> None:
-                await asyncio.sleep(0.01)  # stands in for real, awaited work
-                cleanups[session.key] = cleanups.get(session.key, 0) + 1
-                timeline.line(f"{session.key:<6} cleanup ran (user_id={session.user_id})")
-
-            manager.add_cleanup(save_transcript)
-            seen: list[Session] = []
-            manager.on("created", seen.append)
+            demo = DemoManager(grace_period, timeline)
+            manager, cleanups, seen = demo.manager, demo.cleanups, demo.seen
             if table is None:
                 manager.on("state_changed", timeline.transition)
             else:
