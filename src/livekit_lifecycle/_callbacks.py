@@ -8,6 +8,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+__all__ = ["Outcome", "Report", "call_bounded", "describe"]
+
 
 class Outcome(enum.Enum):
     OK = "ok"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar, get_args
 
+__all__ = ["NOTIFICATIONS", "Listener", "Listeners", "NotificationName"]
+
 NotificationName = Literal["created", "state_changed", "reconnected", "removed"]
 NOTIFICATIONS: frozenset[str] = frozenset(get_args(NotificationName))
 

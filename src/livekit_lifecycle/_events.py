@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 from livekit import rtc
 
+__all__ = ["Input", "InputKind"]
+
 
 class InputKind(str, enum.Enum):
     """What an :class:`Input` reports; values are the chart's input names (``ChartInput.name``).

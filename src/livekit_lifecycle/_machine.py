@@ -21,6 +21,8 @@ from transitions.core import EventData as _EventData
 
 from .statechart import Edge, State, Statechart
 
+__all__ = ["EventData", "build_machine"]
+
 EventData = Any
 """``transitions.EventData`` (the package ships no type hints)."""
 

@@ -17,7 +17,10 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("livekit_lifecycle.demo", "play the seed's scenarios on a real rtc.Room, no server"),
-    "render": ("livekit_lifecycle.render", "draw the statechart, or one session's path through it"),
+    "render": (
+        "livekit_lifecycle.render._command",
+        "draw the statechart, or one session's path through it",
+    ),
     "watch": ("livekit_lifecycle.watch", "show each participant's lifecycle state in a room, live"),
 }
 """Subcommand name -> (module, one-line help)."""

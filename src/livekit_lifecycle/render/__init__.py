@@ -12,14 +12,13 @@ a :meth:`~livekit_lifecycle.LifecycleManager.snapshot` loaded from JSON), the
 diagram highlights the state the session is in and marks, with step numbers,
 every transition of its recorded history.
 
-The same package is the ``livekit-lifecycle render`` command
-(:func:`configure_parser`, :func:`run`). See ``docs/statecharts.md``.
+The ``livekit-lifecycle render`` command is :mod:`._command`, reached through
+:mod:`livekit_lifecycle.cli`. See ``docs/statecharts.md``.
 """
 
 from __future__ import annotations
 
 from ._api import output_name, render_statechart
-from ._command import configure_parser, run
 from ._dot import to_dot
 from ._errors import RenderError
 from ._formats import DEFAULT_FORMATS, EXTENSIONS, FORMATS
@@ -48,14 +47,12 @@ __all__ = [
     "RenderError",
     "SVG_STAMP",
     "Source",
-    "configure_parser",
     "dot_digest",
     "embed_in_markdown",
     "graphviz_version",
     "markdown_block",
     "output_name",
     "render_statechart",
-    "run",
     "to_dot",
     "to_mermaid",
 ]

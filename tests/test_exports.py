@@ -1,0 +1,147 @@
+"""The public face: every public module's ``__all__``, pinned (as httpx does).
+
+A name added to or removed from the public API fails here first: update the
+list on purpose, together with the docs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+
+import livekit_lifecycle
+
+EXPORTS: dict[str, list[str]] = {
+    "livekit_lifecycle": [
+        "CleanupCallback",
+        "DEFAULT_KINDS",
+        "DEFAULT_NO_GRACE_REASONS",
+        "LifecycleConfig",
+        "LifecycleManager",
+        "PARTICIPANT_CHART",
+        "Session",
+        "SessionKey",
+        "State",
+        "Transition",
+        "configure_logging",
+        "render_statechart",
+    ],
+    "livekit_lifecycle.agents": ["JobLifecycleManager", "for_job", "refresh_safe_room_options"],
+    "livekit_lifecycle.cli": ["COMMANDS", "main"],
+    "livekit_lifecycle.compat": [
+        "CleanupHandlers",
+        "ClearUserCallback",
+        "active_sessions",
+        "get_manager",
+        "get_session_info",
+        "graceful_shutdown",
+        "register_cleanup_handlers",
+        "update_session_user",
+    ],
+    "livekit_lifecycle.config": [
+        "DEFAULT_KINDS",
+        "DEFAULT_NO_GRACE_REASONS",
+        "LifecycleConfig",
+        "SessionKey",
+    ],
+    "livekit_lifecycle.demo": ["configure_parser", "run", "run_demo"],
+    "livekit_lifecycle.demo_live": ["LiveDemoUnavailable", "run_live_demo"],
+    "livekit_lifecycle.invariants": [
+        "INVARIANTS",
+        "InvariantChecker",
+        "InvariantViolation",
+        "Violation",
+        "check_closed",
+        "check_manager",
+        "check_session",
+        "check_transition",
+        "raise_for",
+    ],
+    "livekit_lifecycle.log": ["LOGGER_NAME", "configure_logging", "get_logger"],
+    "livekit_lifecycle.manager": ["CleanupCallback", "LifecycleManager"],
+    "livekit_lifecycle.render": [
+        "DEFAULT_FORMATS",
+        "EXTENSIONS",
+        "FORMATS",
+        "GraphvizError",
+        "GraphvizNotFoundError",
+        "Highlight",
+        "INSTALL_GRAPHVIZ",
+        "MARKDOWN_BEGIN",
+        "MARKDOWN_END",
+        "RenderError",
+        "SVG_STAMP",
+        "Source",
+        "dot_digest",
+        "embed_in_markdown",
+        "graphviz_version",
+        "markdown_block",
+        "output_name",
+        "render_statechart",
+        "to_dot",
+        "to_mermaid",
+    ],
+    "livekit_lifecycle.session": ["Session", "Transition"],
+    "livekit_lifecycle.statechart": [
+        "BOUND",
+        "CLEANED",
+        "CONNECTED",
+        "ChartInput",
+        "Edge",
+        "Guard",
+        "MAY_HAVE_PENDING",
+        "MAY_HOLD_TRACKS",
+        "PARTICIPANT_CHART",
+        "State",
+        "StateGroup",
+        "Statechart",
+    ],
+    "livekit_lifecycle.testing": ["LoopbackServer", "RoomDriver"],
+    "livekit_lifecycle.testing.browser": [
+        "BrowserUnavailable",
+        "CHROMIUM_ARGS",
+        "CHROMIUM_ENV",
+        "ConsoleEntry",
+        "ConsoleLog",
+        "find_chromium",
+        "headless_chromium",
+    ],
+    "livekit_lifecycle.testing.loopback": [
+        "LoopbackServer",
+        "LoopbackUnavailable",
+        "ParticipantView",
+        "ice_addresses",
+    ],
+    "livekit_lifecycle.testing.loopback.server": ["LoopbackServer"],
+    "livekit_lifecycle.testing.pytest_plugin": ["chromium", "loopback_server", "pytest_configure"],
+    "livekit_lifecycle.testing.virtual_time": ["Deadlock", "VirtualTimeLoop", "clock", "run"],
+    "livekit_lifecycle.watch": [
+        "WatchError",
+        "WatchSettings",
+        "Watcher",
+        "configure_parser",
+        "run",
+    ],
+}
+
+
+def _public_modules() -> list[str]:
+    names = ["livekit_lifecycle"]
+    for info in pkgutil.walk_packages(livekit_lifecycle.__path__, "livekit_lifecycle."):
+        if not any(part.startswith("_") for part in info.name.split(".")[1:]):
+            names.append(info.name)
+    return sorted(names)
+
+
+def test_every_public_module_is_pinned() -> None:
+    assert _public_modules() == sorted(EXPORTS)
+
+
+@pytest.mark.parametrize("name", sorted(EXPORTS))
+def test_exported_names(name: str) -> None:
+    module = importlib.import_module(name)
+    assert sorted(module.__all__) == sorted(EXPORTS[name])
+    for exported in module.__all__:
+        assert hasattr(module, exported), f"{name}.__all__ names missing {exported!r}"
