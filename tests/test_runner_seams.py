@@ -1,0 +1,55 @@
+"""The runner's internal seams for a session store (see ``_runner``'s module docstring)."""
+
+from __future__ import annotations
+
+from livekit_lifecycle import Session, State
+from livekit_lifecycle.testing import RoomDriver
+from tests.conftest import MakeManager
+
+WAIT = 2.0
+
+
+async def test_a_transition_hook_sees_every_change_of_state(
+    make_manager: MakeManager, driver: RoomDriver
+) -> None:
+    manager = make_manager(grace_period=30)
+    seen: list[tuple[str, State]] = []
+    manager._add_transition_hook(lambda session: seen.append((session.key, session.state)))
+    driver.connect("alice", active=True)
+    driver.publish_track("alice")  # internal edge: no change of state, no call
+    driver.disconnect("alice")
+    await manager.wait_for("alice", State.GRACE, WAIT)
+    assert seen == [
+        ("alice", State.ACTIVE),
+        ("alice", State.DISCONNECTING),
+        ("alice", State.CLEANED),
+        ("alice", State.GRACE),
+    ]
+
+
+async def test_a_cleanup_claim_decides_whether_callbacks_run_here(
+    make_manager: MakeManager, driver: RoomDriver
+) -> None:
+    manager = make_manager(grace_period=30)
+    cleaned: list[str] = []
+    manager.add_cleanup(lambda session: cleaned.append(session.key))
+    claimed: list[str] = []
+
+    async def claim(session: Session) -> bool:
+        claimed.append(session.key)
+        if session.key == "carol":
+            raise RuntimeError("store down")  # logged; the cleanup runs here
+        return session.key != "bob"  # bob's cleanup already ran elsewhere
+
+    manager._set_cleanup_claim(claim)
+    for name in ("alice", "bob", "carol"):
+        driver.connect(name, active=True)
+        driver.disconnect(name)
+    for name in ("alice", "bob", "carol"):
+        session = await manager.wait_for(name, State.GRACE, WAIT)
+        assert session.cleanups == 1
+    assert claimed == ["alice", "bob", "carol"]
+    assert cleaned == ["alice", "carol"]
+    assert manager.stats["internal_errors"] == 1
+    manager._set_cleanup_claim(None)
+    assert not manager._async_cleanups  # back on the synchronous batch path
