@@ -275,9 +275,11 @@ class _Runner(_Core):
         return True
 
     def _fire(self, session: Session, trigger: str, **kwargs: Any) -> bool:
-        """Fire ``trigger``, then every automatic edge the new state offers, until none applies."""
-        if session._state not in self._sources[trigger]:
-            return False
+        """Fire ``trigger``, then every automatic edge the new state offers, until none applies.
+
+        The session's state must be one ``trigger`` has an edge from (``_apply``'s
+        dispatch only finds such triggers; other callers check ``_sources``).
+        """
         if not self._events[trigger].trigger(session, **kwargs):
             return False
         settled = False
@@ -378,7 +380,8 @@ class _Runner(_Core):
 
     def _end_cleanup(self, session: Session) -> None:
         try:
-            self._fire(session, "cleanup_done")
+            if session._state in self._sources["cleanup_done"]:
+                self._fire(session, "cleanup_done")
         except Exception:
             self._internal_error(session, "cleanup_done")
         if session._state in self._connected:
