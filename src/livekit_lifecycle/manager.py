@@ -1,4 +1,12 @@
-"""The :class:`LifecycleManager`: one statechart-driven session per participant of a room."""
+"""The :class:`LifecycleManager`: one statechart-driven session per participant of a room.
+
+This module is the documented façade and the shutdown. The work is done by
+private layers, one concept each: :mod:`._intake` (room handlers, routing,
+session keys; the only module that knows room event names), :mod:`._runner`
+(per-session queue, grace timers, the cleanup runner, and the seams a
+session store and metrics hook into), :mod:`._actions` (the chart's guards
+and effects) and :mod:`._core` (shared state, logging, notifications).
+"""
 
 from __future__ import annotations
 
