@@ -25,6 +25,9 @@ _ROOM_EVENTS: tuple[EventTypes, ...] = (
     "track_unpublished",
     "track_muted",
     "track_unmuted",
+    "track_subscribed",
+    "track_unsubscribed",
+    "participant_metadata_changed",
     "reconnecting",
     "reconnected",
     "disconnected",
@@ -82,13 +85,18 @@ class Recorder:
     def named(self, *names: str) -> list[Event]:
         return [e for e in self.events if e.name in names]
 
-    async def wait_for(self, name: str, timeout: float = WAIT, **fields: Any) -> Event:
-        """The first event (already seen or to come) named ``name`` whose fields match."""
+    async def wait_for(
+        self, name: str, timeout: float = WAIT, *, after: int = 0, **fields: Any
+    ) -> Event:
+        """The first event (already seen or to come) named ``name`` whose fields match.
+
+        With ``after``, events seen before ``self.events[after]`` do not count.
+        """
 
         def match(event: Event) -> bool:
             return event.name == name and all(getattr(event, k) == v for k, v in fields.items())
 
-        for event in self.events:
+        for event in self.events[after:]:
             if match(event):
                 return event
         future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
@@ -148,7 +156,13 @@ async def eventually(check: Callable[[], bool], timeout: float = 3.0) -> bool:
 def _python_threads() -> set[threading.Thread]:
     # Native threads that call into Python (the SDK's, when it logs) show up
     # as _DummyThread and stay listed forever: they are not Python's to join.
-    return {t for t in threading.enumerate() if not isinstance(t, threading._DummyThread)}
+    # The event loop's default executor ("asyncio_N", where aiortc encodes
+    # forwarded media) is a pool the loop owns and shuts down when it closes.
+    return {
+        t
+        for t in threading.enumerate()
+        if not isinstance(t, threading._DummyThread) and not t.name.startswith("asyncio_")
+    }
 
 
 def _warm_up() -> None:

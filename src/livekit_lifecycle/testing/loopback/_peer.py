@@ -2,41 +2,80 @@
 
 The SDK's ``Room.connect`` waits until its PeerConnection is ``connected``
 (ICE and DTLS done), so the server needs a real WebRTC peer. aiortc answers
-the client's publisher offers; no media is forwarded. aiortc gathers every
-host candidate while it builds the answer, so the answer carries them and the
-server never trickles.
+the client's publisher offers (and, for two-PeerConnection clients, offers
+their subscriber PeerConnection). Incoming tracks and data packets are handed
+to the room service; outgoing tracks are placed by the participant's
+:class:`~._downlink.Downlink`. aiortc gathers every host candidate while it
+builds a description, so descriptions carry them and the server never trickles.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import rtc as signal
 
 from livekit_lifecycle._callbacks import describe
 from livekit_lifecycle.log import get_logger
 
-__all__ = ["Peer", "sending_tracks"]
+__all__ = ["DATA_LABELS", "Peer", "sending_tracks"]
 
 _CONNECT_STATES = ("connected",)
 _LOST_STATES = ("failed", "closed")
+RELIABLE = "_reliable"
+LOSSY = "_lossy"
+DATA_LABELS = (RELIABLE, LOSSY)
+"""Data channel labels the SDKs use for reliable and lossy data packets."""
+
+_UNSENT_LIMIT = 1000
+"""Reliable packets kept for a data channel that is not open yet."""
+
+OnTrack = Callable[[str, MediaStreamTrack], None]
+OnData = Callable[[str, bytes], None]
+Arrange = Callable[[list[RTCRtpTransceiver]], Mapping[str, str]]
 
 
 class Peer:
-    """One aiortc ``RTCPeerConnection`` answering one client's publisher offers.
+    """One aiortc ``RTCPeerConnection`` facing one client PeerConnection.
 
-    Offers and candidates are applied strictly in arrival order (candidates
-    that come before the first offer wait for it). ``on_connected`` fires
-    the first time ICE and DTLS complete.
+    Descriptions and candidates are applied strictly in arrival order
+    (candidates that come before the first remote description wait for it).
+    ``on_connected`` fires the first time ICE and DTLS complete; ``on_track``
+    gets each incoming track with the track id its ``a=msid`` line names;
+    ``on_data`` gets each message on a data channel the client opened.
+    ``arrange``, when set, runs between applying an offer and answering it:
+    it may put tracks on the transceivers and returns mid -> track sid.
     """
 
-    def __init__(self, label: str, on_connected: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        label: str,
+        on_connected: Callable[[], None],
+        *,
+        on_track: OnTrack | None = None,
+        on_data: OnData | None = None,
+    ) -> None:
         self._label = label
         self._on_connected = on_connected
+        self._on_track = on_track
+        self._on_data = on_data
+        self.arrange: Arrange | None = None
+        self._outbound: dict[str, RTCDataChannel] = {}
+        self._unsent: list[bytes] = []
+        self._remote_sdp = ""
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._lock = asyncio.Lock()
         self._described = False
@@ -45,6 +84,8 @@ class Peer:
         self._closed = False
         self._log = get_logger("livekit_lifecycle.loopback").bind(peer=label)
         self._pc.on("connectionstatechange", self._state_changed)
+        self._pc.on("track", self._track)
+        self._pc.on("datachannel", self._datachannel)
 
     @property
     def state(self) -> str:
@@ -61,23 +102,149 @@ class Peer:
             except Exception:
                 self._log.exception("peer.callback_failed", callback=describe(self._on_connected))
 
+    def _track(self, track: MediaStreamTrack) -> None:
+        if self._on_track is None:
+            return
+        # aiortc names the track after a=msid only when a=msid-semantic lists
+        # its stream, which libwebrtc no longer does: read a=msid by mid.
+        # (aiortc's own remoteDescription drops a=msid: keep the client's text.)
+        mid = next((t.mid for t in self._pc.getTransceivers() if t.receiver.track is track), None)
+        track_id = None if mid is None else msid_track_ids(self._remote_sdp).get(mid)
+        try:
+            self._on_track(track_id or track.id, track)
+        except Exception:
+            self._log.exception("peer.callback_failed", callback=describe(self._on_track))
+
+    def _datachannel(self, channel: RTCDataChannel) -> None:
+        on_data = self._on_data
+        if on_data is None:
+            return
+        label = channel.label
+
+        def received(message: bytes | str) -> None:
+            if isinstance(message, str):
+                return  # the SDKs send binary DataPackets only
+            try:
+                on_data(label, message)
+            except Exception:
+                self._log.exception("peer.callback_failed", callback=describe(on_data))
+
+        channel.on("message", received)
+
+    # ------------------------------------------------------------------ descriptions
+
     async def answer(self, offer: signal.SessionDescription) -> signal.SessionDescription:
         """Apply the client's offer and return the answer to send back (same ``id``)."""
         async with self._lock:
             if self._closed:
                 raise ConnectionError(f"peer {self._label} is closed")
+            self._remote_sdp = offer.sdp
             await self._pc.setRemoteDescription(
                 RTCSessionDescription(sdp=offer.sdp, type=offer.type or "offer")
             )
-            if not self._described:
-                self._described = True
-                early, self._early = self._early, []
-                for trickle in early:
-                    await self._add(trickle)
+            await self._flush_early()
+            mids: Mapping[str, str] = {}
+            if self.arrange is not None:
+                mids = self.arrange(self._pc.getTransceivers())
             answer = await self._pc.createAnswer()
             await self._pc.setLocalDescription(answer)
             local = self._pc.localDescription
-            return signal.SessionDescription(type="answer", sdp=local.sdp, id=offer.id)
+            return signal.SessionDescription(
+                type="answer", sdp=local.sdp, id=offer.id, mid_to_track_id=dict(mids)
+            )
+
+    async def offer(self, offer_id: int, mids: Mapping[str, str]) -> signal.SessionDescription:
+        """Create and apply an offer of this side's tracks and data channels."""
+        async with self._lock:
+            if self._closed:
+                raise ConnectionError(f"peer {self._label} is closed")
+            offer = await self._pc.createOffer()
+            await self._pc.setLocalDescription(offer)
+            local = self._pc.localDescription
+            return signal.SessionDescription(
+                type="offer", sdp=local.sdp, id=offer_id, mid_to_track_id=dict(mids)
+            )
+
+    async def accept(self, answer: signal.SessionDescription) -> None:
+        """Apply the client's answer to this side's last offer."""
+        async with self._lock:
+            if self._closed:
+                return
+            await self._pc.setRemoteDescription(
+                RTCSessionDescription(sdp=answer.sdp, type=answer.type or "answer")
+            )
+            await self._flush_early()
+
+    async def _flush_early(self) -> None:
+        if not self._described:
+            self._described = True
+            early, self._early = self._early, []
+            for trickle in early:
+                await self._add(trickle)
+
+    # ------------------------------------------------------------------ media and data out
+
+    def add_sender(self, track: MediaStreamTrack, stream_id: str) -> RTCRtpTransceiver:
+        """A new sendonly transceiver for ``track`` (goes out with the next offer)."""
+        transceiver = self._pc.addTransceiver(track, direction="sendonly")
+        _name_stream(transceiver.sender, stream_id)
+        return transceiver
+
+    @staticmethod
+    def send_on(transceiver: RTCRtpTransceiver, track: MediaStreamTrack, stream_id: str) -> None:
+        """Send ``track`` on ``transceiver`` from the next answer on."""
+        transceiver.sender.replaceTrack(track)
+        _name_stream(transceiver.sender, stream_id)
+        transceiver.direction = "sendonly"
+
+    @staticmethod
+    def retire(transceiver: RTCRtpTransceiver) -> None:
+        """Stop using ``transceiver``: inactive from the next description on, under a new name.
+
+        The new name matters: the client's SDK rejects (the Rust one panics
+        on) a description in which two sections carry the same ``a=msid``,
+        and the track may come back on another section.
+        """
+        transceiver.direction = "inactive"
+        _name_stream(transceiver.sender, f"retired-{uuid.uuid4()}")
+        transceiver.sender._track_id = str(uuid.uuid4())
+
+    def open_data_channels(self) -> None:
+        """Open the server's reliable and lossy data channels (idempotent).
+
+        Clients read data packets from the channels the server opens, not
+        from their own.
+        """
+        if self._closed or self._outbound:
+            return
+        reliable = self._pc.createDataChannel(RELIABLE, ordered=True)
+        reliable.on("open", self._flush_reliable)
+        self._outbound[RELIABLE] = reliable
+        self._outbound[LOSSY] = self._pc.createDataChannel(LOSSY, ordered=False, maxRetransmits=0)
+
+    def send_data(self, label: str, payload: bytes) -> bool:
+        """Send ``payload`` on the server's channel ``label``.
+
+        Reliable packets sent before the channel is open wait for it (the
+        client may count as connected before its subscriber PeerConnection
+        is); lossy ones are dropped then. ``False`` when ``payload`` was dropped.
+        """
+        channel = self._outbound.get(label)
+        if channel is None or channel.readyState in ("closing", "closed"):
+            return False
+        if channel.readyState == "open":
+            channel.send(payload)
+            return True
+        if label != RELIABLE or len(self._unsent) >= _UNSENT_LIMIT:
+            return False
+        self._unsent.append(payload)
+        return True
+
+    def _flush_reliable(self) -> None:
+        channel = self._outbound[RELIABLE]
+        unsent, self._unsent = self._unsent, []
+        for payload in unsent:
+            channel.send(payload)
 
     async def add_candidate(self, trickle: signal.TrickleRequest) -> None:
         """Add one trickled candidate (held until the first offer has been applied)."""
@@ -115,7 +282,35 @@ class Peer:
         if self._closed:
             return
         self._closed = True
-        await self._pc.close()
+        # Shielded: aiortc may be closing the connection itself already (the
+        # client closed DTLS), and cancelling a wait on that close would
+        # cancel aiortc's own completion future under it.
+        await asyncio.shield(self._pc.close())
+
+
+def _name_stream(sender: RTCRtpSender, stream_id: str) -> None:
+    # aiortc has no API for the stream id of the a=msid line, and LiveKit's
+    # SDKs read the publisher's participant sid and the track sid from it
+    # ("PA_...|TR_..."); the track id half is the sending track's id.
+    sender._stream_id = stream_id
+
+
+def msid_track_ids(sdp: str) -> dict[str, str]:
+    """mid -> the track id of the ``a=msid`` line of each m-section of ``sdp`` that has both."""
+    found: dict[str, str] = {}
+    mid = track_id = ""
+    for line in [*sdp.splitlines(), "m=end"]:
+        if line.startswith("m="):
+            if mid and track_id:
+                found[mid] = track_id
+            mid = track_id = ""
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :].strip()
+        elif line.startswith("a=msid:"):
+            parts = line[len("a=msid:") :].split()
+            if len(parts) == 2:
+                track_id = parts[1]
+    return found
 
 
 def sending_tracks(sdp: str) -> dict[str, str]:

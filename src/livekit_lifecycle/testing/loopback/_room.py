@@ -20,6 +20,8 @@ from livekit.protocol import rtc as signal
 from ._tokens import JoinGrant
 
 if TYPE_CHECKING:
+    from ._downlink import Downlink
+    from ._media import TrackFeed
     from ._peer import Peer
 
 __all__ = ["Participant", "ParticipantView", "Room", "SignalLink"]
@@ -60,6 +62,14 @@ class Participant:
     # track_cids: published track sid -> the msid track id its offer carries.
     pending_tracks: dict[str, models.TrackInfo] = field(default_factory=dict)
     track_cids: dict[str, str] = field(default_factory=dict)
+    # Media: feeds: msid track id -> what the client sends on it;
+    # downlink: what the server forwards to it; opted_in / opted_out: track
+    # sids it asked for / refused with UpdateSubscription (over auto_subscribe).
+    auto_subscribe: bool = True
+    feeds: dict[str, TrackFeed] = field(default_factory=dict)
+    downlink: Downlink | None = None
+    opted_in: set[str] = field(default_factory=set)
+    opted_out: set[str] = field(default_factory=set)
     lost_timer: asyncio.TimerHandle | None = None
     dropped: bool = False
     removed: bool = False
@@ -199,6 +209,7 @@ class ParticipantView:
             server waits for a resume after a lost connection (or after
             :meth:`LoopbackServer.drop_signal`).
         attributes: Its participant attributes.
+        subscribed: Sids of the tracks the server forwards to it now.
     """
 
     identity: str
@@ -209,6 +220,7 @@ class ParticipantView:
     tracks: tuple[str, ...]
     signal_connected: bool
     attributes: dict[str, str]
+    subscribed: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, participant: Participant) -> ParticipantView:
@@ -222,4 +234,7 @@ class ParticipantView:
             tracks=tuple(track.sid for track in info.tracks),
             signal_connected=participant.link is not None and not participant.link.closed,
             attributes=dict(info.attributes),
+            subscribed=(
+                frozenset() if participant.downlink is None else participant.downlink.track_sids
+            ),
         )

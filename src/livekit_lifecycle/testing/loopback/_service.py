@@ -11,7 +11,11 @@ It follows the LiveKit server's observable behaviour, as the Rust SDK sees it:
   ``ReconnectResponse`` and a full snapshot); then it is disconnected with
   ``SIGNAL_CLOSE``;
 * server-side removals send the participant a ``leave`` (action DISCONNECT)
-  and tell the room the reason.
+  and tell the room the reason;
+* a published track is forwarded to every other participant that subscribes
+  to it (automatically unless it joined with ``auto_subscribe`` off, or
+  explicitly with ``UpdateSubscription``), and data packets go to everyone
+  else or to the identities they name.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from aiortc.mediastreams import MediaStreamTrack
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
 from livekit_lifecycle.log import get_logger
 
+from ._downlink import Downlink
+from ._media import TrackFeed
 from ._peer import Peer, sending_tracks
 from ._room import (
     Participant,
@@ -144,9 +151,15 @@ class RoomService:
             self.remove(old, _REASON.DUPLICATE_IDENTITY, tell_participant=True)
         info = new_participant_info(grant, _sid("PA_"), params.client_protocol)
         participant = Participant(
-            room=room, info=info, grant=grant, single_pc=params.single_pc, link=link
+            room=room,
+            info=info,
+            grant=grant,
+            single_pc=params.single_pc,
+            link=link,
+            auto_subscribe=params.auto_subscribe,
         )
         participant.peer = self._new_peer(participant)
+        participant.downlink = self._new_downlink(participant)
         others = room.visible_to(participant)
         room.add(participant)
         link.send(
@@ -171,6 +184,7 @@ class RoomService:
             )
         )
         room.broadcast(participant)
+        self._subscribe_to_room(participant)
         self._log.info(
             "participant.joined",
             room=room.name,
@@ -253,9 +267,37 @@ class RoomService:
         peer = Peer(
             f"{participant.room.name}/{participant.identity}/{participant.sid}",
             on_connected=lambda: self.activate(participant),
+            on_track=lambda track_id, track: self._track_arrived(participant, track_id, track),
+            on_data=lambda label, payload: self._relay_data(participant, label, payload),
         )
         self._peers.add(peer)
         return peer
+
+    def _new_downlink(self, participant: Participant) -> Downlink:
+        """Single PC: the participant's peer carries its subscriptions too.
+
+        Two PCs: a second peer, the server side of the client's subscriber
+        PeerConnection, which the server offers at once (its data channels
+        carry the data packets the client receives).
+        """
+        label = f"{participant.room.name}/{participant.identity}/{participant.sid}"
+        if participant.single_pc:
+            assert participant.peer is not None
+            peer = participant.peer
+        else:
+            peer = Peer(f"{label}/subscriber", on_connected=lambda: None)
+            self._peers.add(peer)
+        downlink = Downlink(
+            peer,
+            offers=not participant.single_pc,
+            send=participant.send,
+            spawn=self._spawn,
+            label=label,
+        )
+        if not participant.single_pc:
+            peer.open_data_channels()
+            downlink.negotiate()
+        return downlink
 
     # ------------------------------------------------------------------ leaving
 
@@ -281,8 +323,8 @@ class RoomService:
         link, participant.link = participant.link, None
         if link is not None:
             link.abort()
-        if participant.peer is not None:
-            self._spawn(participant.peer.close(), f"loopback-peer-close:{participant.sid}")
+        for peer in _peers_of(participant):
+            self._spawn(peer.close(), f"loopback-peer-close:{participant.sid}")
         self._arm_timer(participant, timeout)
         self._log.info(
             "participant.signal_dropped",
@@ -334,10 +376,9 @@ class RoomService:
                 )
             link.close()
         room.broadcast(participant, disconnected_info(participant, reason))
-        if participant.peer is not None:
-            self._spawn(
-                self._close_peer(participant.peer, link), f"loopback-peer-close:{participant.sid}"
-            )
+        self._stop_media(participant)
+        for peer in _peers_of(participant):
+            self._spawn(self._close_peer(peer, link), f"loopback-peer-close:{participant.sid}")
         self._log.info(
             "participant.left",
             room=room.name,
@@ -415,16 +456,22 @@ class RoomService:
         elif kind == "offer":
             await self.answer(participant, request.offer)
             self._sync_tracks(participant, request.offer.sdp)
+        elif kind == "answer":
+            # Two-PC clients answer the server's offers of their subscriber PC.
+            if participant.downlink is not None and not participant.single_pc:
+                await participant.downlink.accept(request.answer)
         elif kind == "trickle":
-            # Two-PC clients also trickle for their subscriber PeerConnection,
-            # which this server never offers: those candidates have no use.
             if participant.single_pc or request.trickle.target == signal.PUBLISHER:
                 assert participant.peer is not None
                 await participant.peer.add_candidate(request.trickle)
+            elif participant.downlink is not None:
+                await participant.downlink.peer.add_candidate(request.trickle)
         elif kind == "add_track":
             self._add_track(participant, request.add_track)
         elif kind == "mute":
             self._mute(participant, request.mute)
+        elif kind == "subscription":
+            self._update_subscription(participant, request.subscription)
         elif kind == "update_metadata":
             self._update_metadata(participant, request.update_metadata)
         elif kind == "leave":
@@ -432,8 +479,8 @@ class RoomService:
         elif kind == "simulate":
             self._simulate(participant, request.simulate)
         else:
-            # subscription, track_setting, sync_state, update_layers...: no
-            # media flows through this server, so there is nothing to change.
+            # track_setting, sync_state, update_layers...: every subscriber
+            # gets the one layer the publisher sends, so nothing changes.
             self._log.debug("signal.ignored", identity=participant.identity, signal=kind)
 
     async def answer(self, participant: Participant, offer: signal.SessionDescription) -> None:
@@ -441,6 +488,10 @@ class RoomService:
         assert participant.peer is not None
         answer = await participant.peer.answer(offer)
         participant.send(signal.SignalResponse(answer=answer))
+        if participant.single_pc:
+            # The client's offer made the SCTP association the server's data
+            # channels need (clients read data from those, not their own).
+            participant.peer.open_data_channels()
 
     def _add_track(self, participant: Participant, request: signal.AddTrackRequest) -> None:
         if not participant.grant.can_publish:
@@ -498,6 +549,7 @@ class RoomService:
             return
         for track in gone:
             participant.info.tracks.remove(track)
+            self._unpublish_media(participant, track.sid)
             del participant.track_cids[track.sid]
             self._log.info(
                 "track.unpublished",
@@ -505,9 +557,11 @@ class RoomService:
                 identity=participant.identity,
                 track=track.sid,
             )
+        published: list[str] = []
         for cid, track_id in added:
             track = participant.pending_tracks.pop(cid)
             participant.info.tracks.append(track)
+            published.append(track.sid)
             participant.track_cids[track.sid] = track_id
             self._log.info(
                 "track.published",
@@ -518,7 +572,162 @@ class RoomService:
             )
         participant.changed()
         participant.room.broadcast(participant)
+        # After the broadcast: a client must know of a track before its media comes.
+        for track_sid in published:
+            self._forward_to_room(participant, track_sid)
         self._changed()
+
+    # ------------------------------------------------------------------ media
+
+    def _track_arrived(
+        self, participant: Participant, track_id: str, track: MediaStreamTrack
+    ) -> None:
+        """The client sends media for ``track_id`` (its a=msid track id): read it from now on."""
+        old = participant.feeds.pop(track_id, None)
+        if old is not None:
+            old.close()
+        participant.feeds[track_id] = TrackFeed(
+            track, f"{participant.room.name}/{participant.identity}/{track_id}", self._spawn
+        )
+
+    def _feed(self, publisher: Participant, track_sid: str) -> TrackFeed | None:
+        track_id = publisher.track_cids.get(track_sid)
+        return None if track_id is None else publisher.feeds.get(track_id)
+
+    def _wants(self, subscriber: Participant, track_sid: str) -> bool:
+        if subscriber.removed or subscriber.downlink is None or not subscriber.grant.can_subscribe:
+            return False
+        if track_sid in subscriber.opted_out:
+            return False
+        return track_sid in subscriber.opted_in or subscriber.auto_subscribe
+
+    def _subscribe_to_room(self, subscriber: Participant) -> None:
+        """A newcomer gets every published track it wants."""
+        for publisher in subscriber.room:
+            if publisher is not subscriber:
+                for track in publisher.info.tracks:
+                    if self._wants(subscriber, track.sid):
+                        self._forward(publisher, track.sid, subscriber)
+
+    def _forward_to_room(self, publisher: Participant, track_sid: str) -> None:
+        """A track was just published: everyone else who wants it gets it."""
+        for subscriber in publisher.room:
+            if subscriber is not publisher and self._wants(subscriber, track_sid):
+                self._forward(publisher, track_sid, subscriber)
+
+    def _forward(self, publisher: Participant, track_sid: str, subscriber: Participant) -> None:
+        feed = self._feed(publisher, track_sid)
+        downlink = subscriber.downlink
+        if feed is None or downlink is None or downlink.has(track_sid):
+            if feed is None:
+                self._log.warning("track.no_media", identity=publisher.identity, track=track_sid)
+            return
+        first = feed.subscribers == 0
+        downlink.add(publisher.sid, feed.subscribe(subscriber.sid, track_sid))
+        if first:
+            # The publisher's SDK reports its track subscribed (local_track_subscribed).
+            publisher.send(
+                signal.SignalResponse(track_subscribed=signal.TrackSubscribed(track_sid=track_sid))
+            )
+        self._log.info(
+            "track.subscribed",
+            room=publisher.room.name,
+            identity=subscriber.identity,
+            publisher=publisher.identity,
+            track=track_sid,
+        )
+
+    def _unforward(self, publisher: Participant, track_sid: str, subscriber: Participant) -> None:
+        if subscriber.downlink is None or not subscriber.downlink.has(track_sid):
+            return
+        subscriber.downlink.remove(track_sid)
+        feed = self._feed(publisher, track_sid)
+        if feed is not None:
+            feed.unsubscribe(subscriber.sid)
+        self._log.info(
+            "track.unsubscribed",
+            room=publisher.room.name,
+            identity=subscriber.identity,
+            publisher=publisher.identity,
+            track=track_sid,
+        )
+
+    def _unpublish_media(self, publisher: Participant, track_sid: str) -> None:
+        """``track_sid`` is gone: nobody receives it any more, and nobody reads it."""
+        for subscriber in publisher.room:
+            self._unforward(publisher, track_sid, subscriber)
+        track_id = publisher.track_cids.get(track_sid)
+        feed = None if track_id is None else publisher.feeds.pop(track_id, None)
+        if feed is not None:
+            feed.close()
+
+    def _stop_media(self, participant: Participant) -> None:
+        """``participant`` left: its tracks stop reaching the room, and it receives nothing."""
+        for track in participant.info.tracks:
+            for subscriber in participant.room:
+                self._unforward(participant, track.sid, subscriber)
+        feeds, participant.feeds = participant.feeds, {}
+        for feed in feeds.values():
+            feed.close()
+        if participant.downlink is not None:
+            participant.downlink.close()
+
+    def _update_subscription(
+        self, subscriber: Participant, request: signal.UpdateSubscription
+    ) -> None:
+        """``set_subscribed(True/False)`` on the client: forward or stop forwarding those tracks."""
+        sids = set(request.track_sids)
+        for entry in request.participant_tracks:
+            sids.update(entry.track_sids)
+        for track_sid in sids:
+            if request.subscribe:
+                subscriber.opted_out.discard(track_sid)
+                subscriber.opted_in.add(track_sid)
+            else:
+                subscriber.opted_in.discard(track_sid)
+                subscriber.opted_out.add(track_sid)
+            publisher = next(
+                (p for p in subscriber.room if track_sid in p.track_cids and p is not subscriber),
+                None,
+            )
+            if publisher is None:
+                self._log.info(
+                    "track.subscription_unknown", identity=subscriber.identity, track=track_sid
+                )
+            elif request.subscribe and self._wants(subscriber, track_sid):
+                self._forward(publisher, track_sid, subscriber)
+            elif not request.subscribe:
+                self._unforward(publisher, track_sid, subscriber)
+        self._changed()
+
+    def _relay_data(self, sender: Participant, label: str, payload: bytes) -> None:
+        """A data packet from ``sender``: to everyone else, or to the identities it names."""
+        if sender.removed:
+            return
+        if not sender.grant.can_publish_data:
+            self._log.info("data.not_allowed", identity=sender.identity)
+            return
+        try:
+            packet = models.DataPacket.FromString(payload)
+        except Exception as exc:  # protobuf's DecodeError has no stable import path
+            self._log.warning("data.undecodable", identity=sender.identity, error=str(exc))
+            return
+        # The server, not the sender, says who sent it.
+        packet.participant_sid = sender.sid
+        packet.participant_identity = sender.identity
+        destinations = set(packet.destination_identities)
+        if packet.HasField("user"):
+            packet.user.participant_sid = sender.sid
+            packet.user.participant_identity = sender.identity
+            destinations.update(packet.user.destination_identities)
+        data = packet.SerializeToString()
+        for member in sender.room:
+            if member is sender or member.downlink is None:
+                continue
+            if destinations and member.identity not in destinations:
+                continue
+            if not member.downlink.peer.send_data(label, data):
+                self._log.debug("data.not_delivered", identity=member.identity, label=label)
 
     def _update_metadata(
         self, participant: Participant, request: signal.UpdateParticipantMetadata
@@ -570,6 +779,14 @@ class RoomService:
             self._log.warning(
                 "signal.simulate_unsupported", identity=participant.identity, scenario=which
             )
+
+
+def _peers_of(participant: Participant) -> list[Peer]:
+    """Every peer of ``participant``: its own, and its subscriber peer with two PCs."""
+    peers = [] if participant.peer is None else [participant.peer]
+    if participant.downlink is not None and participant.downlink.peer not in peers:
+        peers.append(participant.downlink.peer)
+    return peers
 
 
 def _match_pending(participant: Participant, sending: dict[str, str]) -> list[tuple[str, str]]:

@@ -45,6 +45,8 @@ class JoinParams:
     publisher_offer: signal.SessionDescription | None
     request: signal.JoinRequest | None
     """The decoded ``JoinRequest`` (``/rtc/v1`` only)."""
+    auto_subscribe: bool = True
+    """Forward every track published in the room unless the client asks otherwise."""
 
 
 def parse_join(path: str, query: Mapping[str, str]) -> JoinParams:
@@ -60,6 +62,11 @@ def parse_join(path: str, query: Mapping[str, str]) -> JoinParams:
             reconnect=request.reconnect,
             participant_sid=request.participant_sid,
             client_protocol=request.client_info.client_protocol,
+            auto_subscribe=(
+                request.connection_settings.auto_subscribe
+                if request.HasField("connection_settings")
+                else True
+            ),
             publisher_offer=(
                 request.publisher_offer if request.HasField("publisher_offer") else None
             ),
@@ -74,6 +81,7 @@ def parse_join(path: str, query: Mapping[str, str]) -> JoinParams:
         reconnect=query.get("reconnect", "") in ("1", "true"),
         participant_sid=query.get("sid", ""),
         client_protocol=client_protocol,
+        auto_subscribe=query.get("auto_subscribe", "1") not in ("0", "false"),
         publisher_offer=None,
         request=None,
     )

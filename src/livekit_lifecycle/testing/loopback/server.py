@@ -379,6 +379,39 @@ class LoopbackServer:
             ) from None
         return current()
 
+    async def wait_for_subscription(
+        self,
+        room: str,
+        identity: str,
+        track_sid: str,
+        *,
+        subscribed: bool = True,
+        timeout: float = 10.0,
+    ) -> None:
+        """Wait until the server forwards ``track_sid`` to ``identity`` (or, with
+        ``subscribed=False``, no longer does).
+
+        This is the server's side of a subscription: the client's
+        ``track_subscribed`` follows once the media section is negotiated.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+        """
+
+        def reached() -> bool:
+            view = self.participant(room, identity)
+            forwarded = view is not None and track_sid in view.subscribed
+            return forwarded == subscribed
+
+        try:
+            await self._service.wait_until(reached, timeout)
+        except TimeoutError:
+            state = "forwarded" if subscribed else "no longer forwarded"
+            raise TimeoutError(
+                f"{track_sid} was not {state} to {identity!r} in room {room!r} within {timeout}s"
+                f" (now: {self.participant(room, identity)})"
+            ) from None
+
     # ------------------------------------------------------------------ server-side controls
 
     async def remove_participant(

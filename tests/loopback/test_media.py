@@ -1,0 +1,234 @@
+"""Media, data and subscriptions through the LoopbackServer, seen by real SDK clients.
+
+Every scenario runs with the subscriber on both signalling paths: ``/rtc/v1``
+(one PeerConnection: the server answers the client's offers) and ``/rtc``
+(two PeerConnections: the server offers the subscriber one). Tones go in,
+and the frequency that comes out is checked, so a wrong or silent track fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' extra")
+
+from livekit import rtc
+from livekit.rtc._proto.room_pb2 import SimulateScenarioKind
+
+from livekit_lifecycle.testing.audio import Tone, dominant_frequency, record
+from livekit_lifecycle.testing.loopback import LoopbackServer
+from tests.loopback.support import WAIT, Recorder
+
+pytestmark = pytest.mark.e2e
+
+ROOM = "room"
+PITCH_TOLERANCE = 10.0  # Hz; the FFT bins of 0.5 s are 2 Hz wide
+MIC = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)
+RECONNECT_WAIT = 20.0
+both_paths = pytest.mark.parametrize("single_pc", [True, False], ids=["rtc-v1", "rtc-v0"])
+
+
+def _options(single_pc: bool, *, auto_subscribe: bool = True) -> rtc.RoomOptions:
+    return rtc.RoomOptions(single_peer_connection=single_pc, auto_subscribe=auto_subscribe)
+
+
+def _track(room: rtc.Room, identity: str, sid: str) -> rtc.Track:
+    track = room.remote_participants[identity].track_publications[sid].track
+    assert track is not None, (
+        f"{identity}'s {sid} has no track in {room.local_participant.identity}"
+    )
+    return track
+
+
+async def _pitch(room: rtc.Room, identity: str, sid: str) -> float:
+    return dominant_frequency(await record(_track(room, identity, sid), seconds=0.5))
+
+
+@both_paths
+async def test_each_published_tone_reaches_the_subscriber_unchanged(
+    loopback_server: LoopbackServer, single_pc: bool
+) -> None:
+    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
+    events = Recorder.on(listener)
+    low_user = await loopback_server.connect("low", ROOM)
+    low_events = Recorder.on(low_user)
+    high_user = await loopback_server.connect("high", ROOM, options=_options(not single_pc))
+    subscribed_at_publisher = asyncio.Event()
+    low_user.on("local_track_subscribed", lambda track: subscribed_at_publisher.set())
+
+    async with Tone(440) as low, Tone(1000) as high:
+        low_pub = await low_user.local_participant.publish_track(low.track, MIC)
+        high_pub = await high_user.local_participant.publish_track(high.track, MIC)
+        await events.wait_for("track_subscribed", identity="low", track=low_pub.sid)
+        await events.wait_for("track_subscribed", identity="high", track=high_pub.sid)
+
+        assert isinstance(_track(listener, "low", low_pub.sid), rtc.RemoteAudioTrack)
+        assert abs(await _pitch(listener, "low", low_pub.sid) - 440) < PITCH_TOLERANCE
+        assert abs(await _pitch(listener, "high", high_pub.sid) - 1000) < PITCH_TOLERANCE
+        # Both publishers receive each other's tone too.
+        await low_events.wait_for("track_subscribed", track=high_pub.sid)
+        await asyncio.wait_for(subscribed_at_publisher.wait(), WAIT)
+
+    view = loopback_server.participant(ROOM, "listener")
+    assert view is not None and view.subscribed == {low_pub.sid, high_pub.sid}
+
+
+@both_paths
+async def test_set_subscribed_turns_forwarding_off_and_on(
+    loopback_server: LoopbackServer, single_pc: bool
+) -> None:
+    listener = await loopback_server.connect(
+        "listener", ROOM, options=_options(single_pc, auto_subscribe=False)
+    )
+    events = Recorder.on(listener)
+    user = await loopback_server.connect("alice", ROOM)
+    async with Tone(440) as tone:
+        sid = (await user.local_participant.publish_track(tone.track, MIC)).sid
+        await events.wait_for("track_published", track=sid)
+        # Without auto-subscribe the server forwards nothing on its own.
+        view = loopback_server.participant(ROOM, "listener")
+        assert view is not None and view.subscribed == frozenset()
+        publication = listener.remote_participants["alice"].track_publications[sid]
+
+        publication.set_subscribed(True)
+        await events.wait_for("track_subscribed", track=sid)
+        assert abs(await _pitch(listener, "alice", sid) - 440) < PITCH_TOLERANCE
+
+        publication.set_subscribed(False)
+        await events.wait_for("track_unsubscribed", track=sid)
+
+        await loopback_server.wait_for_subscription(ROOM, "listener", sid, subscribed=False)
+
+        seen = len(events.events)
+        publication.set_subscribed(True)
+        # The same track comes back, on a fresh section, with the same tone.
+        await events.wait_for("track_subscribed", track=sid, after=seen)
+        assert abs(await _pitch(listener, "alice", sid) - 440) < PITCH_TOLERANCE
+
+
+@both_paths
+async def test_unpublish_mute_and_leave_reach_the_subscriber(
+    loopback_server: LoopbackServer, single_pc: bool
+) -> None:
+    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
+    events = Recorder.on(listener)
+    user = await loopback_server.connect("alice", ROOM)
+    async with Tone(440) as tone:
+        first = (await user.local_participant.publish_track(tone.track, MIC)).sid
+        await events.wait_for("track_subscribed", track=first)
+
+        tone.track.mute()
+        await events.wait_for("track_muted", track=first)
+        tone.track.unmute()
+        await events.wait_for("track_unmuted", track=first)
+        assert abs(await _pitch(listener, "alice", first) - 440) < PITCH_TOLERANCE
+
+        await user.local_participant.unpublish_track(first)
+        unsubscribed = await events.wait_for("track_unsubscribed", track=first)
+        unpublished = await events.wait_for("track_unpublished", track=first)
+        assert events.events.index(unsubscribed) < events.events.index(unpublished)
+        await loopback_server.wait_for_subscription(ROOM, "listener", first, subscribed=False)
+
+        second = (await user.local_participant.publish_track(tone.track, MIC)).sid
+        await events.wait_for("track_subscribed", track=second)
+        assert abs(await _pitch(listener, "alice", second) - 440) < PITCH_TOLERANCE
+
+        await user.disconnect()
+        await events.wait_for("track_unsubscribed", track=second)
+        await events.wait_for("participant_disconnected", identity="alice")
+    view = loopback_server.participant(ROOM, "listener")
+    assert view is not None and view.subscribed == frozenset()
+
+
+@both_paths
+async def test_data_packets_reach_everyone_or_the_named_identities(
+    loopback_server: LoopbackServer, single_pc: bool
+) -> None:
+    sender = await loopback_server.connect("alice", ROOM, options=_options(single_pc))
+    inboxes: dict[str, asyncio.Queue[rtc.DataPacket]] = {}
+    for identity, path in (("bob", single_pc), ("carol", not single_pc)):
+        room = await loopback_server.connect(identity, ROOM, options=_options(path))
+        inbox: asyncio.Queue[rtc.DataPacket] = asyncio.Queue()
+        room.on("data_received", inbox.put_nowait)
+        inboxes[identity] = inbox
+    for identity in ("bob", "carol"):
+        await loopback_server.wait_for_participant(ROOM, identity)
+
+    await sender.local_participant.publish_data(b"to all", topic="news")
+    for identity in ("bob", "carol"):
+        packet = await asyncio.wait_for(inboxes[identity].get(), WAIT)
+        assert (packet.data, packet.topic, packet.kind) == (
+            b"to all",
+            "news",
+            rtc.DataPacketKind.KIND_RELIABLE,
+        )
+        assert packet.participant is not None and packet.participant.identity == "alice"
+
+    # Lossy packets may be lost on a real network; on this machine they are not.
+    await sender.local_participant.publish_data(
+        b"to carol", reliable=False, destination_identities=["carol"]
+    )
+    packet = await asyncio.wait_for(inboxes["carol"].get(), WAIT)
+    assert (packet.data, packet.kind) == (b"to carol", rtc.DataPacketKind.KIND_LOSSY)
+    # Carol has it, so the server has dealt with it: Bob's next packet is the next one sent.
+    await sender.local_participant.publish_data(b"to bob", destination_identities=["bob"])
+    packet = await asyncio.wait_for(inboxes["bob"].get(), WAIT)
+    assert packet.data == b"to bob"
+    assert inboxes["bob"].empty() and inboxes["carol"].empty()
+
+
+async def test_metadata_name_and_attributes_reach_the_room(
+    loopback_server: LoopbackServer,
+) -> None:
+    observer = await loopback_server.connect("observer", ROOM)
+    events = Recorder.on(observer)
+    changed: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
+    observer.on(
+        "participant_name_changed",
+        lambda participant, old, new: changed.put_nowait(("name", new)),
+    )
+    user = await loopback_server.connect("alice", ROOM, can_update_own_metadata=True)
+    await events.wait_for("participant_active", identity="alice")
+
+    await user.local_participant.set_metadata('{"plan": "pro"}')
+    await events.wait_for("participant_metadata_changed", identity="alice")
+    await user.local_participant.set_name("Alice")
+    assert await asyncio.wait_for(changed.get(), WAIT) == ("name", "Alice")
+    await user.local_participant.set_attributes({"user": "42"})
+    await events.wait_for("participant_attributes_changed", identity="alice")
+
+    alice = observer.remote_participants["alice"]
+    assert (alice.metadata, alice.name, alice.attributes) == (
+        '{"plan": "pro"}',
+        "Alice",
+        {"user": "42"},
+    )
+
+
+@both_paths
+async def test_full_reconnect_republishes_and_peers_resubscribe(
+    loopback_server: LoopbackServer, single_pc: bool
+) -> None:
+    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
+    events = Recorder.on(listener)
+    user = await loopback_server.connect("alice", ROOM, options=_options(single_pc))
+    user_events = Recorder.on(user)
+    async with Tone(440) as tone:
+        before = (await user.local_participant.publish_track(tone.track, MIC)).sid
+        await events.wait_for("track_subscribed", track=before)
+        old_sid = user.local_participant.sid
+
+        await user.simulate_scenario(SimulateScenarioKind.SIMULATE_FULL_RECONNECT)
+        await user_events.wait_for("reconnected", timeout=RECONNECT_WAIT)
+
+        await events.wait_for("track_unsubscribed", track=before)
+        view = await loopback_server.wait_for_participant(ROOM, "alice", timeout=WAIT)
+        assert view is not None and view.sid != old_sid
+        back = await events.wait_for("participant_connected", sid=view.sid)
+        after = await events.wait_for(
+            "track_subscribed", identity="alice", after=events.events.index(back)
+        )
+        assert after.track is not None and after.track != before
+        assert abs(await _pitch(listener, "alice", after.track) - 440) < PITCH_TOLERANCE
