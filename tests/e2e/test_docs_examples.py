@@ -95,3 +95,19 @@ async def test_running_a_job_on_a_real_connection(loopback_server: LoopbackServe
         await server.connect("alice", "room")
         await manager.wait_for("alice", State.ACTIVE, timeout=10)
         await manager.aclose()
+
+
+async def test_hearing_what_a_user_publishes(loopback_server: LoopbackServer) -> None:
+    from livekit_lifecycle.testing.audio import Tone, dominant_frequency, record
+
+    server = loopback_server
+    agent = await server.connect("agent", "room", kind="agent")
+    subscribed = asyncio.get_running_loop().create_future()
+    agent.on(
+        "track_subscribed", lambda track, publication, participant: subscribed.set_result(track)
+    )
+    user = await server.connect("alice", "room")
+    async with Tone(440) as tone:
+        await user.local_participant.publish_track(tone.track)
+        track = await asyncio.wait_for(subscribed, 10)
+        assert abs(dominant_frequency(await record(track, seconds=0.5)) - 440) < 10

@@ -9,7 +9,10 @@ and the frequency that comes out is checked, so a wrong or silent track fails.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
+import numpy as np
 import pytest
 
 pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' extra")
@@ -73,6 +76,66 @@ async def test_each_published_tone_reaches_the_subscriber_unchanged(
 
     view = loopback_server.participant(ROOM, "listener")
     assert view is not None and view.subscribed == {low_pub.sid, high_pub.sid}
+
+
+@contextlib.asynccontextmanager
+async def _camera(rgb: tuple[int, int, int]) -> AsyncIterator[rtc.LocalVideoTrack]:
+    """A small camera track showing one colour, 15 frames a second."""
+    width, height = 160, 120
+    source = rtc.VideoSource(width, height)
+    pixels = np.empty((height, width, 4), dtype=np.uint8)
+    pixels[...] = (*rgb, 255)
+    frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, pixels.tobytes())
+
+    async def play() -> None:
+        while True:
+            source.capture_frame(frame)
+            await asyncio.sleep(1 / 15)
+
+    task = asyncio.get_running_loop().create_task(play())
+    try:
+        yield rtc.LocalVideoTrack.create_video_track("camera", source)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await source.aclose()
+
+
+@both_paths
+async def test_published_video_reaches_the_subscriber(
+    loopback_server: LoopbackServer, single_pc: bool
+) -> None:
+    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
+    events = Recorder.on(listener)
+    user = await loopback_server.connect("alice", ROOM)
+    colour = (200, 30, 60)
+    # aiortc cannot receive simulcast, which the SDK turns on for cameras by default.
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
+    async with _camera(colour) as camera:
+        sid = (await user.local_participant.publish_track(camera, options)).sid
+        await events.wait_for("track_subscribed", track=sid)
+        track = _track(listener, "alice", sid)
+        assert isinstance(track, rtc.RemoteVideoTrack)
+        stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA)
+        try:
+            event = await asyncio.wait_for(_nth(stream, 5), WAIT)
+        finally:
+            await stream.aclose()
+    received = event.frame
+    pixels = np.frombuffer(received.data, dtype=np.uint8).reshape(received.height, -1, 4)
+    assert (received.width, received.height) == (160, 120)
+    mean = pixels[..., :3].reshape(-1, 3).mean(axis=0)
+    assert np.allclose(mean, colour, atol=10), mean
+
+
+async def _nth(stream: rtc.VideoStream, n: int) -> rtc.VideoFrameEvent:
+    seen = 0
+    async for event in stream:
+        seen += 1
+        if seen == n:
+            return event
+    raise AssertionError(f"the video stream ended after {seen} frames")
 
 
 @both_paths

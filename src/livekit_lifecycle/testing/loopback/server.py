@@ -40,7 +40,10 @@ class LoopbackServer:
     connects (aiortc plays the server side), and every participant event a
     room emits — joined, active, tracks published, muted and unpublished,
     disconnected with its reason — comes from what this server tells it.
-    Media is not forwarded.
+    Published tracks are forwarded to subscribers (decoded once, re-encoded
+    for each; ``track_subscribed`` and ``rtc.AudioStream`` work), with
+    auto-subscribe and ``set_subscribed``; data packets are relayed to
+    everyone or to their ``destination_identities``.
 
     Use it as an async context manager::
 
