@@ -42,13 +42,14 @@ class ForwardedTrack(MediaStreamTrack):
         self.kind = kind
         self._track_sid = track_sid
         self._queue: asyncio.Queue[Frame | Packet[Any] | None] = asyncio.Queue(_QUEUE_FRAMES)
+        self._ended = False
 
     @property
     def id(self) -> str:
         return self._track_sid
 
     def push(self, frame: Frame | Packet[Any]) -> None:
-        if self.readyState != "live":
+        if self._ended or self.readyState != "live":
             return
         if self._queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
@@ -57,8 +58,9 @@ class ForwardedTrack(MediaStreamTrack):
 
     def end(self) -> None:
         """No more frames: the sender reading this track stops after what is queued."""
-        if self.readyState != "live":
+        if self._ended or self.readyState != "live":
             return
+        self._ended = True
         if self._queue.full():
             with contextlib.suppress(asyncio.QueueEmpty):
                 self._queue.get_nowait()

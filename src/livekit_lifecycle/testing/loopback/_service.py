@@ -616,6 +616,8 @@ class RoomService:
                 self._forward(publisher, track_sid, subscriber)
 
     def _forward(self, publisher: Participant, track_sid: str, subscriber: Participant) -> None:
+        if publisher.hidden:
+            return  # nobody knows of it, so nobody could tell whose track this is
         feed = self._feed(publisher, track_sid)
         downlink = subscriber.downlink
         if feed is None or downlink is None or downlink.has(track_sid):
@@ -670,6 +672,10 @@ class RoomService:
         for feed in feeds.values():
             feed.close()
         if participant.downlink is not None:
+            for track_sid in participant.downlink.track_sids:
+                publisher = _publisher_of(participant.room, track_sid, participant)
+                if publisher is not None:
+                    self._unforward(publisher, track_sid, participant)
             participant.downlink.close()
 
     def _update_subscription(
@@ -686,10 +692,7 @@ class RoomService:
             else:
                 subscriber.opted_in.discard(track_sid)
                 subscriber.opted_out.add(track_sid)
-            publisher = next(
-                (p for p in subscriber.room if track_sid in p.track_cids and p is not subscriber),
-                None,
-            )
+            publisher = _publisher_of(subscriber.room, track_sid, subscriber)
             if publisher is None:
                 self._log.info(
                     "track.subscription_unknown", identity=subscriber.identity, track=track_sid
@@ -779,6 +782,11 @@ class RoomService:
             self._log.warning(
                 "signal.simulate_unsupported", identity=participant.identity, scenario=which
             )
+
+
+def _publisher_of(room: Room, track_sid: str, viewer: Participant) -> Participant | None:
+    """Who in ``room`` (``viewer`` aside) publishes ``track_sid``, if anyone."""
+    return next((p for p in room if p is not viewer and track_sid in p.track_cids), None)
 
 
 def _peers_of(participant: Participant) -> list[Peer]:
