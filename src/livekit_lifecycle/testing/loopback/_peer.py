@@ -31,14 +31,13 @@ from livekit.protocol import rtc as signal
 from livekit_lifecycle._callbacks import describe
 from livekit_lifecycle.log import get_logger
 
-__all__ = ["DATA_LABELS", "Peer", "sending_tracks"]
+__all__ = ["Peer", "msid_track_ids", "sending_tracks"]
 
 _CONNECT_STATES = ("connected",)
 _LOST_STATES = ("failed", "closed")
+# The data channel labels LiveKit's SDKs use for reliable and lossy data packets.
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
-DATA_LABELS = (RELIABLE, LOSSY)
-"""Data channel labels the SDKs use for reliable and lossy data packets."""
 
 _UNSENT_LIMIT = 1000
 """Reliable packets kept for a data channel that is not open yet."""
@@ -206,8 +205,7 @@ class Peer:
         and the track may come back on another section.
         """
         transceiver.direction = "inactive"
-        _name_stream(transceiver.sender, f"retired-{uuid.uuid4()}")
-        transceiver.sender._track_id = str(uuid.uuid4())
+        _name_stream(transceiver.sender, f"retired-{uuid.uuid4()}", str(uuid.uuid4()))
 
     def open_data_channels(self) -> None:
         """Open the server's reliable and lossy data channels (idempotent).
@@ -288,11 +286,14 @@ class Peer:
         await asyncio.shield(self._pc.close())
 
 
-def _name_stream(sender: RTCRtpSender, stream_id: str) -> None:
-    # aiortc has no API for the stream id of the a=msid line, and LiveKit's
-    # SDKs read the publisher's participant sid and the track sid from it
-    # ("PA_...|TR_..."); the track id half is the sending track's id.
+def _name_stream(sender: RTCRtpSender, stream_id: str, track_id: str | None = None) -> None:
+    # aiortc has no API for the a=msid line, and LiveKit's SDKs read the
+    # publisher's participant sid and the track sid from its stream id
+    # ("PA_...|TR_..."). The track id half is the sending track's id unless
+    # given (a retired section must not keep the name of the track it carried).
     sender._stream_id = stream_id
+    if track_id is not None:
+        sender._track_id = track_id
 
 
 def msid_track_ids(sdp: str) -> dict[str, str]:

@@ -175,7 +175,8 @@ class RoomService:
                         protocol=_PROTOCOL,
                         node_id="loopback",
                     ),
-                    # The client offers, the server answers: no server-side offer is needed.
+                    # The publisher PC is the one the client waits for; two-PC
+                    # clients get the server's subscriber offer right after this.
                     subscriber_primary=False,
                     # 0 would panic the SDK's interval timer.
                     ping_interval=self.settings.ping_interval,
@@ -185,6 +186,7 @@ class RoomService:
         )
         room.broadcast(participant)
         self._subscribe_to_room(participant)
+        participant.downlink.negotiate()  # two PCs: the subscriber PC's first offer
         self._log.info(
             "participant.joined",
             room=room.name,
@@ -296,7 +298,6 @@ class RoomService:
         )
         if not participant.single_pc:
             peer.open_data_channels()
-            downlink.negotiate()
         return downlink
 
     # ------------------------------------------------------------------ leaving
