@@ -6,6 +6,9 @@ it real ``RoomEvent`` protobufs, so the SDK's own translation code creates the
 handlers see in production. No server, no credentials, no network.
 :mod:`~livekit_lifecycle.testing.virtual_time` runs such tests on a loop whose
 clock jumps over waits, so a 30 s grace window takes no time.
+:class:`LoopbackServer` is a LiveKit-compatible server on this machine for
+end-to-end tests (it forwards media), and :mod:`~livekit_lifecycle.testing.audio`
+publishes tones and measures the pitch that arrives.
 """
 
 from __future__ import annotations
