@@ -45,6 +45,16 @@ def _track(room: rtc.Room, identity: str, sid: str) -> rtc.Track:
     return track
 
 
+async def _listener(
+    server: LoopbackServer, single_pc: bool, *, auto_subscribe: bool = True
+) -> tuple[rtc.Room, Recorder]:
+    """The subscriber under test, on the signalling path the test is about, and its events."""
+    room = await server.connect(
+        "listener", ROOM, options=_options(single_pc, auto_subscribe=auto_subscribe)
+    )
+    return room, Recorder.on(room)
+
+
 async def _pitch(room: rtc.Room, identity: str, sid: str) -> float:
     return dominant_frequency(await record(_track(room, identity, sid), seconds=0.5))
 
@@ -53,8 +63,7 @@ async def _pitch(room: rtc.Room, identity: str, sid: str) -> float:
 async def test_each_published_tone_reaches_the_subscriber_unchanged(
     loopback_server: LoopbackServer, single_pc: bool
 ) -> None:
-    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
-    events = Recorder.on(listener)
+    listener, events = await _listener(loopback_server, single_pc)
     low_user = await loopback_server.connect("low", ROOM)
     low_events = Recorder.on(low_user)
     high_user = await loopback_server.connect("high", ROOM, options=_options(not single_pc))
@@ -106,8 +115,7 @@ async def _camera(rgb: tuple[int, int, int]) -> AsyncIterator[rtc.LocalVideoTrac
 async def test_published_video_reaches_the_subscriber(
     loopback_server: LoopbackServer, single_pc: bool
 ) -> None:
-    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
-    events = Recorder.on(listener)
+    listener, events = await _listener(loopback_server, single_pc)
     user = await loopback_server.connect("alice", ROOM)
     colour = (200, 30, 60)
     # aiortc cannot receive simulcast, which the SDK turns on for cameras by default.
@@ -142,10 +150,7 @@ async def _nth(stream: rtc.VideoStream, n: int) -> rtc.VideoFrameEvent:
 async def test_set_subscribed_turns_forwarding_off_and_on(
     loopback_server: LoopbackServer, single_pc: bool
 ) -> None:
-    listener = await loopback_server.connect(
-        "listener", ROOM, options=_options(single_pc, auto_subscribe=False)
-    )
-    events = Recorder.on(listener)
+    listener, events = await _listener(loopback_server, single_pc, auto_subscribe=False)
     user = await loopback_server.connect("alice", ROOM)
     async with Tone(440) as tone:
         sid = (await user.local_participant.publish_track(tone.track, MIC)).sid
@@ -175,8 +180,7 @@ async def test_set_subscribed_turns_forwarding_off_and_on(
 async def test_unpublish_mute_and_leave_reach_the_subscriber(
     loopback_server: LoopbackServer, single_pc: bool
 ) -> None:
-    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
-    events = Recorder.on(listener)
+    listener, events = await _listener(loopback_server, single_pc)
     user = await loopback_server.connect("alice", ROOM)
     async with Tone(440) as tone:
         first = (await user.local_participant.publish_track(tone.track, MIC)).sid
@@ -274,8 +278,7 @@ async def test_metadata_name_and_attributes_reach_the_room(
 async def test_full_reconnect_republishes_and_peers_resubscribe(
     loopback_server: LoopbackServer, single_pc: bool
 ) -> None:
-    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
-    events = Recorder.on(listener)
+    listener, events = await _listener(loopback_server, single_pc)
     user = await loopback_server.connect("alice", ROOM, options=_options(single_pc))
     user_events = Recorder.on(user)
     async with Tone(440) as tone:
