@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -22,7 +23,7 @@ from livekit.rtc._proto.room_pb2 import SimulateScenarioKind
 
 from livekit_lifecycle.testing.audio import Tone, dominant_frequency, record
 from livekit_lifecycle.testing.loopback import LoopbackServer
-from tests.loopback.support import WAIT, Recorder
+from tests.loopback.support import WAIT, Recorder, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -298,3 +299,26 @@ async def test_full_reconnect_republishes_and_peers_resubscribe(
         )
         assert after.track is not None and after.track != before
         assert abs(await _pitch(listener, "alice", after.track) - 440) < PITCH_TOLERANCE
+
+
+async def test_grants_without_subscribe_or_data_forward_nothing(
+    loopback_server: LoopbackServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "livekit_lifecycle.loopback")
+    deaf = await loopback_server.connect("deaf", ROOM, can_subscribe=False)
+    deaf_events = Recorder.on(deaf)
+    quiet = await loopback_server.connect("quiet", ROOM, can_publish_data=False)
+    user = await loopback_server.connect("alice", ROOM)
+    inbox: asyncio.Queue[rtc.DataPacket] = asyncio.Queue()
+    user.on("data_received", inbox.put_nowait)
+    async with Tone(440) as tone:
+        sid = (await user.local_participant.publish_track(tone.track, MIC)).sid
+        await deaf_events.wait_for("track_published", track=sid)
+        view = loopback_server.participant(ROOM, "deaf")
+        assert view is not None and view.subscribed == frozenset()
+
+    await quiet.local_participant.publish_data(b"not allowed")  # the SDK sends it anyway
+    assert await eventually(lambda: any(r.msg == "data.not_allowed" for r in caplog.records), WAIT)
+    await deaf.local_participant.publish_data(b"allowed")
+    packet = await asyncio.wait_for(inbox.get(), WAIT)
+    assert packet.data == b"allowed" and inbox.empty()
