@@ -99,6 +99,7 @@ EXPORTS: dict[str, list[str]] = {
         "Statechart",
     ],
     "livekit_lifecycle.testing": ["LoopbackServer", "RoomDriver"],
+    "livekit_lifecycle.testing.audio": ["SAMPLE_RATE", "Tone", "dominant_frequency", "record"],
     "livekit_lifecycle.testing.browser": [
         "BrowserUnavailable",
         "CHROMIUM_ARGS",
