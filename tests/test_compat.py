@@ -8,6 +8,7 @@ through the seed's functions.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import subprocess
 import sys
@@ -391,3 +392,134 @@ async def test_migration_step_two_shuts_down_with_the_job(driver: RoomDriver) ->
         await asyncio.gather(*(callback("test") for callback in ctx._shutdown_callbacks))
     assert clear.calls == [None] and tts.closes == 1  # ...then runs the shutdown callbacks
     assert get_manager(driver.room) is None
+
+
+# ------------------------------------------------------------------------ the same callback twice
+
+
+class SeedAgent:
+    """The seed's agent: passes ``self.clear_user`` to both compat functions."""
+
+    def __init__(self) -> None:
+        self.cleared: list[str | None] = []
+        self.tts = Tts()
+
+    def clear_user(self, user_id: str | None) -> None:
+        self.cleared.append(user_id)
+
+
+def record(calls: list[str | None], user_id: str | None) -> None:
+    calls.append(user_id)
+
+
+def record_into(user_id: str | None, *, calls: list[str | None]) -> None:
+    calls.append(user_id)
+
+
+async def test_seed_usage_with_a_bound_method_clears_once(
+    room: rtc.Room, driver: RoomDriver
+) -> None:
+    agent = SeedAgent()
+    register_cleanup_handlers(room, clear_user_callback=agent.clear_user)
+    driver.connect("alice", active=True)
+    driver.connect("bob", active=True)
+    await graceful_shutdown(room, agent.tts, clear_user_callback=agent.clear_user)
+    assert agent.cleared == [None, None]  # once per user, not twice
+    assert agent.tts.closes == 1
+
+
+@pytest.mark.parametrize(
+    "same",
+    [
+        pytest.param(lambda calls: (calls.append, calls.append), id="builtin-bound-method"),
+        pytest.param(
+            lambda calls: (functools.partial(record, calls), functools.partial(record, calls)),
+            id="equal-partials",
+        ),
+        pytest.param(
+            lambda calls: (
+                functools.partial(record_into, calls=calls),
+                functools.partial(record_into, calls=calls),
+            ),
+            id="equal-partials-by-keyword",
+        ),
+        pytest.param(
+            lambda calls: ((cb := lambda user_id: calls.append(user_id)), cb), id="one-lambda"
+        ),
+    ],
+)
+async def test_the_same_callback_passed_twice_runs_once(
+    room: rtc.Room, driver: RoomDriver, same: Any
+) -> None:
+    calls: list[str | None] = []
+    at_register, at_shutdown = same(calls)
+    register_cleanup_handlers(room, clear_user_callback=at_register)
+    driver.connect("alice", active=True)
+    await graceful_shutdown(room, clear_user_callback=at_shutdown)
+    assert calls == [None]
+
+
+class Tagged:
+    """A callable object whose calls record its tag; equal by value, but two callbacks."""
+
+    def __init__(self, calls: list[str], tag: str) -> None:
+        self.calls, self.tag = calls, tag
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Tagged) and other.tag == self.tag
+
+    __hash__ = object.__hash__
+
+    def __call__(self, user_id: str | None) -> None:
+        self.calls.append(self.tag)
+
+    def clear_user(self, user_id: str | None) -> None:
+        self.calls.append(self.tag)
+
+
+def record_tag(calls: list[str], tag: str, user_id: str | None) -> None:
+    calls.append(tag)
+
+
+@pytest.mark.parametrize(
+    "different",
+    [
+        pytest.param(
+            lambda calls: (lambda _: calls.append("a"), lambda _: calls.append("b")),
+            id="two-lambdas",
+        ),
+        pytest.param(
+            lambda calls: (
+                functools.partial(record_tag, calls, "a"),
+                functools.partial(record_tag, calls, "b"),
+            ),
+            id="partials-with-different-args",
+        ),
+        pytest.param(
+            lambda calls: (Tagged(calls, "a").clear_user, Tagged(calls, "a").clear_user),
+            id="methods-of-equal-but-different-objects",
+        ),
+        pytest.param(
+            lambda calls: (Tagged(calls, "a"), Tagged(calls, "a")), id="equal-callable-objects"
+        ),
+    ],
+)
+async def test_different_callbacks_passed_to_each_both_run(
+    room: rtc.Room, driver: RoomDriver, different: Any
+) -> None:
+    calls: list[str] = []
+    at_register, at_shutdown = different(calls)
+    register_cleanup_handlers(room, clear_user_callback=at_register)
+    driver.connect("alice", active=True)
+    await graceful_shutdown(room, clear_user_callback=at_shutdown)
+    assert len(calls) == 2 and set(calls) <= {"a", "b"}
+
+
+async def test_a_bound_method_tts_is_closed_once_over_two_shutdowns(
+    room: rtc.Room, driver: RoomDriver
+) -> None:
+    agent = SeedAgent()
+    register_cleanup_handlers(room, clear_user_callback=agent.clear_user)
+    await graceful_shutdown(room, agent.tts.aclose, clear_user_callback=agent.clear_user)
+    await graceful_shutdown(room, agent.tts.aclose, clear_user_callback=agent.clear_user)
+    assert agent.tts.closes == 1

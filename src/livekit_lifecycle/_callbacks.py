@@ -1,11 +1,14 @@
-"""Running user code so that a failure or a hang in it cannot hurt the manager."""
+"""Running user code so that a failure or a hang in it cannot hurt the manager, and
+telling when two registrations are the same callback."""
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import inspect
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = ["Outcome", "Report", "call_bounded", "describe"]
@@ -85,3 +88,70 @@ def describe(fn: object) -> str:
         return type(fn).__qualname__
     module = getattr(fn, "__module__", None)
     return f"{module}.{name}" if module else str(name)
+
+
+def same_callable(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` register the same callback (or resource): the one rule
+    every de-duplication uses (cleanups, resources, listeners, the compat layer).
+
+    - A bound method (``self.clear_user``, ``items.append``) is a new object on
+      every attribute access: two are the same when bound to the same object
+      (``is``) and wrapping the same function, as Python's own ``==`` says.
+    - A :func:`functools.partial` is the same as another partial of the same
+      callable (by this rule) with equal (``==``) ``args`` and ``keywords``;
+      partial objects themselves only compare by identity.
+    - Anything else (functions, lambdas, callable objects, resources) is the
+      same only as itself: a ``lambda`` written twice makes two callbacks, and
+      two resources that compare equal are still two things to close.
+    """
+    if a is b:
+        return True
+    if isinstance(a, _BOUND_METHODS) and isinstance(b, _BOUND_METHODS):
+        return bool(a == b)
+    if isinstance(a, functools.partial) and isinstance(b, functools.partial):
+        return (
+            type(a) is type(b)
+            and same_callable(a.func, b.func)
+            and _equal(a.args, b.args)
+            and _equal(a.keywords, b.keywords)
+        )
+    return False
+
+
+def contains_callable(registered: Iterable[object], fn: object) -> bool:
+    """Whether ``registered`` already holds a callable that is :func:`same_callable` as ``fn``."""
+    return any(same_callable(fn, existing) for existing in registered)
+
+
+class CallbackKey:
+    """A dict key for a callback, hashed and compared by :func:`same_callable`."""
+
+    __slots__ = ("_hash", "callback")
+
+    def __init__(self, callback: Callable[..., Any]) -> None:
+        self.callback = callback
+        self._hash = _hash(callback)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CallbackKey) and same_callable(self.callback, other.callback)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+_BOUND_METHODS = (types.MethodType, types.BuiltinMethodType)
+
+
+def _hash(fn: object) -> int:
+    if isinstance(fn, functools.partial):
+        return _hash(fn.func)  # its args may be unhashable; equality decides
+    if isinstance(fn, _BOUND_METHODS):
+        return hash(fn)  # from the bound object's identity: works for unhashable objects
+    return id(fn)
+
+
+def _equal(a: object, b: object) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # an argument whose == raises (or is ambiguous) is not the same
+        return False

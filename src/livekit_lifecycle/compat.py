@@ -52,6 +52,7 @@ from typing import Any
 
 from livekit import rtc
 
+from ._callbacks import contains_callable, same_callable
 from .config import LifecycleConfig
 from .log import get_logger
 from .manager import LifecycleManager
@@ -201,6 +202,9 @@ async def graceful_shutdown(
     ``tts`` is anything with ``aclose()``/``close()`` or a callable;
     ``clear_user_callback``, if it is not the one given to
     :func:`register_cleanup_handlers`, is also called for each user cleaned now.
+    "The one" is compared as ``docs/concepts.md`` says: ``self.clear_user`` passed
+    to both is one callback (each access makes a new bound method), and so are
+    equal ``functools.partial`` objects; a ``lambda`` is only ever equal to itself.
 
     Raises:
         TypeError: before anything is shut down, for a ``tts`` that cannot be
@@ -223,7 +227,7 @@ async def graceful_shutdown(
     if state.shut_down:
         _log.info("compat.already_shut_down", category="shutdown", room=room.name)
         await state.manager.aclose()  # returns when the first call's shutdown is done
-        if tts is not None and not any(tts is closed for closed in state.closed_resources):
+        if tts is not None and not contains_callable(state.closed_resources, tts):
             state.closed_resources.append(tts)
             await _close_alone(tts, state.manager.config)
         return
@@ -237,7 +241,7 @@ async def graceful_shutdown(
         await _close_alone(tts, manager.config)
         return
     extra = clear_user_callback
-    if extra is not None and extra is not state.clear_user:
+    if extra is not None and not same_callable(extra, state.clear_user):
         manager.add_cleanup(lambda _session: extra(None))
     if tts is not None:
         manager.add_resource(tts, name="tts")

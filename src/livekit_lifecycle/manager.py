@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from livekit import rtc
 
-from ._callbacks import Outcome, call_bounded, describe
+from ._callbacks import Outcome, call_bounded, contains_callable, describe
 from ._core import CleanupCallback
 from ._emitter import Listener, NotificationName
 from ._events import Input, InputKind
@@ -168,10 +168,15 @@ class LifecycleManager(_Intake):
         Callbacks run in registration order while the session is
         ``disconnecting``. Each is bounded by ``cleanup_timeout``; an
         exception or a timeout is logged and the lifecycle goes on. Usable
-        as a decorator.
+        as a decorator. Adding a callback already added (``self.cleanup``
+        twice, equal ``functools.partial`` objects; see ``docs/concepts.md``) is a
+        logged no-op: it still runs once.
         """
         if not callable(fn):
             raise TypeError(f"cleanup callback must be callable, got {fn!r}")
+        if contains_callable(self._cleanups, fn):
+            self._info("cleanup.already_added", "cleanup", callback=describe(fn))
+            return fn
         self._cleanups.append(fn)
         if inspect.iscoroutinefunction(fn):
             self._async_cleanups = True
@@ -181,7 +186,9 @@ class LifecycleManager(_Intake):
         """Close ``resource`` at shutdown, after every session; last added closes first.
 
         Accepts objects with ``aclose()`` or ``close()`` (sync or async) and
-        plain callables. Each close is isolated and bounded.
+        plain callables. Each close is isolated and bounded. A resource
+        already added (the same object, or an equal bound method or partial
+        as its closer) is a logged no-op: it is closed once.
         """
         if self._closing:
             raise RuntimeError("cannot add a resource: this LifecycleManager is closed")
@@ -196,6 +203,9 @@ class LifecycleManager(_Intake):
             raise TypeError(
                 f"resource {resource!r} has no aclose() or close() method and is not callable"
             )
+        if contains_callable((added for _, added in self._resources), closer):
+            self._info("resource.already_added", "shutdown", resource=name or describe(resource))
+            return
         self._resources.append((name or describe(resource), closer))
 
     @overload
