@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+
+pytest.importorskip("livekit.agents", reason="needs livekit-agents (the 'agents' extra)")
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, CloseEvent, CloseReason, JobContext
 from livekit.agents.testing import fake_job_context

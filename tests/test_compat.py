@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from livekit import rtc
-from livekit.agents.testing import fake_job_context
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, State
 from livekit_lifecycle.compat import (
@@ -377,6 +376,9 @@ async def test_state_is_kept_per_room(room: rtc.Room, driver: RoomDriver) -> Non
 
 async def test_migration_step_two_shuts_down_with_the_job(driver: RoomDriver) -> None:
     """docs/migrating.md, step 2: graceful_shutdown registered as a job shutdown callback."""
+    pytest.importorskip("livekit.agents", reason="needs livekit-agents (the 'agents' extra)")
+    from livekit.agents.testing import fake_job_context
+
     clear = ClearUser()
     tts = Tts()
     with fake_job_context(room=driver.room) as ctx:

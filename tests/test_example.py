@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+pytest.importorskip("livekit.agents", reason="needs livekit-agents (the 'agents' extra)")
 from examples import voice_agent
 from livekit import rtc
 from livekit.agents import AgentSession, CloseEvent, JobContext, inference

@@ -142,6 +142,8 @@ def test_every_public_module_is_pinned() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPORTS))
 def test_exported_names(name: str) -> None:
+    if name == "livekit_lifecycle.agents":
+        pytest.importorskip("livekit.agents", reason="needs livekit-agents (the 'agents' extra)")
     module = importlib.import_module(name)
     assert sorted(module.__all__) == sorted(EXPORTS[name])
     for exported in module.__all__:

@@ -1,6 +1,6 @@
 """Probe: the join request the installed SDK sends has the shape the server was built for.
 
-The LoopbackServer reads the Rust SDK's join request (livekit 1.1.x). If a new
+The LoopbackServer reads the Rust SDK's join request (livekit 1.1.21 to 1.2.x). If a new
 SDK release changes it, this test fails with the difference, before anything
 subtler breaks: re-check the server against the new release, then update
 the expected shapes here and the pinned versions in pyproject.toml.
@@ -24,7 +24,7 @@ from tests.loopback.support import Recorder
 pytestmark = pytest.mark.e2e
 
 ROOM = "probe"
-TESTED_WITH = "livekit 1.1.21"
+TESTED_WITH = "livekit 1.1.21, 1.2.0 and 1.2.1"
 CLIENT_INFO = {
     "sdk": "int",
     "version": "str",
