@@ -14,7 +14,7 @@ LiveKit Cloud project; swap ``inference_pipeline`` for plugins otherwise)::
     pip install 'livekit-lifecycle[agents]'
     export LIVEKIT_URL=wss://<project>.livekit.cloud
     export LIVEKIT_API_KEY=<key> LIVEKIT_API_SECRET=<secret>
-    python examples/voice_agent.py dev
+    python examples/voice_agent.py start
 
 then join a room from a frontend (Agents Playground, a starter app) with an
 identity such as ``user-4e3efa3d-d8fe-431e-9a1b-2c3d4e5f6a7b``, refresh the page
