@@ -61,6 +61,13 @@ EXPORTS: dict[str, list[str]] = {
     ],
     "livekit_lifecycle.log": ["LOGGER_NAME", "configure_logging", "get_logger"],
     "livekit_lifecycle.manager": ["CleanupCallback", "LifecycleManager"],
+    "livekit_lifecycle.metrics": [
+        "CLEANUP_BUCKETS",
+        "IGNORED_REASONS",
+        "METRIC_NAMES",
+        "SHUTDOWN_BUCKETS",
+        "enable_metrics",
+    ],
     "livekit_lifecycle.render": [
         "DEFAULT_FORMATS",
         "EXTENSIONS",
@@ -118,6 +125,7 @@ EXPORTS: dict[str, list[str]] = {
     "livekit_lifecycle.testing.loopback.server": ["LoopbackServer"],
     "livekit_lifecycle.testing.pytest_plugin": ["chromium", "loopback_server", "pytest_configure"],
     "livekit_lifecycle.testing.virtual_time": ["Deadlock", "VirtualTimeLoop", "clock", "run"],
+    "livekit_lifecycle.tracing": ["CLEANUP_SPAN", "SHUTDOWN_SPAN", "enable_tracing"],
     "livekit_lifecycle.watch": [
         "WatchError",
         "WatchSettings",

@@ -1,0 +1,427 @@
+"""Prometheus metrics of lifecycle managers (``livekit_lifecycle_*``), with prometheus-client.
+
+Opt in per manager with ``LifecycleConfig(metrics=True)`` or
+:meth:`LifecycleManager.enable_metrics` (:func:`enable_metrics` here). Every
+manager of a process adds to the same series of one registry (the default
+one unless another is given): a worker running one manager per job exports
+one set of series, optionally labelled by room.
+
+Nothing is computed per event. A custom collector reads ``manager.sessions``
+and ``manager.stats`` when Prometheus scrapes; a ``state_changed`` listener
+counts transitions in plain integers; the manager's cleanup and shutdown
+hooks time cleanups and shutdowns. Series:
+
+================================================  =========  ==========================
+``livekit_lifecycle_sessions{state}``             gauge      sessions per chart state
+``livekit_lifecycle_transitions_total{trigger}``  counter    state changes per trigger
+``livekit_lifecycle_events_ignored_total{reason}`` counter   events that changed nothing
+``livekit_lifecycle_cleanups_total{outcome}``     counter    cleanup runs: ok/error/timeout
+``livekit_lifecycle_cleanup_duration_seconds``    histogram  one cleanup run
+``livekit_lifecycle_reconnects_total``            counter    connections bound anew
+``livekit_lifecycle_takeovers_total``             counter    a new tab replaced a live one
+``livekit_lifecycle_grace_expired_total``         counter    grace windows that ran out
+``livekit_lifecycle_shutdown_duration_seconds``   histogram  one ``aclose()``
+================================================  =========  ==========================
+
+See ``docs/observability.md`` for their meanings and PromQL examples.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._observer import Observer
+from .statechart import PARTICIPANT_CHART, State
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
+
+    from .manager import LifecycleManager
+    from .session import Session, Transition
+
+__all__ = [
+    "CLEANUP_BUCKETS",
+    "IGNORED_REASONS",
+    "METRIC_NAMES",
+    "SHUTDOWN_BUCKETS",
+    "enable_metrics",
+]
+
+PREFIX = "livekit_lifecycle"
+
+IGNORED_REASONS: dict[str, str] = {
+    "duplicate": "ignored_duplicate",
+    "stale_sid": "ignored_stale",
+    "invalid": "ignored_invalid",
+    "untracked_kind": "ignored_kind",
+    "after_close": "ignored_after_close",
+    "rejected_input": "rejected_input",
+}
+"""``reason`` label of ``events_ignored_total`` -> the ``manager.stats`` counter it reads."""
+
+OUTCOMES = ("ok", "error", "timeout")
+CLEANUP_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SHUTDOWN_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+METRIC_NAMES = tuple(
+    f"{PREFIX}_{name}"
+    for name in (
+        "sessions",
+        "transitions_total",
+        "events_ignored_total",
+        "cleanups_total",
+        "cleanup_duration_seconds",
+        "reconnects_total",
+        "takeovers_total",
+        "grace_expired_total",
+        "shutdown_duration_seconds",
+    )
+)
+"""Every series name as exposed (counters with their ``_total``)."""
+
+_TRIGGERS = PARTICIPANT_CHART.triggers
+_STATES = tuple(state.value for state in PARTICIPANT_CHART.states)
+
+
+def enable_metrics(
+    manager: LifecycleManager,
+    registry: CollectorRegistry | None = None,
+    *,
+    room_label: bool = False,
+) -> None:
+    """Export ``manager``'s metrics on ``registry`` (prometheus-client's default when ``None``).
+
+    Idempotent per manager and registry. All managers enabled on one
+    registry share its series, so they must agree on ``room_label``.
+
+    Raises:
+        ImportError: prometheus-client is not installed.
+        ValueError: ``room_label`` differs from the managers already on ``registry``.
+    """
+    try:
+        import prometheus_client
+    except ImportError:
+        raise ImportError(
+            "livekit-lifecycle metrics need prometheus-client:"
+            " pip install 'livekit-lifecycle[metrics]'"
+        ) from None
+    if registry is None:
+        registry = prometheus_client.REGISTRY
+    collector = _collectors.get(registry)
+    if collector is None:
+        collector = _LifecycleCollector(room_label)
+        registry.register(collector)
+        _collectors[registry] = collector
+    elif collector.room_label != room_label:
+        raise ValueError(
+            f"this registry already exports livekit_lifecycle metrics with"
+            f" room_label={collector.room_label}; every manager on it must use the same"
+        )
+    collector.add(manager)
+
+
+# One collector per registry, because a registry accepts each series name
+# once. Held weakly: a registry that is dropped takes its collector along.
+# This is the only module-level state of the library, and it mirrors
+# prometheus-client's own: its default registry is a process global.
+_collectors: weakref.WeakKeyDictionary[Any, _LifecycleCollector] = weakref.WeakKeyDictionary()
+
+
+class _Histogram:
+    """A Prometheus histogram in plain numbers: observed on the loop, read at scrape."""
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def add(self, other: _Histogram) -> None:
+        for index, count in enumerate(other.counts):
+            self.counts[index] += count
+        self.total += other.total
+
+    def buckets(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0
+        for bound, count in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
+            running += count
+            out.append((bound, running))
+        return out
+
+
+class _Counts:
+    """Every counter and histogram of one manager (or of the managers already retired)."""
+
+    __slots__ = (
+        "cleanup_duration",
+        "cleanups",
+        "grace_expired",
+        "ignored",
+        "reconnects",
+        "shutdown_duration",
+        "takeovers",
+        "transitions",
+    )
+
+    def __init__(self) -> None:
+        self.transitions = dict.fromkeys(_TRIGGERS, 0)
+        self.ignored = dict.fromkeys(IGNORED_REASONS, 0)
+        self.cleanups = dict.fromkeys(OUTCOMES, 0)
+        self.reconnects = 0
+        self.takeovers = 0
+        self.grace_expired = 0
+        self.cleanup_duration = _Histogram(CLEANUP_BUCKETS)
+        self.shutdown_duration = _Histogram(SHUTDOWN_BUCKETS)
+
+    def add(self, other: _Counts) -> None:
+        for mine, theirs in (
+            (self.transitions, other.transitions),
+            (self.ignored, other.ignored),
+            (self.cleanups, other.cleanups),
+        ):
+            for label, value in list(theirs.items()):
+                mine[label] = mine.get(label, 0) + value
+        self.reconnects += other.reconnects
+        self.takeovers += other.takeovers
+        self.grace_expired += other.grace_expired
+        self.cleanup_duration.add(other.cleanup_duration)
+        self.shutdown_duration.add(other.shutdown_duration)
+
+
+class _ManagerMetrics(Observer):
+    """One manager's share: its listener, its hooks, its counts. Holds the manager weakly."""
+
+    __slots__ = ("_manager", "_runs", "_shutdown_started", "counts", "retired", "room")
+
+    def __init__(self, manager: LifecycleManager) -> None:
+        self._manager = weakref.ref(manager)
+        self.counts = _Counts()
+        self.retired = False
+        self.room = ""
+        self._runs: dict[Session, tuple[float, str]] = {}
+        """Cleanup runs in progress: start (perf_counter) and the worst outcome so far."""
+        self._shutdown_started = 0.0
+
+    @property
+    def manager(self) -> LifecycleManager | None:
+        return self._manager()
+
+    # state_changed listener: a dict increment and a couple of comparisons per transition.
+    def on_transition(self, session: Session, transition: Transition) -> None:
+        trigger = transition.trigger
+        counts = self.counts
+        counts.transitions[trigger] = counts.transitions.get(trigger, 0) + 1
+        if transition.dest is State.RECONNECTED:
+            counts.reconnects += 1
+        elif trigger == "takeover":
+            counts.takeovers += 1
+        elif trigger == "expire":
+            counts.grace_expired += 1
+
+    def on_created(self, session: Session) -> None:
+        self.note_room()
+
+    def note_room(self) -> None:
+        if not self.room:
+            manager = self._manager()
+            room = None if manager is None else manager.room
+            if room is not None:
+                self.room = room.name
+
+    # ---------------------------------------------------------------- manager hooks
+
+    def cleanup_started(self, session: Session) -> None:
+        self._runs[session] = (time.perf_counter(), "ok")
+
+    def cleanup_failed(self, session: Session, timed_out: bool) -> None:
+        run = self._runs.get(session)
+        if run is not None and run[1] != "timeout":
+            self._runs[session] = (run[0], "timeout" if timed_out else "error")
+
+    def cleanup_ended(self, session: Session) -> None:
+        run = self._runs.pop(session, None)
+        if run is not None:
+            self._count_cleanup(time.perf_counter() - run[0], run[1])
+
+    def _count_cleanup(self, seconds: float, outcome: str) -> None:
+        self.counts.cleanups[outcome] += 1
+        self.counts.cleanup_duration.observe(seconds)
+
+    def shutdown_started(self, sessions: int) -> None:
+        self._shutdown_started = time.perf_counter()
+
+    def shutdown_ended(self, timed_out: bool) -> None:
+        now = time.perf_counter()
+        # Runs a cancelled runner never finished: the deadline cut them short.
+        for started, _ in self._runs.values():
+            self._count_cleanup(now - started, "timeout")
+        self._runs.clear()
+        self.counts.shutdown_duration.observe(now - self._shutdown_started)
+        manager = self._manager()
+        if manager is not None:
+            self.read_stats(manager)
+        self.retired = True
+
+    def read_stats(self, manager: LifecycleManager) -> None:
+        stats = manager.stats
+        ignored = self.counts.ignored
+        for reason, stat in IGNORED_REASONS.items():
+            ignored[reason] = stats.get(stat, 0)
+
+
+class _LifecycleCollector:
+    """The registry's collector: sums every manager's counts when Prometheus scrapes.
+
+    Scrapes run on the scraping server's thread while managers change on
+    their loop; everything read here is copied in single C-level operations
+    (``list(...)``, ``dict(...)``), which the GIL keeps whole.
+    """
+
+    def __init__(self, room_label: bool) -> None:
+        self.room_label = room_label
+        self._members: list[_ManagerMetrics] = []
+        self._past: dict[str, _Counts] = {}
+        """Counts of managers that are gone, per room label ("" without room labels)."""
+
+    def add(self, manager: LifecycleManager) -> None:
+        for member in self._members:
+            if member.manager is manager:
+                return
+        member = _ManagerMetrics(manager)
+        manager.on("state_changed", member.on_transition)
+        manager.on("created", member.on_created)
+        manager._add_observer(member)
+        member.note_room()  # the room, if already attached
+        self._members.append(member)
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: lets the registry check for clashes without a scrape.
+        return self._families({}, [])
+
+    def collect(self) -> Iterable[Metric]:
+        totals: dict[str, _Counts] = {}
+        sessions: list[tuple[str, list[Session]]] = []
+        kept: list[_ManagerMetrics] = []
+        for member in list(self._members):
+            manager = member.manager
+            label = member.room if self.room_label else ""
+            if manager is not None and not member.retired:
+                member.read_stats(manager)
+                if not member.room:
+                    member.note_room()
+                    label = member.room if self.room_label else ""
+                sessions.append((label, list(manager.sessions.values())))
+                kept.append(member)
+                totals.setdefault(label, _Counts()).add(member.counts)
+                continue
+            # Gone (closed, or collected without a close): its counts move to the
+            # past, reported once more under its room label, then forgotten there.
+            past = self._past.setdefault(label, _Counts())
+            past.add(member.counts)
+        self._members = kept
+        for label, counts in self._past.items():
+            totals.setdefault(label, _Counts()).add(counts)
+        if self.room_label:
+            # A room's series stay while it has a live manager, plus one scrape.
+            live = {member.room for member in kept}
+            self._past = {label: c for label, c in self._past.items() if label in live}
+        return self._families(totals, sessions)
+
+    def _families(
+        self, totals: dict[str, _Counts], sessions: list[tuple[str, list[Session]]]
+    ) -> Iterator[Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        room = ["room"] if self.room_label else []
+        if not totals:
+            totals = {"": _Counts()} if not self.room_label else {}
+
+        gauge = GaugeMetricFamily(
+            f"{PREFIX}_sessions", "Sessions per statechart state.", labels=[*room, "state"]
+        )
+        per_state: dict[str, dict[str, int]] = {
+            label: dict.fromkeys(_STATES, 0) for label in totals
+        }
+        for label, members in sessions:
+            counts = per_state.setdefault(label, dict.fromkeys(_STATES, 0))
+            for session in members:
+                counts[session.state.value] += 1
+        for label, counts in per_state.items():
+            for state, value in counts.items():
+                gauge.add_metric([*self._room(label), state], value)
+        yield gauge
+
+        def counter(name: str, doc: str, label: str | None, pick: Any) -> Metric:
+            family = CounterMetricFamily(
+                f"{PREFIX}_{name}", doc, labels=[*room, *([label] if label else [])]
+            )
+            for room_name, counts in totals.items():
+                picked = pick(counts)
+                if label is None:
+                    family.add_metric(self._room(room_name), picked)
+                else:
+                    for value, count in picked.items():
+                        family.add_metric([*self._room(room_name), value], count)
+            return family
+
+        yield counter(
+            "transitions", "State changes, per chart trigger.", "trigger", lambda c: c.transitions
+        )
+        yield counter(
+            "events_ignored",
+            "Room events that changed nothing, per reason.",
+            "reason",
+            lambda c: c.ignored,
+        )
+        yield counter(
+            "cleanups",
+            "Cleanup runs (one per ended connection), per outcome.",
+            "outcome",
+            lambda c: c.cleanups,
+        )
+        yield counter(
+            "reconnects",
+            "New connections bound to an existing session (grace or takeover).",
+            None,
+            lambda c: c.reconnects,
+        )
+        yield counter(
+            "takeovers",
+            "New connections that replaced a live one (a second tab, a refresh seen late).",
+            None,
+            lambda c: c.takeovers,
+        )
+        yield counter(
+            "grace_expired", "Grace windows that ran out.", None, lambda c: c.grace_expired
+        )
+        for name, doc, shutdown in (
+            (
+                "cleanup_duration_seconds",
+                "Duration of one cleanup run (every callback of one ended connection).",
+                False,
+            ),
+            ("shutdown_duration_seconds", "Duration of one graceful shutdown (aclose).", True),
+        ):
+            histogram = HistogramMetricFamily(f"{PREFIX}_{name}", doc, labels=room)
+            for room_name, room_counts in totals.items():
+                hist = room_counts.shutdown_duration if shutdown else room_counts.cleanup_duration
+                histogram.add_metric(self._room(room_name), hist.buckets(), hist.total)
+            yield histogram
+
+    def _room(self, label: str) -> list[str]:
+        return [label] if self.room_label else []
