@@ -183,3 +183,31 @@ async def test_config_flag_uses_the_default_registry(
 def test_metrics_flag_is_validated() -> None:
     with pytest.raises(ValueError, match="metrics must be a bool"):
         LifecycleConfig(metrics="yes")  # type: ignore[arg-type]
+
+
+async def test_the_livekit_agents_worker_endpoint_serves_them(
+    make_manager: MakeManager, driver: RoomDriver
+) -> None:
+    # The very server a livekit-agents Worker starts on WorkerOptions(prometheus_port=...):
+    # it serves prometheus-client's default registry at /metrics.
+    import aiohttp
+    from livekit.agents.telemetry.http_server import HttpServer
+
+    make_manager(metrics=True)
+    driver.connect("alice", active=True)
+    server = HttpServer("127.0.0.1", 0)
+    await server.start()
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{server.port}/metrics") as response,
+        ):
+            assert response.status == 200
+            text = await response.text()
+    finally:
+        await server.aclose()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in METRIC_NAMES:
+        assert name.removesuffix("_total") in families, name
+    assert 'livekit_lifecycle_sessions{state="active"} 1.0' in text
+    assert "lk_agents_active_job_count" in families  # livekit-agents' own, side by side

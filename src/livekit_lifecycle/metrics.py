@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._observer import Observer
-from .statechart import PARTICIPANT_CHART, State
+from .statechart import PARTICIPANT_CHART
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
@@ -163,24 +163,12 @@ class _Histogram:
 class _Counts:
     """Every counter and histogram of one manager (or of the managers already retired)."""
 
-    __slots__ = (
-        "cleanup_duration",
-        "cleanups",
-        "grace_expired",
-        "ignored",
-        "reconnects",
-        "shutdown_duration",
-        "takeovers",
-        "transitions",
-    )
+    __slots__ = ("cleanup_duration", "cleanups", "ignored", "shutdown_duration", "transitions")
 
     def __init__(self) -> None:
         self.transitions = dict.fromkeys(_TRIGGERS, 0)
         self.ignored = dict.fromkeys(IGNORED_REASONS, 0)
         self.cleanups = dict.fromkeys(OUTCOMES, 0)
-        self.reconnects = 0
-        self.takeovers = 0
-        self.grace_expired = 0
         self.cleanup_duration = _Histogram(CLEANUP_BUCKETS)
         self.shutdown_duration = _Histogram(SHUTDOWN_BUCKETS)
 
@@ -192,9 +180,6 @@ class _Counts:
         ):
             for label, value in list(theirs.items()):
                 mine[label] = mine.get(label, 0) + value
-        self.reconnects += other.reconnects
-        self.takeovers += other.takeovers
-        self.grace_expired += other.grace_expired
         self.cleanup_duration.add(other.cleanup_duration)
         self.shutdown_duration.add(other.shutdown_duration)
 
@@ -202,35 +187,52 @@ class _Counts:
 class _ManagerMetrics(Observer):
     """One manager's share: its listener, its hooks, its counts. Holds the manager weakly."""
 
-    __slots__ = ("_manager", "_runs", "_shutdown_started", "counts", "retired", "room")
+    __slots__ = (
+        "_failed",
+        "_manager",
+        "_shutdown_started",
+        "_transitions",
+        "counts",
+        "retired",
+        "room",
+    )
 
     def __init__(self, manager: LifecycleManager) -> None:
         self._manager = weakref.ref(manager)
         self.counts = _Counts()
+        self._transitions = self.counts.transitions
         self.retired = False
         self.room = ""
-        self._runs: dict[Session, tuple[float, str]] = {}
-        """Cleanup runs in progress: start (perf_counter) and the worst outcome so far."""
+        self._failed: dict[Session, str] = {}
+        """Runs in progress with a failed callback -> "timeout" if one timed out, else "error"."""
         self._shutdown_started = 0.0
 
     @property
     def manager(self) -> LifecycleManager | None:
         return self._manager()
 
-    # state_changed listener: a dict increment and a couple of comparisons per transition.
     def on_transition(self, session: Session, transition: Transition) -> None:
-        trigger = transition.trigger
-        counts = self.counts
-        counts.transitions[trigger] = counts.transitions.get(trigger, 0) + 1
-        if transition.dest is State.RECONNECTED:
-            counts.reconnects += 1
-        elif trigger == "takeover":
-            counts.takeovers += 1
-        elif trigger == "expire":
-            counts.grace_expired += 1
+        """The ``state_changed`` listener: one dict increment per transition.
 
-    def on_created(self, session: Session) -> None:
-        self.note_room()
+        Reconnects, takeovers and expired grace windows are the counts of
+        their triggers, so they are derived when Prometheus scrapes. A cleanup
+        run lasts from the session's disconnect to its ``cleanup_done``.
+        """
+        transitions = self._transitions
+        trigger = transition.trigger
+        if trigger in transitions:
+            transitions[trigger] += 1
+        else:  # a trigger of a chart other than the participant chart
+            transitions[trigger] = 1
+        if trigger == "cleanup_done":
+            outcome = self._failed.pop(session, "ok") if self._failed else "ok"
+            self._count_cleanup(session, transition.at, outcome)
+
+    def _count_cleanup(self, session: Session, now: float, outcome: str) -> None:
+        started = session.disconnected_at
+        self.counts.cleanups[outcome] += 1
+        # Wall-clock times (Transition.at): a clock step back must not make it negative.
+        self.counts.cleanup_duration.observe(0.0 if started is None else max(now - started, 0.0))
 
     def note_room(self) -> None:
         if not self.room:
@@ -241,33 +243,21 @@ class _ManagerMetrics(Observer):
 
     # ---------------------------------------------------------------- manager hooks
 
-    def cleanup_started(self, session: Session) -> None:
-        self._runs[session] = (time.perf_counter(), "ok")
-
     def cleanup_failed(self, session: Session, timed_out: bool) -> None:
-        run = self._runs.get(session)
-        if run is not None and run[1] != "timeout":
-            self._runs[session] = (run[0], "timeout" if timed_out else "error")
-
-    def cleanup_ended(self, session: Session) -> None:
-        run = self._runs.pop(session, None)
-        if run is not None:
-            self._count_cleanup(time.perf_counter() - run[0], run[1])
-
-    def _count_cleanup(self, seconds: float, outcome: str) -> None:
-        self.counts.cleanups[outcome] += 1
-        self.counts.cleanup_duration.observe(seconds)
+        if self._failed.get(session) != "timeout":
+            self._failed[session] = "timeout" if timed_out else "error"
 
     def shutdown_started(self, sessions: int) -> None:
+        self.note_room()  # before the shutdown detaches the room
         self._shutdown_started = time.perf_counter()
 
     def shutdown_ended(self, timed_out: bool) -> None:
-        now = time.perf_counter()
-        # Runs a cancelled runner never finished: the deadline cut them short.
-        for started, _ in self._runs.values():
-            self._count_cleanup(now - started, "timeout")
-        self._runs.clear()
-        self.counts.shutdown_duration.observe(now - self._shutdown_started)
+        # Runs the shutdown deadline cut short never reached cleanup_done.
+        now = time.time()
+        for session in self._failed:
+            self._count_cleanup(session, now, "timeout")
+        self._failed.clear()
+        self.counts.shutdown_duration.observe(time.perf_counter() - self._shutdown_started)
         manager = self._manager()
         if manager is not None:
             self.read_stats(manager)
@@ -300,7 +290,6 @@ class _LifecycleCollector:
                 return
         member = _ManagerMetrics(manager)
         manager.on("state_changed", member.on_transition)
-        manager.on("created", member.on_created)
         manager._add_observer(member)
         member.note_room()  # the room, if already attached
         self._members.append(member)
@@ -396,18 +385,21 @@ class _LifecycleCollector:
         )
         yield counter(
             "reconnects",
-            "New connections bound to an existing session (grace or takeover).",
+            "New connections bound to an existing session (in its grace window or by takeover).",
             None,
-            lambda c: c.reconnects,
+            lambda c: c.transitions.get("reconnect", 0) + c.transitions.get("rejoin", 0),
         )
         yield counter(
             "takeovers",
             "New connections that replaced a live one (a second tab, a refresh seen late).",
             None,
-            lambda c: c.takeovers,
+            lambda c: c.transitions.get("takeover", 0),
         )
         yield counter(
-            "grace_expired", "Grace windows that ran out.", None, lambda c: c.grace_expired
+            "grace_expired",
+            "Grace windows that ran out.",
+            None,
+            lambda c: c.transitions.get("expire", 0),
         )
         for name, doc, shutdown in (
             (
