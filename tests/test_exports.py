@@ -48,6 +48,16 @@ EXPORTS: dict[str, list[str]] = {
     ],
     "livekit_lifecycle.demo": ["configure_parser", "run", "run_demo"],
     "livekit_lifecycle.demo_live": ["LiveDemoUnavailable", "run_live_demo"],
+    "livekit_lifecycle.inspector": [
+        "Change",
+        "Inspector",
+        "InspectorError",
+        "ManagerSource",
+        "RoomSource",
+        "Snapshot",
+        "Source",
+        "session_dict",
+    ],
     "livekit_lifecycle.invariants": [
         "INVARIANTS",
         "InvariantChecker",

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
     from .agents import JobLifecycleManager
+    from .inspector import Inspector
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
 
@@ -260,6 +261,27 @@ class LifecycleManager(_Intake):
         from .tracing import enable_tracing
 
         enable_tracing(self, tracer_provider)
+
+    async def serve_inspector(
+        self,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        show_data: bool = False,
+    ) -> Inspector:
+        """Serve the live statechart page for this manager; ``await inspector.aclose()`` to stop.
+
+        Binds ``host`` (loopback by default); any other address needs a
+        token, generated unless given, that every request must carry
+        (``inspector.url`` includes it). ``data`` is shown only with
+        ``show_data``. Needs aiohttp (the ``inspector`` extra).
+        """
+        from .inspector import Inspector, ManagerSource
+
+        return await Inspector.start(
+            ManagerSource(self, show_data=show_data), host=host, port=port, token=token
+        )
 
     async def wait_for(self, key: str, state: State | str, timeout: float | None = None) -> Session:
         """Wait until the session under ``key`` is in ``state`` (now or later).

@@ -1,0 +1,145 @@
+"""``livekit-lifecycle inspect --web``: the live statechart page for a room.
+
+Joins the room as a hidden observer (the connection ``livekit-lifecycle
+watch`` makes, with the same ``--url``/``--room``/credential options) and
+serves the page until Ctrl-C or until the room goes away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from typing import Any
+
+__all__ = ["configure_parser", "run"]
+
+_EXIT_OK = 0
+_EXIT_FAILED = 1
+_EXIT_USAGE = 2
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web", action="store_true", help="serve the live statechart page (prints its URL)"
+    )
+    add_web_options(parser)
+    room = parser.add_argument_group("live room (the connection `watch` makes)")
+    room.add_argument(
+        "--url", default=None, help="server URL, ws(s):// or http(s):// (default: $LIVEKIT_URL)"
+    )
+    room.add_argument("--room", default=None, metavar="NAME", help="room to inspect")
+    room.add_argument("--api-key", default=None, help="API key (default: $LIVEKIT_API_KEY)")
+    room.add_argument(
+        "--api-secret", default=None, help="API secret (default: $LIVEKIT_API_SECRET)"
+    )
+    room.add_argument(
+        "--identity", default=None, help="observer identity (default: lifecycle-watch-<random>)"
+    )
+    room.add_argument(
+        "--grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="grace window of the observer's manager (default: 30)",
+    )
+    room.add_argument("--include-agents", action="store_true", help="also track agents")
+    room.add_argument(
+        "--timeout", type=float, default=10.0, metavar="SECONDS", help="connection timeout"
+    )
+    parser.set_defaults(duration=None)
+
+
+def add_web_options(parser: argparse.ArgumentParser) -> None:
+    """``--host``, ``--port``, ``--token``, ``--show-data`` (``demo --web`` shares them)."""
+    web = parser.add_argument_group("web page")
+    web.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1; any other needs a token)",
+    )
+    web.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    web.add_argument(
+        "--token",
+        default=None,
+        help="token every request must carry (default: generated when not on loopback)",
+    )
+    web.add_argument(
+        "--show-data",
+        action="store_true",
+        help="also show each session's application data (hidden by default)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.web:
+        print(
+            "livekit-lifecycle inspect: say what to show: --web serves the live page",
+            file=sys.stderr,
+        )
+        return _EXIT_USAGE
+    from livekit_lifecycle.watch import WatchError, _settings_from
+
+    if not args.room:
+        print("livekit-lifecycle inspect: --web needs --room NAME", file=sys.stderr)
+        return _EXIT_USAGE
+    try:
+        settings = _settings_from(args, os.environ)
+    except WatchError as exc:
+        print(f"livekit-lifecycle inspect: {exc}", file=sys.stderr)
+        return exc.exit_code
+    try:
+        return asyncio.run(_serve_room(settings, args))
+    except KeyboardInterrupt:  # pragma: no cover - the signal handlers normally catch it
+        return _EXIT_OK
+
+
+async def _serve_room(settings: object, args: argparse.Namespace) -> int:
+    from livekit_lifecycle.watch import WatchError, WatchSettings
+
+    from ._server import Inspector
+    from ._source import RoomSource
+
+    assert isinstance(settings, WatchSettings)
+    source = RoomSource(settings, show_data=args.show_data)
+    try:
+        await source.start()
+    except WatchError as exc:
+        print(f"livekit-lifecycle inspect: {exc}", file=sys.stderr)
+        return exc.exit_code
+    inspector = await Inspector.start(source, host=args.host, port=args.port, token=args.token)
+    try:
+        announce(inspector.url, sys.stdout)
+        stop = asyncio.Event()
+        with stop_on_signals(stop):
+            assert source.ended is not None
+            stopped = asyncio.ensure_future(stop.wait())
+            waits: set[asyncio.Future[Any]] = {stopped, source.ended}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+    finally:
+        await inspector.aclose()
+    return _EXIT_OK
+
+
+def announce(url: str, out: object) -> None:
+    print(f"inspector: {url}  (Ctrl-C to stop)", file=out, flush=True)  # type: ignore[call-overload]
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: asyncio.Event):  # type: ignore[no-untyped-def]
+    """Set ``stop`` on SIGINT/SIGTERM for the duration of the block (where the loop allows)."""
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+            installed.append(signum)
+    try:
+        yield
+    finally:
+        for signum in installed:
+            loop.remove_signal_handler(signum)
