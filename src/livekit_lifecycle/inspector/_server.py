@@ -8,7 +8,9 @@ import hmac
 import ipaddress
 import json
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -200,7 +202,7 @@ class Inspector:
         from livekit_lifecycle.render._graphviz import _graphviz
 
         try:
-            svg = await asyncio.to_thread(_graphviz, to_dot(self._chart), "svg")
+            svg = await _in_thread(_graphviz, to_dot(self._chart), "svg")
         except GraphvizError as exc:
             self._svg_error = str(exc)
             return
@@ -285,6 +287,40 @@ class Inspector:
         finally:
             self._clients.discard(queue)
         return response
+
+
+async def _in_thread(fn: Callable[..., bytes], *args: Any) -> bytes:
+    """``fn(*args)`` in a thread of its own that ends with it (laying out takes ~50 ms).
+
+    Not the loop's default executor: its threads outlive the call, and an
+    agent process should not gain a thread pool for a one-off.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+
+    def settle(result: bytes | None, exc: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            assert result is not None
+            done.set_result(result)
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    thread = threading.Thread(target=work, name="livekit-lifecycle:graphviz", daemon=True)
+    thread.start()
+    try:
+        return await done
+    finally:
+        thread.join()
 
 
 def _offer(queue: asyncio.Queue[str | None], message: str | None, force: bool = False) -> bool:
