@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -204,3 +205,34 @@ async def test_the_page_follows_a_refresh_live(
         await page.screenshot(path=str(tmp_path / "inspector.png"), full_page=True)
         assert (tmp_path / "inspector.png").stat().st_size > 10_000
         console.raise_for_errors()
+
+
+async def test_demo_web_serves_the_demo_manager_and_waits_for_the_page() -> None:
+    from livekit_lifecycle.demo import run_demo
+    from livekit_lifecycle.inspector._demo import play_with_web
+
+    printed = io.StringIO()
+    demo_out = io.StringIO()
+    seen: list[tuple[str, str]] = []
+
+    async def viewer() -> None:
+        assert await eventually(lambda: "inspector: http" in printed.getvalue(), timeout=WAIT)
+        url = printed.getvalue().split("inspector: ", 1)[1].split()[0]
+        async with aiohttp.ClientSession() as http, http.get(url + "api/events") as response:
+            while block := await response.content.readuntil(b"\n\n"):
+                if block.startswith(b"event: change"):
+                    row = json.loads(block.split(b"data: ", 1)[1])["row"]
+                    seen.append((row["key"], row["state"]))
+
+    watching = asyncio.ensure_future(viewer())
+    code = await play_with_web(
+        lambda serve: run_demo(grace_period=0.05, out=demo_out, on_manager=serve),
+        out=printed,
+        viewer_wait=WAIT,
+        linger=False,
+    )
+    assert code == 0, demo_out.getvalue()
+    await asyncio.wait_for(watching, WAIT)
+    assert "the demo starts when the page is open" in printed.getvalue()
+    assert {key for key, _ in seen} == {"alice", "bob", "carol", "dave", "erin"}
+    assert ("alice", "grace") in seen and seen[-1][1] == "removed"

@@ -178,7 +178,11 @@ class Inspector:
     async def _follow(self) -> None:
         async for change in self.source.changes():
             row = self._apply(change)
-            self._broadcast("change", {"row": row, "transition": change.transition})
+            self._broadcast(
+                "change",
+                # The description too: a manager attached after the page opened names its room.
+                {"row": row, "transition": change.transition, "source": self.source.description},
+            )
 
     def _broadcast(self, event: str, payload: dict[str, Any]) -> None:
         message = _sse(event, payload)

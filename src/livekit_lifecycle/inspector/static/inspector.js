@@ -104,7 +104,9 @@
       render();
     });
     events.addEventListener("change", (event) => {
-      upsert(JSON.parse(event.data).row);
+      const change = JSON.parse(event.data);
+      document.getElementById("source").textContent = change.source;
+      upsert(change.row);
       render();
     });
     events.onerror = () => {
