@@ -116,3 +116,23 @@ async def test_no_provider_means_no_op_spans(make_manager: MakeManager, driver: 
     await manager.idle()
     assert manager.state_of("alice") is None
     assert manager.stats["internal_errors"] == 0
+
+
+async def test_a_failing_observer_is_logged_and_the_cleanup_goes_on(
+    make_manager: MakeManager, driver: RoomDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    from livekit_lifecycle._observer import Observer
+
+    class Broken(Observer):
+        __slots__ = ()
+
+        def cleanup_ended(self, session: Session) -> None:
+            raise RuntimeError("exporter down")
+
+    manager = make_manager(grace_period=30)
+    manager._add_observer(Broken())
+    driver.connect("alice", active=True)
+    driver.disconnect("alice")
+    session = await manager.wait_for("alice", State.GRACE, WAIT)
+    assert session.cleanups == 1 and manager.stats["internal_errors"] == 0
+    assert "observer.failed" in caplog.text

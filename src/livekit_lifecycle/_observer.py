@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .log import get_logger
+
 if TYPE_CHECKING:
     from .session import Session
 
@@ -20,7 +22,11 @@ __all__ = ["Observer", "Observers"]
 
 
 class Observer:
-    """Hooks the manager calls; every one is a no-op here. Must never raise."""
+    """Hooks the manager calls; every one is a no-op here.
+
+    The manager calls them through :class:`Observers`, which isolates each
+    one: they should not raise, and a failing one never stops a cleanup.
+    """
 
     __slots__ = ()
 
@@ -45,40 +51,65 @@ class Observer:
 
 
 class Observers(Observer):
-    """Several observers, called in the order they were added."""
+    """The observers a manager has, called in the order they were added.
 
-    __slots__ = ("_each",)
+    Each call is isolated: an observer that raises is logged
+    (``observer.failed``) and the lifecycle goes on, as for any callback.
+    """
+
+    __slots__ = ("_each", "_log")
 
     def __init__(self, *observers: Observer) -> None:
         self._each = observers
+        self._log = get_logger()
 
     def members(self) -> tuple[Observer, ...]:
         return self._each
 
     @classmethod
     def combine(cls, current: Observer, added: Observer) -> Observer:
-        if type(current) is Observer:
-            return added
-        if isinstance(current, Observers):
-            return cls(*current._each, added)
-        return cls(current, added)
+        return cls(*current.members(), added)
+
+    def _failed(self, observer: Observer, hook: str) -> None:
+        self._log.error(
+            "observer.failed",
+            category="session",
+            observer=type(observer).__name__,
+            hook=hook,
+            exc_info=True,
+        )
 
     def cleanup_started(self, session: Session) -> None:
         for observer in self._each:
-            observer.cleanup_started(session)
+            try:
+                observer.cleanup_started(session)
+            except Exception:
+                self._failed(observer, "cleanup_started")
 
     def cleanup_failed(self, session: Session, timed_out: bool) -> None:
         for observer in self._each:
-            observer.cleanup_failed(session, timed_out)
+            try:
+                observer.cleanup_failed(session, timed_out)
+            except Exception:
+                self._failed(observer, "cleanup_failed")
 
     def cleanup_ended(self, session: Session) -> None:
         for observer in self._each:
-            observer.cleanup_ended(session)
+            try:
+                observer.cleanup_ended(session)
+            except Exception:
+                self._failed(observer, "cleanup_ended")
 
     def shutdown_started(self, sessions: int) -> None:
         for observer in self._each:
-            observer.shutdown_started(sessions)
+            try:
+                observer.shutdown_started(sessions)
+            except Exception:
+                self._failed(observer, "shutdown_started")
 
     def shutdown_ended(self, timed_out: bool) -> None:
         for observer in self._each:
-            observer.shutdown_ended(timed_out)
+            try:
+                observer.shutdown_ended(timed_out)
+            except Exception:
+                self._failed(observer, "shutdown_ended")
