@@ -26,7 +26,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--web", action="store_true", help="serve the live statechart page (prints its URL)"
     )
-    add_web_options(parser)
+    _add_web_options(parser)
     room = parser.add_argument_group("live room (the connection `watch` makes)")
     room.add_argument(
         "--url", default=None, help="server URL, ws(s):// or http(s):// (default: $LIVEKIT_URL)"
@@ -53,8 +53,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(duration=None)
 
 
-def add_web_options(parser: argparse.ArgumentParser) -> None:
-    """``--host``, ``--port``, ``--token``, ``--show-data`` (``demo --web`` shares them)."""
+def _add_web_options(parser: argparse.ArgumentParser) -> None:
     web = parser.add_argument_group("web page")
     web.add_argument(
         "--host",
@@ -110,7 +109,15 @@ async def _serve_room(settings: object, args: argparse.Namespace) -> int:
     except WatchError as exc:
         print(f"livekit-lifecycle inspect: {exc}", file=sys.stderr)
         return exc.exit_code
-    inspector = await Inspector.start(source, host=args.host, port=args.port, token=args.token)
+    try:
+        inspector = await Inspector.start(source, host=args.host, port=args.port, token=args.token)
+    except OSError as exc:
+        await source.aclose()
+        print(
+            f"livekit-lifecycle inspect: cannot serve on {args.host}:{args.port}: {exc}",
+            file=sys.stderr,
+        )
+        return _EXIT_FAILED
     try:
         announce(inspector.url, sys.stdout)
         stop = asyncio.Event()

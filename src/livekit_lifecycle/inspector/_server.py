@@ -58,6 +58,8 @@ class Inspector:
         self._chart = chart
         self._removed_limit = removed_limit
         self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._removed: dict[tuple[str, str], None] = {}
+        """Keys of the rows of removed sessions, oldest first (at most ``removed_limit``)."""
         self._clients: set[asyncio.Queue[str | None]] = set()
         self._svg: str | None = None
         self._svg_error = ""
@@ -168,11 +170,15 @@ class Inspector:
     def _apply(self, change: Change) -> dict[str, Any]:
         row = {"room": change.room, **change.session}
         key = (change.room, change.key)
-        self._rows.pop(key, None)  # re-inserted last: removed rows age in order
+        self._rows.pop(key, None)  # re-inserted last, as the page orders them
         self._rows[key] = row
-        removed = [k for k, r in self._rows.items() if r.get("state") == "removed"]
-        for stale in removed[: max(len(removed) - self._removed_limit, 0)]:
-            del self._rows[stale]
+        self._removed.pop(key, None)
+        if row.get("state") == "removed":
+            self._removed[key] = None
+            if len(self._removed) > self._removed_limit:
+                oldest = next(iter(self._removed))
+                del self._removed[oldest]
+                del self._rows[oldest]
         return row
 
     async def _follow(self) -> None:

@@ -60,9 +60,15 @@ class Source(Protocol):
         ...
 
 
+HISTORY_SHOWN = 10
+"""Transitions of a session sent to the page (the latest ones)."""
+
+
 def session_dict(session: Session, *, show_data: bool) -> dict[str, Any]:
-    """``session.as_dict()``, plus ``data`` (each value's ``repr``) only when asked for."""
+    """``session.as_dict()`` with its latest :data:`HISTORY_SHOWN` transitions, plus ``data``
+    (each value's ``repr``) only when asked for."""
     out = session.as_dict()
+    out["history"] = out["history"][-HISTORY_SHOWN:]
     if show_data:
         out["data"] = {str(k): _short_repr(v) for k, v in session.data.items()}
     return out
