@@ -79,37 +79,24 @@ class Observers(Observer):
             exc_info=True,
         )
 
-    def cleanup_started(self, session: Session) -> None:
+    def _call(self, hook: str, *args: object) -> None:
         for observer in self._each:
             try:
-                observer.cleanup_started(session)
+                getattr(observer, hook)(*args)
             except Exception:
-                self._failed(observer, "cleanup_started")
+                self._failed(observer, hook)
+
+    def cleanup_started(self, session: Session) -> None:
+        self._call("cleanup_started", session)
 
     def cleanup_failed(self, session: Session, timed_out: bool) -> None:
-        for observer in self._each:
-            try:
-                observer.cleanup_failed(session, timed_out)
-            except Exception:
-                self._failed(observer, "cleanup_failed")
+        self._call("cleanup_failed", session, timed_out)
 
     def cleanup_ended(self, session: Session) -> None:
-        for observer in self._each:
-            try:
-                observer.cleanup_ended(session)
-            except Exception:
-                self._failed(observer, "cleanup_ended")
+        self._call("cleanup_ended", session)
 
     def shutdown_started(self, sessions: int) -> None:
-        for observer in self._each:
-            try:
-                observer.shutdown_started(sessions)
-            except Exception:
-                self._failed(observer, "shutdown_started")
+        self._call("shutdown_started", sessions)
 
     def shutdown_ended(self, timed_out: bool) -> None:
-        for observer in self._each:
-            try:
-                observer.shutdown_ended(timed_out)
-            except Exception:
-                self._failed(observer, "shutdown_ended")
+        self._call("shutdown_ended", timed_out)

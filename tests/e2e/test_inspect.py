@@ -16,6 +16,7 @@ from livekit_lifecycle.inspector import Inspector, RoomSource
 from livekit_lifecycle.testing.loopback import LoopbackServer
 from livekit_lifecycle.watch import WatchError, WatchSettings
 from tests.e2e.conftest import ROOM
+from tests.e2e.test_watch import _settings as watch_settings
 from tests.loopback.support import WAIT, eventually
 
 pytestmark = pytest.mark.e2e
@@ -24,16 +25,7 @@ COMMAND_TIMEOUT = 60.0
 
 
 def _settings(server: LoopbackServer, **overrides: Any) -> WatchSettings:
-    fields: dict[str, Any] = {
-        "url": server.url,
-        "room": ROOM,
-        "api_key": server.api_key,
-        "api_secret": server.api_secret,
-        "grace_period": 5.0,
-        "connect_timeout": WAIT,
-    }
-    fields.update(overrides)
-    return WatchSettings(**fields)
+    return watch_settings(server, **{"grace_period": 5.0, **overrides})
 
 
 async def _rows(url: str) -> list[tuple[str, str]]:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from livekit_lifecycle.watch import WatchSettings
 
 __all__ = ["configure_parser", "run"]
 
@@ -27,29 +28,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--web", action="store_true", help="serve the live statechart page (prints its URL)"
     )
     _add_web_options(parser)
+    from livekit_lifecycle.watch import add_connection_options
+
     room = parser.add_argument_group("live room (the connection `watch` makes)")
-    room.add_argument(
-        "--url", default=None, help="server URL, ws(s):// or http(s):// (default: $LIVEKIT_URL)"
-    )
-    room.add_argument("--room", default=None, metavar="NAME", help="room to inspect")
-    room.add_argument("--api-key", default=None, help="API key (default: $LIVEKIT_API_KEY)")
-    room.add_argument(
-        "--api-secret", default=None, help="API secret (default: $LIVEKIT_API_SECRET)"
-    )
-    room.add_argument(
-        "--identity", default=None, help="observer identity (default: lifecycle-watch-<random>)"
-    )
-    room.add_argument(
-        "--grace",
-        type=float,
-        default=30.0,
-        metavar="SECONDS",
-        help="grace window of the observer's manager (default: 30)",
-    )
-    room.add_argument("--include-agents", action="store_true", help="also track agents")
-    room.add_argument(
-        "--timeout", type=float, default=10.0, metavar="SECONDS", help="connection timeout"
-    )
+    add_connection_options(room, room_help="room to inspect", room_required=False)
     parser.set_defaults(duration=None)
 
 
@@ -96,13 +78,12 @@ def run(args: argparse.Namespace) -> int:
         return _EXIT_OK
 
 
-async def _serve_room(settings: object, args: argparse.Namespace) -> int:
-    from livekit_lifecycle.watch import WatchError, WatchSettings
+async def _serve_room(settings: WatchSettings, args: argparse.Namespace) -> int:
+    from livekit_lifecycle.watch import WatchError, stop_on_signals
 
     from ._server import Inspector
     from ._source import RoomSource
 
-    assert isinstance(settings, WatchSettings)
     source = RoomSource(settings, show_data=args.show_data)
     try:
         await source.start()
@@ -119,7 +100,7 @@ async def _serve_room(settings: object, args: argparse.Namespace) -> int:
         )
         return _EXIT_FAILED
     try:
-        announce(inspector.url, sys.stdout)
+        print(f"inspector: {inspector.url}  (Ctrl-C to stop)", flush=True)
         stop = asyncio.Event()
         with stop_on_signals(stop):
             assert source.ended is not None
@@ -130,23 +111,3 @@ async def _serve_room(settings: object, args: argparse.Namespace) -> int:
     finally:
         await inspector.aclose()
     return _EXIT_OK
-
-
-def announce(url: str, out: object) -> None:
-    print(f"inspector: {url}  (Ctrl-C to stop)", file=out, flush=True)  # type: ignore[call-overload]
-
-
-@contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event):  # type: ignore[no-untyped-def]
-    """Set ``stop`` on SIGINT/SIGTERM for the duration of the block (where the loop allows)."""
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(signum, stop.set)
-            installed.append(signum)
-    try:
-        yield
-    finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)

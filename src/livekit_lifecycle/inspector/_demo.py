@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from livekit_lifecycle.manager import LifecycleManager
+from livekit_lifecycle.watch import stop_on_signals
 
-from ._command import stop_on_signals
 from ._server import Inspector
 
 __all__ = ["play_with_web"]
