@@ -211,3 +211,20 @@ async def test_the_livekit_agents_worker_endpoint_serves_them(
         assert name.removesuffix("_total") in families, name
     assert 'livekit_lifecycle_sessions{state="active"} 1.0' in text
     assert "lk_agents_active_job_count" in families  # livekit-agents' own, side by side
+
+
+async def test_a_manager_dropped_without_a_shutdown_keeps_its_counts(driver: RoomDriver) -> None:
+    import gc
+
+    registry = CollectorRegistry()
+    manager = LifecycleManager()
+    manager.enable_metrics(registry)
+    manager.attach(driver.room)
+    driver.connect("alice", active=True)
+    assert value(scrape(registry), "livekit_lifecycle_sessions", state="active") == 1
+    manager.detach()
+    del manager
+    gc.collect()
+    samples = scrape(registry)
+    assert value(samples, "livekit_lifecycle_transitions_total", trigger="activate") == 1
+    assert value(samples, "livekit_lifecycle_sessions", state="active") == 0

@@ -29,9 +29,10 @@ See ``docs/observability.md`` for their meanings and PromQL examples.
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._observer import Observer
@@ -185,11 +186,16 @@ class _Counts:
 
 
 class _ManagerMetrics(Observer):
-    """One manager's share: its listener, its hooks, its counts. Holds the manager weakly."""
+    """One manager's share: its listener, its hooks, its counts. Holds the manager weakly.
+
+    ``on_gone(self)`` is called once the manager has shut down or was
+    garbage-collected without a shutdown, whichever comes first.
+    """
 
     __slots__ = (
         "_failed",
         "_manager",
+        "_on_gone",
         "_shutdown_started",
         "_transitions",
         "counts",
@@ -197,8 +203,11 @@ class _ManagerMetrics(Observer):
         "room",
     )
 
-    def __init__(self, manager: LifecycleManager) -> None:
-        self._manager = weakref.ref(manager)
+    def __init__(
+        self, manager: LifecycleManager, on_gone: Callable[[_ManagerMetrics], None]
+    ) -> None:
+        self._on_gone = on_gone
+        self._manager = weakref.ref(manager, lambda _: self._retire())
         self.counts = _Counts()
         self._transitions = self.counts.transitions
         self.retired = False
@@ -261,7 +270,12 @@ class _ManagerMetrics(Observer):
         manager = self._manager()
         if manager is not None:
             self.read_stats(manager)
-        self.retired = True
+        self._retire()
+
+    def _retire(self) -> None:
+        if not self.retired:
+            self.retired = True
+            self._on_gone(self)
 
     def read_stats(self, manager: LifecycleManager) -> None:
         stats = manager.stats
@@ -274,25 +288,37 @@ class _LifecycleCollector:
     """The registry's collector: sums every manager's counts when Prometheus scrapes.
 
     Scrapes run on the scraping server's thread while managers change on
-    their loop; everything read here is copied in single C-level operations
-    (``list(...)``, ``dict(...)``), which the GIL keeps whole.
+    their loop. A manager's own counts are read in single C-level
+    operations (``list(...)``, ``dict(...)``), which the GIL keeps whole; the
+    collector's lists (managers, counts of managers gone) change under a lock.
     """
 
     def __init__(self, room_label: bool) -> None:
         self.room_label = room_label
+        self._lock = threading.RLock()  # re-entrant: a manager may be collected mid-scrape
         self._members: list[_ManagerMetrics] = []
         self._past: dict[str, _Counts] = {}
         """Counts of managers that are gone, per room label ("" without room labels)."""
 
     def add(self, manager: LifecycleManager) -> None:
-        for member in self._members:
-            if member.manager is manager:
-                return
-        member = _ManagerMetrics(manager)
+        with self._lock:
+            for member in self._members:
+                if member.manager is manager:
+                    return
+            member = _ManagerMetrics(manager, self._retire)
+            self._members.append(member)
         manager.on("state_changed", member.on_transition)
         manager._add_observer(member)
         member.note_room()  # the room, if already attached
-        self._members.append(member)
+
+    def _retire(self, member: _ManagerMetrics) -> None:
+        # A manager that is gone: its counts join the past, so that counters never
+        # go down; under a room label they are reported at the next scrape, then dropped.
+        with self._lock:
+            if member in self._members:
+                self._members.remove(member)
+                label = member.room if self.room_label else ""
+                self._past.setdefault(label, _Counts()).add(member.counts)
 
     def describe(self) -> Iterable[Metric]:
         # Names only: lets the registry check for clashes without a scrape.
@@ -301,30 +327,22 @@ class _LifecycleCollector:
     def collect(self) -> Iterable[Metric]:
         totals: dict[str, _Counts] = {}
         sessions: list[tuple[str, list[Session]]] = []
-        kept: list[_ManagerMetrics] = []
-        for member in list(self._members):
-            manager = member.manager
-            label = member.room if self.room_label else ""
-            if manager is not None and not member.retired:
+        with self._lock:
+            for member in list(self._members):
+                manager = member.manager
+                if manager is None:
+                    continue  # collected: its weakref callback retires it
                 member.read_stats(manager)
-                if not member.room:
-                    member.note_room()
-                    label = member.room if self.room_label else ""
+                member.note_room()
+                label = member.room if self.room_label else ""
                 sessions.append((label, list(manager.sessions.values())))
-                kept.append(member)
                 totals.setdefault(label, _Counts()).add(member.counts)
-                continue
-            # Gone (closed, or collected without a close): its counts move to the
-            # past, reported once more under its room label, then forgotten there.
-            past = self._past.setdefault(label, _Counts())
-            past.add(member.counts)
-        self._members = kept
-        for label, counts in self._past.items():
-            totals.setdefault(label, _Counts()).add(counts)
-        if self.room_label:
-            # A room's series stay while it has a live manager, plus one scrape.
-            live = {member.room for member in kept}
-            self._past = {label: c for label, c in self._past.items() if label in live}
+            for label, counts in self._past.items():
+                totals.setdefault(label, _Counts()).add(counts)
+            if self.room_label:
+                # A room's series stay while it has a live manager, plus one scrape.
+                live = {member.room for member in self._members}
+                self._past = {label: c for label, c in self._past.items() if label in live}
         return self._families(totals, sessions)
 
     def _families(
