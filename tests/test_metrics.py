@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from livekit import rtc
@@ -16,6 +19,7 @@ from livekit_lifecycle.testing import RoomDriver
 from tests.conftest import MakeManager
 
 WAIT = 5.0
+ROOT = Path(__file__).resolve().parent.parent
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -228,3 +232,88 @@ async def test_a_manager_dropped_without_a_shutdown_keeps_its_counts(driver: Roo
     samples = scrape(registry)
     assert value(samples, "livekit_lifecycle_transitions_total", trigger="activate") == 1
     assert value(samples, "livekit_lifecycle_sessions", state="active") == 0
+
+
+_JOB_PROCESS = """
+import asyncio, sys
+from livekit_lifecycle import LifecycleConfig, LifecycleManager
+from livekit_lifecycle.testing import RoomDriver
+
+async def main():
+    async with RoomDriver("job-room") as driver:
+        manager = LifecycleManager(LifecycleConfig(metrics=True, grace_period=0))
+        manager.add_cleanup(lambda session: None)
+        manager.attach(driver.room)
+        driver.connect("alice", active=True)
+        driver.connect("bob", active=True)
+        driver.disconnect("bob")
+        await manager.idle()
+        print("ready", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await manager.aclose()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_job_process_shows_on_the_worker_endpoint_in_multiprocess_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # livekit-agents runs each job in a process of its own; with
+    # WorkerOptions(prometheus_multiproc_dir=...) its endpoint reads every process's
+    # files (prometheus-client's multiprocess mode), which our counts are copied into.
+    import aiohttp
+    from livekit.agents.telemetry.http_server import HttpServer
+
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    job = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _JOB_PROCESS,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    server = HttpServer("127.0.0.1", 0)
+    await server.start()
+
+    async def scrape_worker() -> Samples:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{server.port}/metrics") as response,
+        ):
+            text = await response.text()
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
+    async def until(check: Callable[[Samples], bool]) -> Samples:
+        deadline = asyncio.get_running_loop().time() + WAIT * 2
+        while True:
+            samples = await scrape_worker()
+            if check(samples) or asyncio.get_running_loop().time() > deadline:
+                return samples
+            await asyncio.sleep(0.1)
+
+    try:
+        assert job.stdout is not None and job.stdin is not None
+        assert await asyncio.wait_for(job.stdout.readline(), WAIT * 2) == b"ready\n"
+        key = ("livekit_lifecycle_sessions", (("state", "active"),))
+        samples = await until(lambda s: s.get(key) == 1)  # flushed within a second
+        assert samples.get(key) == 1
+        assert value(samples, "livekit_lifecycle_cleanups_total", outcome="ok") == 1
+        job.stdin.write(b"close\n")
+        assert await asyncio.wait_for(job.wait(), WAIT * 2) == 0
+        samples = await scrape_worker()  # the shutdown's last copy
+        assert samples.get(key) == 0
+        assert value(samples, "livekit_lifecycle_cleanups_total", outcome="ok") == 2
+        assert value(samples, "livekit_lifecycle_transitions_total", trigger="shutdown") == 1
+        assert value(samples, "livekit_lifecycle_shutdown_duration_seconds_count") == 1
+        assert value(samples, "livekit_lifecycle_cleanup_duration_seconds_bucket", le="+Inf") == 2
+    finally:
+        await server.aclose()
+        if job.returncode is None:
+            job.kill()
+            await job.wait()

@@ -28,7 +28,10 @@ See ``docs/observability.md`` for their meanings and PromQL examples.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
+import os
 import threading
 import time
 import weakref
@@ -54,6 +57,9 @@ __all__ = [
 ]
 
 PREFIX = "livekit_lifecycle"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS_FLUSH_INTERVAL = 1.0
+"""Seconds between two copies of the counts into prometheus-client's multiprocess files."""
 
 IGNORED_REASONS: dict[str, str] = {
     "duplicate": "ignored_duplicate",
@@ -117,6 +123,8 @@ def enable_metrics(
     if collector is None:
         collector = _LifecycleCollector(room_label)
         registry.register(collector)
+        if registry is prometheus_client.REGISTRY and os.environ.get(MULTIPROCESS_ENV):
+            collector.export_to_files()
         _collectors[registry] = collector
     elif collector.room_label != room_label:
         raise ValueError(
@@ -295,6 +303,8 @@ class _LifecycleCollector:
 
     def __init__(self, room_label: bool) -> None:
         self.room_label = room_label
+        self._files: _FileExport | None = None
+        self._flush_timer: asyncio.TimerHandle | None = None
         self._lock = threading.RLock()  # re-entrant: a manager may be collected mid-scrape
         self._members: list[_ManagerMetrics] = []
         self._past: dict[str, _Counts] = {}
@@ -310,6 +320,7 @@ class _LifecycleCollector:
         manager.on("state_changed", member.on_transition)
         manager._add_observer(member)
         member.note_room()  # the room, if already attached
+        self._schedule_flush()
 
     def _retire(self, member: _ManagerMetrics) -> None:
         # A manager that is gone: its counts join the past, so that counters never
@@ -319,6 +330,38 @@ class _LifecycleCollector:
                 self._members.remove(member)
                 label = member.room if self.room_label else ""
                 self._past.setdefault(label, _Counts()).add(member.counts)
+        self.flush()
+
+    # ------------------------------------------------------------ multiprocess mode
+
+    def export_to_files(self) -> None:
+        """Also copy the counts into prometheus-client's multiprocess files, periodically.
+
+        With ``PROMETHEUS_MULTIPROC_DIR`` set (livekit-agents'
+        ``prometheus_multiproc_dir``), the scraped process reads every
+        process's files, not their registries: a job process's collector
+        would never be seen. So its numbers are written there too, every
+        :data:`MULTIPROCESS_FLUSH_INTERVAL` seconds and when a manager
+        shuts down, off the event path.
+        """
+        self._files = _FileExport()
+
+    def flush(self) -> None:
+        if self._files is not None:
+            self._files.write(self.collect())
+
+    def _schedule_flush(self) -> None:
+        if self._files is None or self._flush_timer is not None:
+            return
+        with contextlib.suppress(RuntimeError):  # no running loop: flushed at shutdown
+            loop = asyncio.get_running_loop()
+            self._flush_timer = loop.call_later(MULTIPROCESS_FLUSH_INTERVAL, self._tick)
+
+    def _tick(self) -> None:
+        self._flush_timer = None
+        self.flush()
+        if self._members:
+            self._schedule_flush()
 
     def describe(self) -> Iterable[Metric]:
         # Names only: lets the registry check for clashes without a scrape.
@@ -435,3 +478,90 @@ class _LifecycleCollector:
 
     def _room(self, label: str) -> list[str]:
         return [label] if self.room_label else []
+
+
+class _FileExport:
+    """prometheus-client metric objects fed from the collector's families (multiprocess mode).
+
+    Gauges are set (``livesum`` across processes); counters and histogram
+    buckets are increased by what changed since the last write.
+    """
+
+    def __init__(self) -> None:
+        self._metrics: dict[str, Any] = {}
+        self._written: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+
+    def write(self, families: Iterable[Metric]) -> None:
+        for family in families:
+            if family.type == "gauge":
+                for sample in family.samples:
+                    _child(self._metric(family, "gauge"), sample.labels).set(sample.value)
+            elif family.type == "counter":
+                for sample in family.samples:
+                    if sample.name.endswith("_total"):
+                        delta = self._delta(sample.name, sample.labels, sample.value)
+                        if delta:
+                            _child(self._metric(family, "counter"), sample.labels).inc(delta)
+            elif family.type == "histogram":
+                self._write_histogram(family)
+
+    def _write_histogram(self, family: Metric) -> None:
+        by_labels: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "le"}
+            entry = by_labels.setdefault(tuple(sorted(labels.items())), {"buckets": []})
+            if sample.name.endswith("_bucket"):
+                entry["buckets"].append(sample.value)
+            elif sample.name.endswith("_sum"):
+                entry["sum"] = sample.value
+        for key, entry in by_labels.items():
+            labels = dict(key)
+            child = _child(self._metric(family, "histogram"), labels)
+            cumulative = entry["buckets"]  # one per bound, +Inf last, as the child has them
+            # The child's buckets are not cumulative (each observation counts in one).
+            for index, count in enumerate(cumulative):
+                below = cumulative[index - 1] if index else 0.0
+                delta = self._delta(f"{family.name}_bucket{index}", labels, count - below)
+                if delta:
+                    child._buckets[index].inc(delta)
+            delta = self._delta(f"{family.name}_sum", labels, entry.get("sum", 0.0))
+            if delta:
+                child._sum.inc(delta)
+
+    def _delta(self, name: str, labels: dict[str, str], value: float) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        delta = value - self._written.get(key, 0.0)
+        self._written[key] = value
+        return delta
+
+    def _metric(self, family: Metric, kind: str) -> Any:
+        metric = self._metrics.get(family.name)
+        if metric is None:
+            import prometheus_client
+
+            labelnames = sorted(
+                {k for sample in family.samples for k in sample.labels if k != "le"}
+            )
+            if kind == "gauge":
+                metric = prometheus_client.Gauge(
+                    family.name,
+                    family.documentation,
+                    labelnames,
+                    registry=None,
+                    multiprocess_mode="livesum",
+                )
+            elif kind == "counter":
+                metric = prometheus_client.Counter(
+                    family.name, family.documentation, labelnames, registry=None
+                )
+            else:
+                bounds = CLEANUP_BUCKETS if "cleanup" in family.name else SHUTDOWN_BUCKETS
+                metric = prometheus_client.Histogram(
+                    family.name, family.documentation, labelnames, registry=None, buckets=bounds
+                )
+            self._metrics[family.name] = metric
+        return metric
+
+
+def _child(metric: Any, labels: dict[str, str]) -> Any:
+    return metric.labels(**labels) if labels else metric
