@@ -6,22 +6,25 @@ manager of a process adds to the same series of one registry (the default
 one unless another is given): a worker running one manager per job exports
 one set of series, optionally labelled by room.
 
-Nothing is computed per event. A custom collector reads ``manager.sessions``
-and ``manager.stats`` when Prometheus scrapes; a ``state_changed`` listener
-counts transitions in plain integers; the manager's cleanup and shutdown
-hooks time cleanups and shutdowns. Series:
+Nothing is computed per event beyond one dict increment per transition.
+Where each series comes from:
 
-================================================  =========  ==========================
-``livekit_lifecycle_sessions{state}``             gauge      sessions per chart state
-``livekit_lifecycle_transitions_total{trigger}``  counter    state changes per trigger
-``livekit_lifecycle_events_ignored_total{reason}`` counter   events that changed nothing
-``livekit_lifecycle_cleanups_total{outcome}``     counter    cleanup runs: ok/error/timeout
-``livekit_lifecycle_cleanup_duration_seconds``    histogram  one cleanup run
-``livekit_lifecycle_reconnects_total``            counter    connections bound anew
-``livekit_lifecycle_takeovers_total``             counter    a new tab replaced a live one
-``livekit_lifecycle_grace_expired_total``         counter    grace windows that ran out
-``livekit_lifecycle_shutdown_duration_seconds``   histogram  one ``aclose()``
-================================================  =========  ==========================
+=================================================  =========  ===================================
+``livekit_lifecycle_sessions{state}``              gauge      ``manager.sessions``, read at scrape
+``livekit_lifecycle_transitions_total{trigger}``   counter    ``state_changed`` listener
+``livekit_lifecycle_events_ignored_total{reason}`` counter    ``manager.stats``, read at scrape
+``livekit_lifecycle_cleanups_total{outcome}``      counter    listener + cleanup failure hook
+``livekit_lifecycle_cleanup_duration_seconds``     histogram  listener: disconnect → cleaned
+``livekit_lifecycle_reconnects_total``             counter    listener (``reconnect`` + ``rejoin``)
+``livekit_lifecycle_takeovers_total``              counter    listener (``takeover``)
+``livekit_lifecycle_grace_expired_total``          counter    listener (``expire``)
+``livekit_lifecycle_shutdown_duration_seconds``    histogram  the manager's shutdown hooks
+=================================================  =========  ===================================
+
+The hooks are the manager's one observability seam
+(:mod:`livekit_lifecycle._observer`). With ``PROMETHEUS_MULTIPROC_DIR`` set
+(livekit-agents' job processes), the same numbers are also copied into
+prometheus-client's multiprocess files every second and at shutdown.
 
 See ``docs/observability.md`` for their meanings and PromQL examples.
 """
