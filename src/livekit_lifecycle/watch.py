@@ -67,7 +67,7 @@ class WatchSettings:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
-    add_connection_options(parser, room_help="room to watch")
+    _add_connection_options(parser, room_help="room to watch")
     parser.add_argument(
         "--duration",
         type=float,
@@ -84,7 +84,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_connection_options(
+def _add_connection_options(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     *,
     room_help: str,
@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(settings: WatchSettings, renderer: Renderer) -> int:
     stop = asyncio.Event()
-    with stop_on_signals(stop):
+    with _stop_on_signals(stop):
         try:
             return await Watcher(settings, renderer).run(stop)
         except WatchError as exc:
@@ -145,7 +145,7 @@ async def _main(settings: WatchSettings, renderer: Renderer) -> int:
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
     """Set ``stop`` on SIGINT/SIGTERM for the duration of the block (where the loop allows)."""
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []

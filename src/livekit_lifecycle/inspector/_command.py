@@ -28,10 +28,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--web", action="store_true", help="serve the live statechart page (prints its URL)"
     )
     _add_web_options(parser)
-    from livekit_lifecycle.watch import add_connection_options
+    from livekit_lifecycle.watch import _add_connection_options
 
     room = parser.add_argument_group("live room (the connection `watch` makes)")
-    add_connection_options(room, room_help="room to inspect", room_required=False)
+    _add_connection_options(room, room_help="room to inspect", room_required=False)
     parser.set_defaults(duration=None)
 
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_room(settings: WatchSettings, args: argparse.Namespace) -> int:
-    from livekit_lifecycle.watch import WatchError, stop_on_signals
+    from livekit_lifecycle.watch import WatchError, _stop_on_signals
 
     from ._server import Inspector
     from ._source import RoomSource
@@ -102,7 +102,7 @@ async def _serve_room(settings: WatchSettings, args: argparse.Namespace) -> int:
     try:
         print(f"inspector: {inspector.url}  (Ctrl-C to stop)", flush=True)
         stop = asyncio.Event()
-        with stop_on_signals(stop):
+        with _stop_on_signals(stop):
             assert source.ended is not None
             stopped = asyncio.ensure_future(stop.wait())
             waits: set[asyncio.Future[Any]] = {stopped, source.ended}

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from livekit_lifecycle.manager import LifecycleManager
-from livekit_lifecycle.watch import stop_on_signals
+from livekit_lifecycle.watch import _stop_on_signals
 
 from ._server import Inspector
 
@@ -53,7 +53,7 @@ async def play_with_web(
                 flush=True,
             )
             stop = asyncio.Event()
-            with stop_on_signals(stop):
+            with _stop_on_signals(stop):
                 await stop.wait()
         return code
     finally:
