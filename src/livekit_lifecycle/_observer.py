@@ -50,18 +50,37 @@ class Observer:
         """The shutdown is over (``timed_out``: runners had to be cancelled at the deadline)."""
 
 
+_HOOKS = (
+    "cleanup_started",
+    "cleanup_failed",
+    "cleanup_ended",
+    "shutdown_started",
+    "shutdown_ended",
+)
+
+
 class Observers(Observer):
     """The observers a manager has, called in the order they were added.
 
     Each call is isolated: an observer that raises is logged
     (``observer.failed``) and the lifecycle goes on, as for any callback.
+    A hook no observer overrides costs one empty-tuple check.
     """
 
-    __slots__ = ("_each", "_log")
+    __slots__ = ("_each", "_log", "_overriding")
 
     def __init__(self, *observers: Observer) -> None:
         self._each = observers
         self._log = get_logger()
+        self._overriding = {
+            hook: tuple(
+                getattr(o, hook)
+                for o in observers
+                if getattr(type(o), hook) is not getattr(Observer, hook)
+            )
+            for hook in _HOOKS
+        }
+        """Hook name -> the bound hooks of the observers that override it."""
 
     def members(self) -> tuple[Observer, ...]:
         return self._each
@@ -70,30 +89,29 @@ class Observers(Observer):
     def combine(cls, current: Observer, added: Observer) -> Observer:
         return cls(*current.members(), added)
 
-    def _failed(self, observer: Observer, hook: str) -> None:
-        self._log.error(
-            "observer.failed",
-            category="session",
-            observer=type(observer).__name__,
-            hook=hook,
-            exc_info=True,
-        )
-
     def _call(self, hook: str, *args: object) -> None:
-        for observer in self._each:
+        for bound in self._overriding[hook]:
             try:
-                getattr(observer, hook)(*args)
+                bound(*args)
             except Exception:
-                self._failed(observer, hook)
+                self._log.error(
+                    "observer.failed",
+                    category="session",
+                    observer=type(bound.__self__).__name__,
+                    hook=hook,
+                    exc_info=True,
+                )
 
     def cleanup_started(self, session: Session) -> None:
-        self._call("cleanup_started", session)
+        if self._overriding["cleanup_started"]:
+            self._call("cleanup_started", session)
 
     def cleanup_failed(self, session: Session, timed_out: bool) -> None:
         self._call("cleanup_failed", session, timed_out)
 
     def cleanup_ended(self, session: Session) -> None:
-        self._call("cleanup_ended", session)
+        if self._overriding["cleanup_ended"]:
+            self._call("cleanup_ended", session)
 
     def shutdown_started(self, sessions: int) -> None:
         self._call("shutdown_started", sessions)
