@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import livekit_lifecycle
 
-from . import _latency, _lifecycle, _memory, _scaling, _shutdown, _soak
+from . import _latency, _lifecycle, _memory, _observability, _scaling, _shutdown, _soak
 from ._sizes import FULL, QUICK, Sizes
 from ._stats import Row, fmt, fmt_ratio
 
@@ -37,6 +37,7 @@ FIGURES: dict[str, tuple[Measure, bool]] = {
     "memory": (_memory.measure, True),
     "room": (_scaling.measure, True),
     "shutdown": (_shutdown.measure, True),
+    "observability": (_observability.measure, True),
     "soak": (_soak.measure, False),
 }
 

@@ -23,6 +23,7 @@ FIGURES = {
     "room size": ["attach to a room holding", "add one participant", "remove cost growth"],
     "shutdown": ["sessions, each cleanup 50 ms"],
     "soak": ["allocated blocks growth after warm-up"],
+    "observability overhead": ["metrics on", "tracing on"],
 }
 
 

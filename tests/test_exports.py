@@ -48,6 +48,16 @@ EXPORTS: dict[str, list[str]] = {
     ],
     "livekit_lifecycle.demo": ["configure_parser", "run", "run_demo"],
     "livekit_lifecycle.demo_live": ["LiveDemoUnavailable", "run_live_demo"],
+    "livekit_lifecycle.inspector": [
+        "Change",
+        "Inspector",
+        "InspectorError",
+        "ManagerSource",
+        "RoomSource",
+        "Snapshot",
+        "Source",
+        "session_dict",
+    ],
     "livekit_lifecycle.invariants": [
         "INVARIANTS",
         "InvariantChecker",
@@ -61,6 +71,13 @@ EXPORTS: dict[str, list[str]] = {
     ],
     "livekit_lifecycle.log": ["LOGGER_NAME", "configure_logging", "get_logger"],
     "livekit_lifecycle.manager": ["CleanupCallback", "LifecycleManager"],
+    "livekit_lifecycle.metrics": [
+        "CLEANUP_BUCKETS",
+        "IGNORED_REASONS",
+        "METRIC_NAMES",
+        "SHUTDOWN_BUCKETS",
+        "enable_metrics",
+    ],
     "livekit_lifecycle.render": [
         "DEFAULT_FORMATS",
         "EXTENSIONS",
@@ -118,6 +135,7 @@ EXPORTS: dict[str, list[str]] = {
     "livekit_lifecycle.testing.loopback.server": ["LoopbackServer"],
     "livekit_lifecycle.testing.pytest_plugin": ["chromium", "loopback_server", "pytest_configure"],
     "livekit_lifecycle.testing.virtual_time": ["Deadlock", "VirtualTimeLoop", "clock", "run"],
+    "livekit_lifecycle.tracing": ["CLEANUP_SPAN", "SHUTDOWN_SPAN", "enable_tracing"],
     "livekit_lifecycle.watch": [
         "WatchError",
         "WatchSettings",

@@ -18,6 +18,7 @@ from livekit import rtc
 
 from ._callbacks import Outcome, call_bounded, describe
 from ._emitter import Listeners
+from ._observer import Observer, Observers
 from .config import LifecycleConfig
 from .log import LOGGER_NAME, get_logger
 from .session import Session
@@ -73,8 +74,13 @@ class _Core:
         self._close_task: asyncio.Task[None] | None = None
         self._deadline: float | None = None
         self._stats: dict[str, int] = dict.fromkeys(_STATS, 0)
+        self._observer = Observer()
+        """Observability hooks (metrics, tracing; :mod:`._observer`): a no-op unless enabled."""
         self._log = get_logger()
         self._stdlog = logging.getLogger(LOGGER_NAME)
+
+    def _add_observer(self, observer: Observer) -> None:
+        self._observer = Observers.combine(self._observer, observer)
 
     # ------------------------------------------------------------------ notifications, waiters
 
@@ -112,6 +118,8 @@ class _Core:
     ) -> Callable[[Outcome, BaseException | None], None]:
         # Built for every callback call, used only on failure: names are made then.
         def report(outcome: Outcome, exc: BaseException | None) -> None:
+            if what == "cleanup":
+                self._observer.cleanup_failed(session, outcome is Outcome.TIMED_OUT)  # hook
             callback = describe(fn)
             if outcome is Outcome.TIMED_OUT:
                 self._stats["callback_timeouts"] += 1

@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TextIO
 
 from .config import LifecycleConfig
 from .manager import LifecycleManager
 from .session import Session, Transition
 
-__all__ = ["DemoManager", "Timeline"]
+__all__ = ["DemoManager", "OnManager", "Timeline"]
+
+OnManager = Callable[[LifecycleManager], Awaitable[None]]
+"""Called with the demo's manager before it attaches (``demo --web`` serves the page from it)."""
 
 
 class Timeline:

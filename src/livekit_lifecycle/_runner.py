@@ -34,16 +34,16 @@ For a session store:
   is logged (``manager.internal_error``, ``during="cleanup_claim"``) and the
   cleanup runs here.
 
-For metrics (call sites where a hook goes; none is installed today):
+For metrics and tracing, ``_Core._observer`` (:class:`~livekit_lifecycle._observer.Observer`,
+a no-op unless one is enabled) is told, each call marked ``# observability hook``:
 
-- cleanup outcome and duration per run: :meth:`_Runner._log_cleanup_started`
-  (start) and :meth:`_Runner._end_cleanup` (end); per-callback failures and
-  timeouts go through :meth:`~livekit_lifecycle._core._Core._reporter`.
-- ignored events with their reason: :meth:`_Runner._ignored` (per session)
-  and the ``event.ignored`` branches of :mod:`._intake`; every one bumps a
-  ``ignored_*`` counter in ``stats``.
-- shutdown duration: ``LifecycleManager._shutdown`` logs ``shutdown.done``
-  with ``duration``.
+- a cleanup run's start and end: :meth:`_Runner._log_cleanup_started` and
+  :meth:`_Runner._end_cleanup`; per-callback failures and timeouts in
+  :meth:`~livekit_lifecycle._core._Core._reporter`.
+- a shutdown's start and end: ``LifecycleManager._shutdown``.
+
+Ignored events need no hook: every one bumps an ``ignored_*`` counter in
+``stats``, which metrics read when scraped.
 """
 
 from __future__ import annotations
@@ -305,6 +305,7 @@ class _Runner(_Core):
             self._apply(session, Input(_ACTIVATE, key, sid=sid))
 
     def _log_cleanup_started(self, session: Session) -> None:
+        self._observer.cleanup_started(session)  # observability hook
         if self._stdlog.isEnabledFor(logging.INFO):
             self._log_session(
                 logging.INFO,
@@ -379,6 +380,7 @@ class _Runner(_Core):
             report(Outcome.FAILED, asyncio.CancelledError("cancelled the cleanup runner"))
 
     def _end_cleanup(self, session: Session) -> None:
+        self._observer.cleanup_ended(session)  # observability hook
         try:
             if session._state in self._sources["cleanup_done"]:
                 self._fire(session, "cleanup_done")

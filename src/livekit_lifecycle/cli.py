@@ -17,6 +17,10 @@ __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("livekit_lifecycle.demo", "play the seed's scenarios on a real rtc.Room, no server"),
+    "inspect": (
+        "livekit_lifecycle.inspector._command",
+        "see every session live: --web serves a statechart page",
+    ),
     "render": (
         "livekit_lifecycle.render._command",
         "draw the statechart, or one session's path through it",

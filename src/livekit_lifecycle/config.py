@@ -63,6 +63,11 @@ class LifecycleConfig:
             (:mod:`livekit_lifecycle.invariants`) after every transition; a
             violation is logged as ``invariant.violated`` and counted in
             ``stats["invariant_violations"]``. Costs a few µs per transition.
+        metrics: Export Prometheus metrics on prometheus-client's default
+            registry (:meth:`LifecycleManager.enable_metrics` for a registry
+            of your own or a room label). Needs the ``metrics`` extra.
+        tracing: Emit an OpenTelemetry span per cleanup run and per shutdown
+            (:meth:`LifecycleManager.enable_tracing`). Needs the ``tracing`` extra.
     """
 
     grace_period: float = 30.0
@@ -74,6 +79,8 @@ class LifecycleConfig:
     kinds: AbstractSet[int] = field(default=DEFAULT_KINDS)
     close_on_room_disconnect: bool = True
     check_invariants: bool = False
+    metrics: bool = False
+    tracing: bool = False
 
     def __post_init__(self) -> None:
         _require_seconds("grace_period", self.grace_period, allow_zero=True)
@@ -99,7 +106,7 @@ class LifecycleConfig:
         )
         if not self.kinds:
             raise ValueError("kinds must name at least one rtc.ParticipantKind")
-        for flag in ("close_on_room_disconnect", "check_invariants"):
+        for flag in ("close_on_room_disconnect", "check_invariants", "metrics", "tracing"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
 

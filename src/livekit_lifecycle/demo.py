@@ -20,7 +20,7 @@ from typing import TextIO
 
 from livekit import rtc
 
-from ._demo_common import DemoManager, Timeline
+from ._demo_common import DemoManager, OnManager, Timeline
 from .log import configure_logging
 from .manager import LifecycleManager
 from .statechart import State
@@ -45,6 +45,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="grace window (default: 2.0 live, 0.3 offline, so expiry is quick to watch)",
     )
     parser.add_argument(
+        "--web",
+        action="store_true",
+        help="also serve the live statechart page of the demo's manager and print its URL",
+    )
+    parser.add_argument(
         "--logs",
         action="store_true",
         help="also print the library's structured logs (stderr)",
@@ -57,20 +62,32 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.logs:
         configure_logging(level="DEBUG")
+    if args.web:
+        from .inspector._demo import play_with_web
+
+        return asyncio.run(play_with_web(lambda serve: _play(args, serve)))
+    return asyncio.run(_play(args))
+
+
+async def _play(args: argparse.Namespace, on_manager: OnManager | None = None) -> int:
     if args.offline:
-        return asyncio.run(run_demo(grace_period=args.grace or 0.3))
+        return await run_demo(grace_period=args.grace or 0.3, on_manager=on_manager)
     from .demo_live import LiveDemoUnavailable, run_live_demo
 
     try:
-        return asyncio.run(
-            run_live_demo(grace_period=args.grace or 2.0, live_table=sys.stdout.isatty())
+        return await run_live_demo(
+            grace_period=args.grace or 2.0,
+            live_table=sys.stdout.isatty(),
+            on_manager=on_manager,
         )
     except LiveDemoUnavailable as exc:
         print(f"live demo unavailable ({exc}); running the offline demo instead", file=sys.stderr)
-        return asyncio.run(run_demo(grace_period=args.grace or 0.3))
+        return await run_demo(grace_period=args.grace or 0.3, on_manager=on_manager)
 
 
-async def run_demo(grace_period: float = 0.3, out: TextIO | None = None) -> int:
+async def run_demo(
+    grace_period: float = 0.3, out: TextIO | None = None, on_manager: OnManager | None = None
+) -> int:
     """Play every scenario offline; return 0 when every check passed, 1 otherwise."""
     timeline = Timeline(out)
     timeline.title(
@@ -80,6 +97,8 @@ async def run_demo(grace_period: float = 0.3, out: TextIO | None = None) -> int:
     async with RoomDriver("demo-room") as driver:
         demo = DemoManager(grace_period, timeline)
         manager, cleanups, seen = demo.manager, demo.cleanups, demo.seen
+        if on_manager is not None:
+            await on_manager(manager)
         manager.on("state_changed", timeline.transition)
         manager.attach(driver.room)
         for scenario in _SCENARIOS:

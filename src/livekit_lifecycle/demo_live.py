@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from livekit import rtc
 
-from ._demo_common import DemoManager, Timeline
+from ._demo_common import DemoManager, OnManager, Timeline
 from .manager import LifecycleManager
 from .session import Session, Transition
 from .statechart import State
@@ -34,7 +34,10 @@ class LiveDemoUnavailable(RuntimeError):
 
 
 async def run_live_demo(
-    grace_period: float = 2.0, out: TextIO | None = None, live_table: bool = False
+    grace_period: float = 2.0,
+    out: TextIO | None = None,
+    live_table: bool = False,
+    on_manager: OnManager | None = None,
 ) -> int:
     """Play every scenario over real connections; 0 when every check passed, 1 otherwise.
 
@@ -61,6 +64,8 @@ async def run_live_demo(
             )
             demo = DemoManager(grace_period, timeline)
             manager, cleanups, seen = demo.manager, demo.cleanups, demo.seen
+            if on_manager is not None:
+                await on_manager(manager)
             if table is None:
                 manager.on("state_changed", timeline.transition)
             else:

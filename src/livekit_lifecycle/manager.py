@@ -33,8 +33,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
     from livekit.agents import AgentSession, JobContext
+    from prometheus_client.registry import CollectorRegistry
 
     from .agents import JobLifecycleManager
+    from .inspector import Inspector
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
 
@@ -59,6 +61,10 @@ class LifecycleManager(_Intake):
 
     def __init__(self, config: LifecycleConfig | None = None) -> None:
         super().__init__(config)
+        if self._config.metrics:
+            self.enable_metrics()
+        if self._config.tracing:
+            self.enable_tracing()
 
     @classmethod
     async def for_job(
@@ -240,6 +246,53 @@ class LifecycleManager(_Intake):
         """Remove a listener added with :meth:`on` or :meth:`once`."""
         self._listeners.remove(event, callback)
 
+    def enable_metrics(
+        self, registry: CollectorRegistry | None = None, *, room_label: bool = False
+    ) -> None:
+        """Export this manager's Prometheus metrics (``livekit_lifecycle_*``).
+
+        Registered on prometheus-client's default registry unless ``registry``
+        is given; every manager of the process adds to the same series.
+        ``room_label`` adds a ``room`` label (one series per live room: only
+        where rooms per process stay few). Idempotent. Needs
+        ``prometheus-client`` (the ``metrics`` extra). See ``docs/observability.md``.
+        """
+        from .metrics import enable_metrics
+
+        enable_metrics(self, registry, room_label=room_label)
+
+    def enable_tracing(self, tracer_provider: Any = None) -> None:
+        """Emit an OpenTelemetry span per cleanup run and per shutdown.
+
+        Spans come from ``tracer_provider``, or the globally configured one
+        (a no-op until the application configures one). Needs
+        ``opentelemetry-api`` (the ``tracing`` extra). Idempotent.
+        """
+        from .tracing import enable_tracing
+
+        enable_tracing(self, tracer_provider)
+
+    async def serve_inspector(
+        self,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        token: str | None = None,
+        show_data: bool = False,
+    ) -> Inspector:
+        """Serve the live statechart page for this manager; ``await inspector.aclose()`` to stop.
+
+        Binds ``host`` (loopback by default); any other address needs a
+        token, generated unless given, that every request must carry
+        (``inspector.url`` includes it). ``data`` is shown only with
+        ``show_data``. Needs aiohttp (the ``inspector`` extra).
+        """
+        from .inspector import Inspector, ManagerSource
+
+        return await Inspector.start(
+            ManagerSource(self, show_data=show_data), host=host, port=port, token=token
+        )
+
     async def wait_for(self, key: str, state: State | str, timeout: float | None = None) -> Session:
         """Wait until the session under ``key`` is in ``state`` (now or later).
 
@@ -309,6 +362,8 @@ class LifecycleManager(_Intake):
         self._deadline = started + self._config.shutdown_timeout
         sessions = list(self._sessions.values())
         self._info("shutdown.started", "shutdown", sessions=len(sessions))
+        self._observer.shutdown_started(len(sessions))  # observability hook
+        timed_out = False
         self.detach()
         for session in sessions:
             self._feed(session, Input(InputKind.SHUTDOWN, session._key))
@@ -321,6 +376,7 @@ class LifecycleManager(_Intake):
                 # (a blocking sync callback) is still here after the slack.
                 _, pending = await asyncio.wait(pending, timeout=_SHUTDOWN_SLACK)
                 if pending:
+                    timed_out = True
                     self._cancelling_runners = True
                     self._log.error(
                         "shutdown.timeout",
@@ -346,6 +402,7 @@ class LifecycleManager(_Intake):
         self._waiters.clear()
         for future in list(self._abandoned):
             future.cancel()
+        self._observer.shutdown_ended(timed_out)  # observability hook
         self._info(
             "shutdown.done",
             "shutdown",

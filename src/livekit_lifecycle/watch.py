@@ -24,6 +24,7 @@ import secrets
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -66,10 +67,34 @@ class WatchSettings:
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
+    _add_connection_options(parser, room_help="room to watch")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop after this many seconds (default: run until Ctrl-C or the room closes)",
+    )
+    parser.add_argument(
+        "--format",
+        choices=("auto", "table", "lines", "json"),
+        default="auto",
+        help="live table (needs rich and a terminal), one line per change, or JSON lines"
+        " (default: auto)",
+    )
+
+
+def _add_connection_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    *,
+    room_help: str,
+    room_required: bool = True,
+) -> None:
+    """The options of the observer's connection (``inspect --web`` joins rooms the same way)."""
     parser.add_argument(
         "--url", default=None, help="server URL, ws(s):// or http(s):// (default: $LIVEKIT_URL)"
     )
-    parser.add_argument("--room", required=True, metavar="NAME", help="room to watch")
+    parser.add_argument("--room", required=room_required, metavar="NAME", help=room_help)
     parser.add_argument("--api-key", default=None, help="API key (default: $LIVEKIT_API_KEY)")
     parser.add_argument(
         "--api-secret", default=None, help="API secret (default: $LIVEKIT_API_SECRET)"
@@ -88,25 +113,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--include-agents", action="store_true", help="also track agent participants"
     )
     parser.add_argument(
-        "--duration",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="stop after this many seconds (default: run until Ctrl-C or the room closes)",
-    )
-    parser.add_argument(
         "--timeout",
         type=float,
         default=10.0,
         metavar="SECONDS",
         help="connection timeout (default: 10)",
-    )
-    parser.add_argument(
-        "--format",
-        choices=("auto", "table", "lines", "json"),
-        default="auto",
-        help="live table (needs rich and a terminal), one line per change, or JSON lines"
-        " (default: auto)",
     )
 
 
@@ -125,6 +136,17 @@ def run(args: argparse.Namespace) -> int:
 
 async def _main(settings: WatchSettings, renderer: Renderer) -> int:
     stop = asyncio.Event()
+    with _stop_on_signals(stop):
+        try:
+            return await Watcher(settings, renderer).run(stop)
+        except WatchError as exc:
+            print(f"livekit-lifecycle watch: {exc}", file=sys.stderr)
+            return exc.exit_code
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: asyncio.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGINT/SIGTERM for the duration of the block (where the loop allows)."""
     loop = asyncio.get_running_loop()
     installed: list[signal.Signals] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -132,13 +154,10 @@ async def _main(settings: WatchSettings, renderer: Renderer) -> int:
             loop.add_signal_handler(signum, stop.set)
             installed.append(signum)
     try:
-        return await Watcher(settings, renderer).run(stop)
-    except WatchError as exc:
-        print(f"livekit-lifecycle watch: {exc}", file=sys.stderr)
-        return exc.exit_code
+        yield
     finally:
-        for installed_signal in installed:
-            loop.remove_signal_handler(installed_signal)
+        for signum in installed:
+            loop.remove_signal_handler(signum)
 
 
 def _settings_from(args: argparse.Namespace, env: Any) -> WatchSettings:

@@ -1,0 +1,366 @@
+"""The inspector's web server: one page, the chart's SVG, a JSON snapshot and an SSE stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from livekit_lifecycle.statechart import PARTICIPANT_CHART, Statechart
+
+from ._source import Change, Source
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+__all__ = ["Inspector", "InspectorError"]
+
+_CLIENT_QUEUE = 1000
+"""Changes buffered per page; a page that falls further behind is dropped (it reconnects)."""
+_HEARTBEAT = 15.0
+_LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+
+class InspectorError(Exception):
+    """The inspector cannot start as asked (missing aiohttp, no token off loopback...)."""
+
+
+class Inspector:
+    """A running inspector page for one :class:`Source`.
+
+    Start it with :meth:`start` (or :meth:`LifecycleManager.serve_inspector`);
+    ``url`` is the address to open (with the token, when there is one);
+    :meth:`aclose` stops it. It keeps a row for every session it has seen,
+    removed ones included (the latest ``removed_limit`` of those).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        *,
+        host: str,
+        token: str | None,
+        chart: Statechart,
+        removed_limit: int,
+    ) -> None:
+        self.source = source
+        self.host = host
+        self.port = 0
+        self.token = token
+        self._chart = chart
+        self._removed_limit = removed_limit
+        self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._removed: dict[tuple[str, str], None] = {}
+        """Keys of the rows of removed sessions, oldest first (at most ``removed_limit``)."""
+        self._clients: set[asyncio.Queue[str | None]] = set()
+        self._svg: str | None = None
+        self._svg_error = ""
+        self._runner: web.AppRunner | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._viewer = asyncio.Event()
+        self._closed = False
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @classmethod
+    async def start(
+        cls,
+        source: Source,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: str | None = None,
+        chart: Statechart = PARTICIPANT_CHART,
+        removed_limit: int = 100,
+    ) -> Inspector:
+        """Serve ``source`` on ``host:port`` (0: a free port).
+
+        Binding anything but a loopback address requires a token: ``token``,
+        or one generated here; every request must carry it (``?token=`` or
+        ``Authorization: Bearer``), and :attr:`url` includes it.
+
+        Raises:
+            InspectorError: aiohttp missing, or Graphviz's failure is not the cause.
+            OSError: the address cannot be bound.
+        """
+        try:
+            from aiohttp import web
+        except ImportError:
+            raise InspectorError(
+                "the inspector needs aiohttp: pip install 'livekit-lifecycle[inspector]'"
+            ) from None
+        if token is None and not _is_loopback(host):
+            token = secrets.token_urlsafe(18)
+        self = cls(source, host=host, token=token, chart=chart, removed_limit=removed_limit)
+        await self._render_chart()
+        for room, sessions in (await source.snapshot()).items():
+            for session in sessions.values():
+                self._apply(Change(room, session))
+        self._pump = asyncio.get_running_loop().create_task(
+            self._follow(), name="livekit-lifecycle:inspector"
+        )
+        app = web.Application(middlewares=[self._guard])
+        app.router.add_get("/", self._page)
+        app.router.add_get("/inspector.js", self._static)
+        app.router.add_get("/inspector.css", self._static)
+        app.router.add_get("/chart.svg", self._chart_svg)
+        app.router.add_get("/api/snapshot", self._snapshot)
+        app.router.add_get("/api/events", self._events)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        try:
+            await site.start()
+        except OSError:
+            await self.aclose()
+            raise
+        self.port = self._runner.addresses[0][1]
+        return self
+
+    @property
+    def url(self) -> str:
+        """The page's address, token included when one is required."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        query = f"?token={self.token}" if self.token else ""
+        return f"http://{host}:{self.port}/{query}"
+
+    async def wait_for_viewer(self, timeout: float | None = None) -> bool:
+        """Wait until a page has connected to the live stream; False on timeout."""
+        try:
+            await asyncio.wait_for(self._viewer.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def aclose(self) -> None:
+        """Stop serving; the source is closed too."""
+        if self._closed:
+            return
+        self._closed = True
+        for client in list(self._clients):
+            _offer(client, None)
+        await self.source.aclose()
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> Inspector:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ---------------------------------------------------------------- the model
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every session row, as the page gets it (``room`` added to each session dict)."""
+        return list(self._rows.values())
+
+    def _apply(self, change: Change) -> dict[str, Any]:
+        row = {"room": change.room, **change.session}
+        key = (change.room, change.key)
+        self._rows.pop(key, None)  # re-inserted last, as the page orders them
+        self._rows[key] = row
+        self._removed.pop(key, None)
+        if row.get("state") == "removed":
+            self._removed[key] = None
+            if len(self._removed) > self._removed_limit:
+                oldest = next(iter(self._removed))
+                del self._removed[oldest]
+                del self._rows[oldest]
+        return row
+
+    async def _follow(self) -> None:
+        async for change in self.source.changes():
+            row = self._apply(change)
+            self._broadcast(
+                "change",
+                # The description too: a manager attached after the page opened names its room.
+                {"row": row, "transition": change.transition, "source": self.source.description},
+            )
+
+    def _broadcast(self, event: str, payload: dict[str, Any]) -> None:
+        message = _sse(event, payload)
+        for client in list(self._clients):
+            if not _offer(client, message):
+                self._clients.discard(client)  # too far behind: it reconnects afresh
+                _offer(client, None, force=True)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "source": self.source.description,
+            "states": [state.value for state in self._chart.states],
+            "chart": self._chart.name,
+            "svg_error": self._svg_error,
+            "rows": self.rows(),
+            "time": time.time(),
+        }
+
+    async def _render_chart(self) -> None:
+        from livekit_lifecycle.render import GraphvizError, to_dot
+        from livekit_lifecycle.render._graphviz import _graphviz
+
+        try:
+            svg = await _in_thread(_graphviz, to_dot(self._chart), "svg")
+        except GraphvizError as exc:
+            self._svg_error = str(exc)
+            return
+        text = svg.decode("utf-8")
+        self._svg = text[text.find("<svg") :]  # inline: no XML prolog, no doctype
+
+    # ---------------------------------------------------------------- HTTP
+
+    @property
+    def _guard(self) -> Any:
+        from aiohttp import web
+
+        @web.middleware
+        async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+            if self.token is not None:
+                given = request.query.get("token", "")
+                auth = request.headers.get("Authorization", "")
+                if auth.startswith("Bearer "):
+                    given = auth[len("Bearer ") :]
+                if not hmac.compare_digest(given.encode(), self.token.encode()):
+                    return web.Response(status=401, text="a valid token is required\n")
+            elif _is_loopback(self.host) and request.host.rsplit(":", 1)[0] not in _LOOPBACK_HOSTS:
+                # A page elsewhere resolving its own name to 127.0.0.1 (DNS rebinding).
+                return web.Response(status=403, text="unexpected Host header\n")
+            response: web.StreamResponse = await handler(request)
+            response.headers["Cache-Control"] = "no-store"
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            response.headers["Referrer-Policy"] = "no-referrer"
+            response.headers["Content-Security-Policy"] = (
+                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
+            )
+            return response
+
+        return guard
+
+    async def _page(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        return web.Response(text=_asset("inspector.html"), content_type="text/html")
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        name = request.path.lstrip("/")
+        kind = "text/javascript" if name.endswith(".js") else "text/css"
+        return web.Response(text=_asset(name), content_type=kind)
+
+    async def _chart_svg(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        if self._svg is None:
+            return web.Response(status=503, text=self._svg_error + "\n")
+        return web.Response(text=self._svg, content_type="image/svg+xml")
+
+    async def _snapshot(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        return web.json_response(self._state(), dumps=_dumps)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        )
+        await response.prepare(request)
+        queue: asyncio.Queue[str | None] = asyncio.Queue(_CLIENT_QUEUE)
+        queue.put_nowait(_sse("snapshot", self._state()))
+        self._clients.add(queue)
+        self._viewer.set()
+        try:
+            while True:
+                try:
+                    message = await asyncio.wait_for(queue.get(), _HEARTBEAT)
+                except asyncio.TimeoutError:
+                    message = ": keep-alive\n\n"
+                if message is None:
+                    break
+                await response.write(message.encode("utf-8"))
+        except ConnectionResetError:
+            pass  # the page went away
+        finally:
+            self._clients.discard(queue)
+        return response
+
+
+async def _in_thread(fn: Callable[..., bytes], *args: Any) -> bytes:
+    """``fn(*args)`` in a thread of its own that ends with it (laying out takes ~50 ms).
+
+    Not the loop's default executor: its threads outlive the call, and an
+    agent process should not gain a thread pool for a one-off.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+
+    def settle(result: bytes | None, exc: BaseException | None) -> None:
+        if done.cancelled():
+            return
+        if exc is not None:
+            done.set_exception(exc)
+        else:
+            assert result is not None
+            done.set_result(result)
+
+    def work() -> None:
+        try:
+            result = fn(*args)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(settle, None, exc)
+        else:
+            loop.call_soon_threadsafe(settle, result, None)
+
+    thread = threading.Thread(target=work, name="livekit-lifecycle:graphviz", daemon=True)
+    thread.start()
+    try:
+        return await done
+    finally:
+        thread.join()
+
+
+def _offer(queue: asyncio.Queue[str | None], message: str | None, force: bool = False) -> bool:
+    if force and queue.full():
+        queue.get_nowait()
+    try:
+        queue.put_nowait(message)
+    except asyncio.QueueFull:
+        return False
+    return True
+
+
+def _sse(event: str, payload: dict[str, Any]) -> str:
+    return f"event: {event}\ndata: {_dumps(payload)}\n\n"
+
+
+def _dumps(value: Any) -> str:
+    # Session dicts are JSON-ready; default=str guards a source that is not.
+    return json.dumps(value, default=str, separators=(",", ":"))
+
+
+def _asset(name: str) -> str:
+    static = resources.files(__package__).joinpath("static")
+    return static.joinpath(name).read_text(encoding="utf-8")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,238 @@
+"""The inspector (livekit_lifecycle.inspector): its server, access rules, sources and page."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from livekit_lifecycle import LifecycleConfig, LifecycleManager, State
+from livekit_lifecycle.cli import main
+from livekit_lifecycle.inspector import Inspector, ManagerSource, Source
+from livekit_lifecycle.testing import RoomDriver
+from livekit_lifecycle.testing.browser import ConsoleLog
+from tests.loopback.support import eventually
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
+
+WAIT = 10.0
+
+
+@pytest_asyncio.fixture
+async def manager(driver: RoomDriver) -> AsyncIterator[LifecycleManager]:
+    manager = LifecycleManager(LifecycleConfig(grace_period=30))
+    manager.attach(driver.room)
+    yield manager
+    await manager.aclose()
+
+
+async def get(url: str, **kwargs: Any) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as http, http.get(url, **kwargs) as response:
+        return response.status, await response.text()
+
+
+async def next_event(response: aiohttp.ClientResponse) -> tuple[str, dict[str, Any]]:
+    block = (await asyncio.wait_for(response.content.readuntil(b"\n\n"), WAIT)).decode()
+    fields = dict(line.split(": ", 1) for line in block.strip().splitlines())
+    return fields["event"], json.loads(fields["data"])
+
+
+async def test_snapshot_then_live_changes_over_server_sent_events(
+    manager: LifecycleManager, driver: RoomDriver
+) -> None:
+    driver.connect("alice", active=True)
+    async with await manager.serve_inspector() as inspector:
+        assert inspector.url.startswith("http://127.0.0.1:") and inspector.token is None
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(inspector.url + "api/events") as response,
+        ):
+            assert response.headers["Content-Type"] == "text/event-stream"
+            event, snapshot = await next_event(response)
+            assert event == "snapshot" and snapshot["source"] == "room test-room, in-process"
+            assert snapshot["states"] == [s.value for s in State]
+            assert [(r["key"], r["state"]) for r in snapshot["rows"]] == [("alice", "active")]
+            driver.disconnect("alice")
+            states: list[str] = []
+            while not states or states[-1] != "grace":
+                event, change = await next_event(response)
+                assert event == "change" and change["row"]["key"] == "alice"
+                states.append(change["row"]["state"])
+            assert states == ["disconnecting", "cleaned", "grace"]
+            assert change["transition"]["trigger"] == "hold"
+        status, svg = await get(inspector.url + "chart.svg")
+        assert status == 200 and svg.startswith("<svg") and "<title>grace</title>" in svg
+
+
+async def test_data_is_hidden_unless_asked_for(
+    manager: LifecycleManager, driver: RoomDriver
+) -> None:
+    driver.connect("alice", active=True)
+    session = manager.get("alice")
+    assert session is not None
+    session.data["transcript"] = ["secret words"]
+    for show_data in (False, True):
+        async with await manager.serve_inspector(show_data=show_data) as inspector:
+            status, text = await get(inspector.url + "api/snapshot")
+            assert status == 200
+            (row,) = json.loads(text)["rows"]
+            if show_data:
+                assert row["data"] == {"transcript": "['secret words']"}
+            else:
+                assert "data" not in row and "secret" not in text
+
+
+async def test_off_loopback_every_request_needs_the_token(manager: LifecycleManager) -> None:
+    async with await manager.serve_inspector(host="0.0.0.0") as inspector:
+        token = inspector.token
+        assert token and len(token) >= 20 and inspector.url.endswith(f"/?token={token}")
+        base = f"http://127.0.0.1:{inspector.port}/"
+        for path in ("", "inspector.js", "chart.svg", "api/snapshot", "api/events"):
+            assert (await get(base + path))[0] == 401, path
+            assert (await get(base + path + "?token=wrong"))[0] == 401, path
+        assert (await get(base + "api/snapshot?token=" + token))[0] == 200
+        headers = {"Authorization": f"Bearer {token}"}
+        assert (await get(base + "api/snapshot", headers=headers))[0] == 200
+    async with await manager.serve_inspector(token="chosen") as inspector:
+        assert inspector.url.endswith("/?token=chosen")  # a token can be asked for on loopback
+
+
+async def test_on_loopback_a_foreign_host_name_is_refused(manager: LifecycleManager) -> None:
+    # A page on another site that resolves its own name to 127.0.0.1 (DNS rebinding).
+    async with await manager.serve_inspector() as inspector:
+        status, _ = await get(inspector.url, headers={"Host": f"evil.example:{inspector.port}"})
+        assert status == 403
+        assert (await get(inspector.url, headers={"Host": f"localhost:{inspector.port}"}))[0] == 200
+
+
+async def test_rows_stay_after_removal_and_the_source_protocol_holds(
+    manager: LifecycleManager, driver: RoomDriver
+) -> None:
+    source = ManagerSource(manager)
+    assert isinstance(source, Source)
+    inspector = await Inspector.start(source, removed_limit=1)
+    try:
+        for key in ("a", "b"):
+            driver.connect(key, active=True)
+            driver.disconnect(key)  # into grace; the shutdown below removes them
+        await manager.aclose()
+        assert await eventually(
+            lambda: [(r["key"], r["state"]) for r in inspector.rows()] == [("b", "removed")],
+            timeout=WAIT,
+        ), inspector.rows()
+    finally:
+        await inspector.aclose()
+    assert not manager._listening["state_changed"]  # the source let go of the manager
+
+
+def test_inspect_command_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect"]) == 2
+    assert "--web" in capsys.readouterr().err
+    assert main(["inspect", "--web"]) == 2
+    assert "--room" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- the page
+
+
+async def _row_state(page: Page, key: str) -> str | None:
+    return await page.get_attribute(f'tr[data-key="{key}"]', "data-state")
+
+
+async def _highlighted(page: Page) -> list[str]:
+    return list(
+        await page.eval_on_selector_all(
+            "#svg g.node.lc-current title", "nodes => nodes.map(n => n.textContent)"
+        )
+    )
+
+
+async def _until(page: Page, key: str, state: str) -> None:
+    await page.wait_for_selector(f'tr[data-key="{key}"][data-state="{state}"]', timeout=WAIT * 1000)
+    await page.wait_for_function(
+        "state => [...document.querySelectorAll('#svg g.node.lc-current title')]"
+        ".map(n => n.textContent).join() === state",
+        arg=state,
+        timeout=WAIT * 1000,
+    )
+
+
+@pytest.mark.browser
+async def test_the_page_follows_a_refresh_live(
+    chromium: Browser, manager: LifecycleManager, driver: RoomDriver, tmp_path: Path
+) -> None:
+    async with await manager.serve_inspector() as inspector:
+        page = await chromium.new_page(viewport={"width": 1400, "height": 900})
+        console = ConsoleLog.attach(page)
+        await page.goto(inspector.url)
+        await page.wait_for_selector("#status.live", timeout=WAIT * 1000)
+        assert await page.is_visible("#empty")
+
+        driver.connect("alice", active=True)
+        manager.set_user_id("alice", "user-4e3e")
+        await _until(page, "alice", "active")
+        row = 'tr[data-key="alice"]'
+        assert await page.inner_text(f"{row} .reconnects") == "0"
+
+        driver.disconnect("alice")  # the page leaves: cleaned, then the grace window
+        await _until(page, "alice", "grace")
+        assert await page.inner_text(f"{row} .cleanups") == "1"
+        assert "cleaned →hold→ grace" in await page.inner_text(f"{row} .history")
+
+        driver.connect("alice", active=True)  # ...and comes back: same session
+        await _until(page, "alice", "active")
+        assert await page.inner_text(f"{row} .reconnects") == "1"
+        assert "user-4e3e" in await page.inner_text(row)
+        assert await _highlighted(page) == ["active"]
+        assert await page.eval_on_selector_all("#svg g.edge.lc-last", "edges => edges.length") >= 1
+
+        driver.connect("bob")  # a second row; selecting it moves the highlight
+        await page.wait_for_selector('tr[data-key="bob"][data-state="connecting"]')
+        await page.click('tr[data-key="bob"]')
+        await _until(page, "bob", "connecting")
+        assert await _row_state(page, "alice") == "active"
+        await page.click('tr[data-key="alice"]')
+        await _until(page, "alice", "active")
+
+        await page.screenshot(path=str(tmp_path / "inspector.png"), full_page=True)
+        assert (tmp_path / "inspector.png").stat().st_size > 10_000
+        console.raise_for_errors()
+
+
+async def test_demo_web_serves_the_demo_manager_and_waits_for_the_page() -> None:
+    from livekit_lifecycle.demo import run_demo
+    from livekit_lifecycle.inspector._demo import play_with_web
+
+    printed = io.StringIO()
+    demo_out = io.StringIO()
+    seen: list[tuple[str, str]] = []
+
+    async def viewer() -> None:
+        assert await eventually(lambda: "inspector: http" in printed.getvalue(), timeout=WAIT)
+        url = printed.getvalue().split("inspector: ", 1)[1].split()[0]
+        async with aiohttp.ClientSession() as http, http.get(url + "api/events") as response:
+            while block := await response.content.readuntil(b"\n\n"):
+                if block.startswith(b"event: change"):
+                    row = json.loads(block.split(b"data: ", 1)[1])["row"]
+                    seen.append((row["key"], row["state"]))
+
+    watching = asyncio.ensure_future(viewer())
+    code = await play_with_web(
+        lambda serve: run_demo(grace_period=0.05, out=demo_out, on_manager=serve),
+        out=printed,
+        viewer_wait=WAIT,
+        linger=False,
+    )
+    assert code == 0, demo_out.getvalue()
+    await asyncio.wait_for(watching, WAIT)
+    assert "the demo starts when the page is open" in printed.getvalue()
+    assert {key for key, _ in seen} == {"alice", "bob", "carol", "dave", "erin"}
+    assert ("alice", "grace") in seen and seen[-1][1] == "removed"
