@@ -126,6 +126,17 @@ EXPORTS: dict[str, list[str]] = {
         "find_chromium",
         "headless_chromium",
     ],
+    "livekit_lifecycle.testing.browser_client": [
+        "DEFAULT_PREFIX",
+        "LIVEKIT_CLIENT_ENV",
+        "LIVEKIT_CLIENT_VERSION",
+        "BrowserClientError",
+        "BrowserParticipant",
+        "ClientPageServer",
+        "LivekitClientUnavailable",
+        "find_livekit_client",
+        "install_livekit_client",
+    ],
     "livekit_lifecycle.testing.loopback": [
         "LoopbackServer",
         "LoopbackUnavailable",
@@ -133,7 +144,13 @@ EXPORTS: dict[str, list[str]] = {
         "ice_addresses",
     ],
     "livekit_lifecycle.testing.loopback.server": ["LoopbackServer"],
-    "livekit_lifecycle.testing.pytest_plugin": ["chromium", "loopback_server", "pytest_configure"],
+    "livekit_lifecycle.testing.pytest_plugin": [
+        "browser_client",
+        "chromium",
+        "loopback_server",
+        "pytest_configure",
+        "pytest_runtest_makereport",
+    ],
     "livekit_lifecycle.testing.virtual_time": ["Deadlock", "VirtualTimeLoop", "clock", "run"],
     "livekit_lifecycle.tracing": ["CLEANUP_SPAN", "SHUTDOWN_SPAN", "enable_tracing"],
     "livekit_lifecycle.watch": [

@@ -32,12 +32,22 @@ Fixtures:
     ``browser``. Without Playwright or a Chromium the test is skipped with the
     reason, unless ``LIVEKIT_LIFECYCLE_REQUIRE_BROWSER=1`` is set (CI sets it):
     then it fails, so a machine that lost its browser cannot pass by skipping.
+
+``browser_client``
+    A :class:`~livekit_lifecycle.testing.browser_client.ClientPageServer` on
+    the ``chromium`` browser: ``await browser_client.open(server.url, token)``
+    opens a tab in which livekit-client joins the room and publishes the fake
+    microphone. livekit-client is looked for in ``$LIVEKIT_LIFECYCLE_LIVEKIT_CLIENT``,
+    else ``.cache/npm-livekit-client`` in the working directory or the pytest
+    root; without it the test is skipped (fails under
+    ``LIVEKIT_LIFECYCLE_REQUIRE_BROWSER=1``). When the test fails, every tab's
+    screenshot, console log and events are saved under ``<tmp_path>/browser``.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -46,12 +56,20 @@ import pytest_asyncio
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
+    from .browser_client import ClientPageServer
     from .loopback import LoopbackServer
 
-__all__ = ["chromium", "loopback_server", "pytest_configure"]
+__all__ = [
+    "browser_client",
+    "chromium",
+    "loopback_server",
+    "pytest_configure",
+    "pytest_runtest_makereport",
+]
 
 _MARKER = "loopback"
 REQUIRE_BROWSER_ENV = "LIVEKIT_LIFECYCLE_REQUIRE_BROWSER"
+_FAILED = pytest.StashKey[bool]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -103,6 +121,51 @@ async def chromium() -> AsyncIterator[Browser]:
         async with headless_chromium() as browser:
             yield browser
     except BrowserUnavailable as exc:
-        if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
-            pytest.fail(f"{REQUIRE_BROWSER_ENV}=1 but {exc}")
-        pytest.skip(str(exc))
+        _browser_unavailable(str(exc))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Remember whether the test failed, for fixtures that keep artefacts of failures."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed:
+        item.stash[_FAILED] = True
+
+
+def _browser_unavailable(reason: str) -> None:
+    if os.environ.get(REQUIRE_BROWSER_ENV) == "1":
+        pytest.fail(f"{REQUIRE_BROWSER_ENV}=1 but {reason}")
+    pytest.skip(reason)
+
+
+@pytest_asyncio.fixture
+async def browser_client(
+    chromium: Browser, request: pytest.FixtureRequest, tmp_path: Any
+) -> AsyncIterator[ClientPageServer]:
+    """The test page on ``chromium`` (see the module docstring)."""
+    from .browser_client import (
+        DEFAULT_PREFIX,
+        LIVEKIT_CLIENT_ENV,
+        ClientPageServer,
+        LivekitClientUnavailable,
+    )
+
+    prefix: Any = None
+    rooted = request.config.rootpath / DEFAULT_PREFIX
+    if not os.environ.get(LIVEKIT_CLIENT_ENV) and not DEFAULT_PREFIX.exists() and rooted.exists():
+        prefix = rooted
+    pages = ClientPageServer(chromium, livekit_client=prefix)
+    try:
+        await pages.start()
+    except LivekitClientUnavailable as exc:
+        _browser_unavailable(str(exc))
+    try:
+        yield pages
+    finally:
+        if request.node.stash.get(_FAILED, False):
+            written = await pages.save_artifacts(tmp_path / "browser")
+            request.node.add_report_section(
+                "teardown", "browser artefacts", "\n".join(str(path) for path in written)
+            )
+        await pages.stop()

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import secrets
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
@@ -179,7 +179,7 @@ class LoopbackServer:
         if self._state != "new":
             raise RuntimeError(f"this LoopbackServer is {self._state}; start() runs once")
         require_ice_address()
-        app = web.Application()
+        app = web.Application(middlewares=[_allow_any_origin])
         app.router.add_get("/rtc", self._rtc)
         app.router.add_get("/rtc/v1", self._rtc_v1)
         app.router.add_get("/rtc/validate", self._validate)
@@ -497,6 +497,10 @@ class LoopbackServer:
         return web.Response(status=404, text="not found")
 
     async def _validate(self, request: web.Request) -> web.Response:
+        if not self._single_pc and request.path.rstrip("/").endswith("/v1/validate"):
+            # livekit-client asks here after a failed /rtc/v1 upgrade: a 404
+            # (not a 401) is what makes it fall back to /rtc.
+            return await self._not_found(request)
         try:
             self._auth.verify_join(bearer_token(request.headers, request.query))
         except AuthError as exc:
@@ -579,6 +583,18 @@ class LoopbackServer:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             self._log.error("server.task_failed", task=task.get_name(), exc_info=task.exception())
+
+
+@web.middleware
+async def _allow_any_origin(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """CORS for plain HTTP answers: a browser page served from another origin reads
+    ``/rtc/validate`` (livekit-client does after a failed upgrade), as LiveKit allows."""
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
 
 
 async def _wait_all(waits: list[Coroutine[Any, Any, None]], timeout: float) -> None:
