@@ -241,9 +241,10 @@ class BrowserParticipant:
         written = [_write(console, self.console.text())]
         if not self.page.is_closed():
             try:
-                shot = folder / f"{self.name}.png"
-                await self.page.screenshot(path=str(shot), timeout=10_000)
-                written.append(shot)
+                # Bytes, written here: Playwright writes a screenshot `path` from an
+                # executor thread, which would outlive the test.
+                shot = await self.page.screenshot(timeout=10_000)
+                written.append(_write(folder / f"{self.name}.png", shot))
                 state = json.dumps({**await self.state(), "signals": self.signals}, indent=1)
                 written.append(_write(folder / f"{self.name}.state.json", state))
             except Exception as exc:  # a crashed or hung page must not hide the test's failure
@@ -277,9 +278,12 @@ def _site_files(dist: Path) -> dict[str, tuple[bytes, str]]:
     }
 
 
-def _write(path: Path, text: str) -> Path:
+def _write(path: Path, content: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content + "\n")
     return path
 
 
