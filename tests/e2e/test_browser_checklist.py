@@ -173,6 +173,27 @@ async def test_closing_the_tab_and_reopening_after_the_grace_window_starts_afres
     second.console.raise_for_errors("removeTrack")
 
 
+@pytest.mark.loopback(leave_timeout=1.0)
+async def test_a_crashed_tab_is_noticed_by_the_server_and_the_user_comes_back(
+    loopback_server: LoopbackServer, make_agent: MakeAgent, browser_client: ClientPageServer
+) -> None:
+    agent = await make_agent(grace_period=30.0)
+    first = await open_user(loopback_server, browser_client, "alice")
+    first_sid = (await first.state())["sid"]
+    session = await connection(agent.manager, "alice", first_sid)
+    agent.manager.set_user_id("alice", "user-42")
+
+    await first.crash()  # no unload handler, no leave: the socket just closes
+    assert await agent.manager.wait_for("alice", State.GRACE, SLOW) is session
+    assert session.disconnect_reason == REASON.SIGNAL_CLOSE and session.cleanups == 1
+
+    second = await open_user(loopback_server, browser_client, "alice")
+    assert await connection(agent.manager, "alice", (await second.state())["sid"]) is session
+    assert session.user_id == "user-42" and session.reconnects == 1
+    assert agent.cleaned("alice") == [first_sid]
+    second.console.raise_for_errors("removeTrack")
+
+
 class Resource:
     """An application resource (think TTS client) that counts how often it is closed."""
 

@@ -19,6 +19,8 @@ the folder ``$LIVEKIT_LIFECYCLE_LIVEKIT_CLIENT`` names). See ``docs/testing.md``
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -233,6 +235,28 @@ class BrowserParticipant:
             return
         async with self.page.expect_event("close"):
             await self.page.close(run_before_unload=True)
+
+    async def crash(self, timeout: float = 30.0) -> None:
+        """Crash the tab's renderer: no unload handler runs, so livekit-client sends no leave.
+
+        What a killed browser or a pulled network cable looks like to the
+        server: the signalling socket just closes, and the server waits its
+        leave timeout for a resume that never comes. The tab stays open,
+        showing the crash; open a new one to come back.
+        """
+        from playwright.async_api import Error as PlaywrightError
+
+        crashed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def on_crash(_page: Page) -> None:
+            if not crashed.done():
+                crashed.set_result(None)
+
+        self.page.once("crash", on_crash)
+        with contextlib.suppress(PlaywrightError):
+            # The navigation itself fails (the renderer is gone): expected.
+            await self.page.goto("chrome://crash", timeout=timeout * 1000)
+        await asyncio.wait_for(crashed, timeout)
 
     async def save_artifacts(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Write a screenshot (if the tab is open), the console log and the page's events."""
