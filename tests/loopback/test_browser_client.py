@@ -111,6 +111,34 @@ async def test_resume_keeps_the_participant(
 
 @pytest.mark.browser
 @pytest.mark.e2e
+async def test_full_reconnect_rejoins_and_republishes(
+    loopback_server: LoopbackServer, browser_client: ClientPageServer
+) -> None:
+    agent = await loopback_server.connect("agent", ROOM, kind="agent")
+    events = Recorder.on(agent)
+    alice = await browser_client.open(loopback_server.url, loopback_server.token("alice", ROOM))
+    old = await alice.state()
+    await events.wait_for("track_published", SLOW, sid=old["sid"])
+
+    # livekit-client drops both connections and joins again as a new participant,
+    # then publishes its microphone again itself.
+    await alice.page.evaluate("lk.room.simulateScenario('full-reconnect')")
+    await alice.wait_for("lk.events.some((e) => e.name === 'reconnected')", SLOW)
+    new = await alice.state()
+    assert new["sid"] != old["sid"] and new["state"] == "connected"
+    gone = await events.wait_for("participant_disconnected", SLOW, sid=old["sid"])
+    republished = await events.wait_for("track_published", SLOW, sid=new["sid"])
+    assert gone.reason == REASON.DUPLICATE_IDENTITY  # the new join replaced the old one
+    assert new["published"] == [republished.track] != old["published"]
+    view = loopback_server.participant(ROOM, "alice")
+    assert view is not None and view.sid == new["sid"] and view.tracks == (republished.track,)
+    # livekit-client 2.23.0 logs a *warning* here, "failed to remove track ... removeTrack",
+    # while it tears the old PeerConnection down (client-sdk-js#507): its own, not an error.
+    alice.console.raise_for_errors()
+
+
+@pytest.mark.browser
+@pytest.mark.e2e
 async def test_mute_unmute_and_unpublish_reach_the_room(
     loopback_server: LoopbackServer, browser_client: ClientPageServer
 ) -> None:
@@ -198,6 +226,18 @@ def test_a_missing_livekit_client_says_how_to_install_it(tmp_path: Path) -> None
         find_livekit_client(tmp_path)
     with pytest.raises(LivekitClientUnavailable, match="npm not found"):
         install_livekit_client(tmp_path, npm="no-such-npm")
+
+
+async def test_page_options_are_checked() -> None:
+    pages = ClientPageServer()
+    with pytest.raises(RuntimeError, match="not started"):
+        pages.url("ws://127.0.0.1:1", "token")
+    with pytest.raises(RuntimeError, match="needed to open pages"):
+        await pages.open("ws://127.0.0.1:1", "token")
+    pages._base = "http://127.0.0.1:1/"
+    with pytest.raises(ValueError, match="'microphone' only"):
+        pages.url("ws://127.0.0.1:1", "token", publish=("camera",))
+    assert "publish=&" in pages.url("ws://127.0.0.1:1", "token", publish=())
 
 
 def test_the_pinned_version_is_the_shipped_lock(tmp_path: Path) -> None:
