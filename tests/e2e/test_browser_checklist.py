@@ -23,7 +23,7 @@ from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
 from livekit_lifecycle.testing.browser_client import BrowserParticipant, ClientPageServer
 from livekit_lifecycle.testing.loopback import LoopbackServer
 from tests.conftest import path
-from tests.e2e.conftest import ROOM, MakeAgent
+from tests.e2e.conftest import ROOM, Agent, MakeAgent
 from tests.e2e.test_reconnects import BACK_FROM_GRACE, CLEANED_INTO_GRACE, FIRST_CONNECTION
 from tests.loopback.support import eventually
 
@@ -53,6 +53,16 @@ async def connection(manager: LifecycleManager, key: str, sid: str) -> Session:
     return session
 
 
+async def alice_joins(
+    server: LoopbackServer, pages: ClientPageServer, agent: Agent
+) -> tuple[BrowserParticipant, Session]:
+    """alice's tab, connected; her session active on it, with user id ``user-42``."""
+    page = await open_user(server, pages, "alice")
+    session = await connection(agent.manager, "alice", (await page.state())["sid"])
+    agent.manager.set_user_id("alice", "user-42")
+    return page, session
+
+
 async def published(page: BrowserParticipant) -> str:
     """The sid of the (one) track the page published."""
     tracks = await page.wait_for("lk.published.length === 1 && lk.published", SLOW)
@@ -63,12 +73,10 @@ async def test_user_refresh_keeps_the_session_and_cleans_once(
     loopback_server: LoopbackServer, make_agent: MakeAgent, browser_client: ClientPageServer
 ) -> None:
     agent = await make_agent(grace_period=30.0)
-    alice = await open_user(loopback_server, browser_client, "alice")
-    first_sid = (await alice.state())["sid"]
-    session = await connection(agent.manager, "alice", first_sid)
+    alice, session = await alice_joins(loopback_server, browser_client, agent)
+    first_sid = session.sid
     first_track = await published(alice)
     assert await eventually(lambda: session.tracks == {first_track}, SLOW)
-    agent.manager.set_user_id("alice", "user-42")
     session.data["topic"] = "billing"
 
     new_sid = await alice.reload()  # F5: livekit-client leaves on pagehide, the page joins again
@@ -95,9 +103,7 @@ async def test_five_reloads_within_a_second_clean_each_connection_once(
     loopback_server: LoopbackServer, make_agent: MakeAgent, browser_client: ClientPageServer
 ) -> None:
     agent = await make_agent(grace_period=30.0)
-    alice = await open_user(loopback_server, browser_client, "alice")
-    session = await connection(agent.manager, "alice", (await alice.state())["sid"])
-    agent.manager.set_user_id("alice", "user-42")
+    alice, session = await alice_joins(loopback_server, browser_client, agent)
 
     for _ in range(5):
         # Each reload comes as soon as the page's script runs, and interrupts it
@@ -131,10 +137,8 @@ async def test_closing_the_tab_and_reopening_inside_the_grace_window_keeps_the_s
     loopback_server: LoopbackServer, make_agent: MakeAgent, browser_client: ClientPageServer
 ) -> None:
     agent = await make_agent(grace_period=30.0)
-    first = await open_user(loopback_server, browser_client, "alice")
-    first_sid = (await first.state())["sid"]
-    session = await connection(agent.manager, "alice", first_sid)
-    agent.manager.set_user_id("alice", "user-42")
+    first, session = await alice_joins(loopback_server, browser_client, agent)
+    first_sid = session.sid
 
     await first.close()
     assert await agent.manager.wait_for("alice", State.GRACE, SLOW) is session
@@ -152,10 +156,8 @@ async def test_closing_the_tab_and_reopening_after_the_grace_window_starts_afres
     loopback_server: LoopbackServer, make_agent: MakeAgent, browser_client: ClientPageServer
 ) -> None:
     agent = await make_agent(grace_period=1.0)
-    first = await open_user(loopback_server, browser_client, "alice")
-    first_sid = (await first.state())["sid"]
-    old = await connection(agent.manager, "alice", first_sid)
-    agent.manager.set_user_id("alice", "user-42")
+    first, old = await alice_joins(loopback_server, browser_client, agent)
+    first_sid = old.sid
     old.data["topic"] = "billing"
 
     await first.close()
@@ -178,10 +180,8 @@ async def test_a_crashed_tab_is_noticed_by_the_server_and_the_user_comes_back(
     loopback_server: LoopbackServer, make_agent: MakeAgent, browser_client: ClientPageServer
 ) -> None:
     agent = await make_agent(grace_period=30.0)
-    first = await open_user(loopback_server, browser_client, "alice")
-    first_sid = (await first.state())["sid"]
-    session = await connection(agent.manager, "alice", first_sid)
-    agent.manager.set_user_id("alice", "user-42")
+    first, session = await alice_joins(loopback_server, browser_client, agent)
+    first_sid = session.sid
 
     await first.crash()  # no unload handler, no leave: the socket just closes
     assert await agent.manager.wait_for("alice", State.GRACE, SLOW) is session

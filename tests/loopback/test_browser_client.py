@@ -20,6 +20,7 @@ from livekit import rtc
 from livekit_lifecycle.testing.browser_client import (
     LIVEKIT_CLIENT_VERSION,
     BrowserClientError,
+    BrowserParticipant,
     ClientPageServer,
     LivekitClientUnavailable,
     find_livekit_client,
@@ -34,15 +35,22 @@ SLOW = 30.0
 """Chromium and WebRTC on a loaded two-core machine: generous, but never waited out."""
 
 
+async def agent_and_alice(
+    server: LoopbackServer, pages: ClientPageServer
+) -> tuple[rtc.Room, Recorder, BrowserParticipant]:
+    """An agent's real Room and what it sees, then alice's tab, connected and publishing."""
+    agent = await server.connect("agent", ROOM, kind="agent")
+    events = Recorder.on(agent)
+    alice = await pages.open(server.url, server.token("alice", ROOM))
+    return agent, events, alice
+
+
 @pytest.mark.browser
 @pytest.mark.e2e
 async def test_join_publish_and_close_the_tab(
     loopback_server: LoopbackServer, browser_client: ClientPageServer
 ) -> None:
-    agent = await loopback_server.connect("agent", ROOM, kind="agent")
-    events = Recorder.on(agent)
-
-    alice = await browser_client.open(loopback_server.url, loopback_server.token("alice", ROOM))
+    agent, events, alice = await agent_and_alice(loopback_server, browser_client)
     state = await alice.state()
     joined = await events.wait_for("participant_connected", SLOW, identity="alice")
     published = await events.wait_for("track_published", SLOW, identity="alice")
@@ -88,9 +96,7 @@ async def test_pings_are_answered_both_ways(
 async def test_resume_keeps_the_participant(
     loopback_server: LoopbackServer, browser_client: ClientPageServer
 ) -> None:
-    agent = await loopback_server.connect("agent", ROOM, kind="agent")
-    events = Recorder.on(agent)
-    alice = await browser_client.open(loopback_server.url, loopback_server.token("alice", ROOM))
+    _, events, alice = await agent_and_alice(loopback_server, browser_client)
     sid = (await alice.state())["sid"]
     await events.wait_for("participant_active", SLOW, identity="alice")
 
@@ -114,9 +120,7 @@ async def test_resume_keeps_the_participant(
 async def test_full_reconnect_rejoins_and_republishes(
     loopback_server: LoopbackServer, browser_client: ClientPageServer
 ) -> None:
-    agent = await loopback_server.connect("agent", ROOM, kind="agent")
-    events = Recorder.on(agent)
-    alice = await browser_client.open(loopback_server.url, loopback_server.token("alice", ROOM))
+    _, events, alice = await agent_and_alice(loopback_server, browser_client)
     old = await alice.state()
     await events.wait_for("track_published", SLOW, sid=old["sid"])
 
@@ -142,9 +146,7 @@ async def test_full_reconnect_rejoins_and_republishes(
 async def test_mute_unmute_and_unpublish_reach_the_room(
     loopback_server: LoopbackServer, browser_client: ClientPageServer
 ) -> None:
-    agent = await loopback_server.connect("agent", ROOM, kind="agent")
-    events = Recorder.on(agent)
-    alice = await browser_client.open(loopback_server.url, loopback_server.token("alice", ROOM))
+    _, events, alice = await agent_and_alice(loopback_server, browser_client)
     track = (await events.wait_for("track_published", SLOW, identity="alice")).track
     microphone = "lk.room.localParticipant.getTrackPublication('microphone')"
 

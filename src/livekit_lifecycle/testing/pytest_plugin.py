@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -141,7 +142,7 @@ def _browser_unavailable(reason: str) -> None:
 
 @pytest_asyncio.fixture
 async def browser_client(
-    chromium: Browser, request: pytest.FixtureRequest, tmp_path: Any
+    chromium: Browser, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[ClientPageServer]:
     """The test page on ``chromium`` (see the module docstring)."""
     from .browser_client import (
@@ -151,7 +152,7 @@ async def browser_client(
         LivekitClientUnavailable,
     )
 
-    prefix: Any = None
+    prefix: Path | None = None
     rooted = request.config.rootpath / DEFAULT_PREFIX
     if not os.environ.get(LIVEKIT_CLIENT_ENV) and not DEFAULT_PREFIX.exists() and rooted.exists():
         prefix = rooted
