@@ -6,9 +6,8 @@ agent is a real ``rtc.Room`` connected to the same LoopbackServer with a
 real ``AgentSession`` (``for_job``). On failure, each tab's screenshot,
 console log and events are saved under the test's ``tmp_path/browser``.
 
-Not checked yet: that the agent's *subscription* moves to the new track after a
-refresh. That needs the server to forward media; here the agent sees the new
-track published and the old one gone.
+The server forwards media, so after a refresh the agent's subscription moves
+to the reloaded page's track, and the agent hears that page's microphone.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ import pytest
 from livekit import rtc
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
+from livekit_lifecycle.testing.audio import dominant_frequency, record
 from livekit_lifecycle.testing.browser_client import BrowserParticipant, ClientPageServer
 from livekit_lifecycle.testing.loopback import LoopbackServer
 from tests.conftest import path
@@ -77,6 +77,7 @@ async def test_user_refresh_keeps_the_session_and_cleans_once(
     first_sid = session.sid
     first_track = await published(alice)
     assert await eventually(lambda: session.tracks == {first_track}, SLOW)
+    await agent.events.wait_for("track_subscribed", SLOW, track=first_track)
     session.data["topic"] = "billing"
 
     new_sid = await alice.reload()  # F5: livekit-client leaves on pagehide, the page joins again
@@ -84,6 +85,13 @@ async def test_user_refresh_keeps_the_session_and_cleans_once(
     assert await connection(agent.manager, "alice", new_sid) is session
     new_track = await published(alice)
     assert await eventually(lambda: session.tracks == {new_track}, SLOW)
+    # The agent's subscription moves to the new track, and it hears the reloaded
+    # page's microphone: Chromium's fake one beeps at 400 Hz.
+    await agent.events.wait_for("track_unsubscribed", SLOW, track=first_track)
+    await agent.events.wait_for("track_subscribed", SLOW, track=new_track)
+    heard = agent.room.remote_participants["alice"].track_publications[new_track].track
+    assert heard is not None
+    assert abs(dominant_frequency(await record(heard, seconds=1.0, timeout=SLOW)) - 400) < 20
 
     assert new_track != first_track
     assert session.user_id == "user-42" and session.data == {"topic": "billing"}
