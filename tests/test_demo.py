@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
+from livekit_lifecycle._demo import run_demo
+from livekit_lifecycle._demo_live import LiveDemoUnavailable, run_live_demo
 from livekit_lifecycle.cli import main
-from livekit_lifecycle.demo import run_demo
-from livekit_lifecycle.demo_live import LiveDemoUnavailable, run_live_demo
 
 
 async def test_demo_passes_every_check() -> None:

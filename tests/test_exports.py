@@ -46,8 +46,6 @@ EXPORTS: dict[str, list[str]] = {
         "LifecycleConfig",
         "SessionKey",
     ],
-    "livekit_lifecycle.demo": ["configure_parser", "run", "run_demo"],
-    "livekit_lifecycle.demo_live": ["LiveDemoUnavailable", "run_live_demo"],
     "livekit_lifecycle.inspector": [
         "Change",
         "Inspector",
@@ -153,13 +151,6 @@ EXPORTS: dict[str, list[str]] = {
     ],
     "livekit_lifecycle.testing.virtual_time": ["Deadlock", "VirtualTimeLoop", "clock", "run"],
     "livekit_lifecycle.tracing": ["CLEANUP_SPAN", "SHUTDOWN_SPAN", "enable_tracing"],
-    "livekit_lifecycle.watch": [
-        "WatchError",
-        "WatchSettings",
-        "Watcher",
-        "configure_parser",
-        "run",
-    ],
 }
 
 

@@ -208,7 +208,7 @@ async def test_the_page_follows_a_refresh_live(
 
 
 async def test_demo_web_serves_the_demo_manager_and_waits_for_the_page() -> None:
-    from livekit_lifecycle.demo import run_demo
+    from livekit_lifecycle._demo import run_demo
     from livekit_lifecycle.inspector._demo import play_with_web
 
     printed = io.StringIO()

@@ -1,6 +1,6 @@
 """The ``livekit-lifecycle`` command (also ``python -m livekit_lifecycle``).
 
-Each subcommand lives in its own module exposing ``configure_parser(parser)``
+Each subcommand lives in its own (private) module exposing ``configure_parser(parser)``
 and ``run(args) -> int``; :data:`COMMANDS` lists them. A command module
 imports its optional dependencies inside ``run``, so one command's extras
 never break the others.
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 __all__ = ["COMMANDS", "main"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("livekit_lifecycle.demo", "play the seed's scenarios on a real rtc.Room, no server"),
+    "demo": ("livekit_lifecycle._demo", "play the seed's scenarios on a real rtc.Room, no server"),
     "inspect": (
         "livekit_lifecycle.inspector._command",
         "see every session live: --web serves a statechart page",
@@ -25,7 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "livekit_lifecycle.render._command",
         "draw the statechart, or one session's path through it",
     ),
-    "watch": ("livekit_lifecycle.watch", "show each participant's lifecycle state in a room, live"),
+    "watch": (
+        "livekit_lifecycle._watch",
+        "show each participant's lifecycle state in a room, live",
+    ),
 }
 """Subcommand name -> (module, one-line help)."""
 

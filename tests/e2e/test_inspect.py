@@ -12,9 +12,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from livekit_lifecycle._watch import WatchError, WatchSettings
 from livekit_lifecycle.inspector import Inspector, RoomSource
 from livekit_lifecycle.testing.loopback import LoopbackServer
-from livekit_lifecycle.watch import WatchError, WatchSettings
 from tests.e2e.conftest import ROOM
 from tests.e2e.test_watch import _settings as watch_settings
 from tests.loopback.support import WAIT, eventually

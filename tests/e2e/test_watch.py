@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from livekit_lifecycle import State
+from livekit_lifecycle._watch import JsonRenderer, LineRenderer, Watcher, WatchSettings
 from livekit_lifecycle.cli import main
 from livekit_lifecycle.testing.loopback import LoopbackServer
-from livekit_lifecycle.watch import JsonRenderer, LineRenderer, Watcher, WatchSettings
 from tests.e2e.conftest import ROOM
 from tests.loopback.support import WAIT
 

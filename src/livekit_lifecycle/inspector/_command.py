@@ -14,7 +14,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from livekit_lifecycle.watch import WatchSettings
+    from livekit_lifecycle._watch import WatchSettings
 
 __all__ = ["configure_parser", "run"]
 
@@ -28,7 +28,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--web", action="store_true", help="serve the live statechart page (prints its URL)"
     )
     _add_web_options(parser)
-    from livekit_lifecycle.watch import _add_connection_options
+    from livekit_lifecycle._watch import _add_connection_options
 
     room = parser.add_argument_group("live room (the connection `watch` makes)")
     _add_connection_options(room, room_help="room to inspect", room_required=False)
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return _EXIT_USAGE
-    from livekit_lifecycle.watch import WatchError, _settings_from
+    from livekit_lifecycle._watch import WatchError, _settings_from
 
     if not args.room:
         print("livekit-lifecycle inspect: --web needs --room NAME", file=sys.stderr)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_room(settings: WatchSettings, args: argparse.Namespace) -> int:
-    from livekit_lifecycle.watch import WatchError, _stop_on_signals
+    from livekit_lifecycle._watch import WatchError, _stop_on_signals
 
     from ._server import Inspector
     from ._source import RoomSource

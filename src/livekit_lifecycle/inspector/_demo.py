@@ -7,8 +7,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TextIO
 
+from livekit_lifecycle._watch import _stop_on_signals
 from livekit_lifecycle.manager import LifecycleManager
-from livekit_lifecycle.watch import _stop_on_signals
 
 from ._server import Inspector
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from livekit_lifecycle._watch import Watcher, WatchSettings
     from livekit_lifecycle.manager import LifecycleManager
     from livekit_lifecycle.session import Session, Transition
-    from livekit_lifecycle.watch import Watcher, WatchSettings
 
 __all__ = ["Change", "ManagerSource", "RoomSource", "Snapshot", "Source", "session_dict"]
 
@@ -170,7 +170,7 @@ class ManagerSource:
 class RoomSource:
     """A live room, joined as a hidden observer: the connection ``livekit-lifecycle watch`` makes.
 
-    :meth:`start` connects (raising :class:`~livekit_lifecycle.watch.WatchError`
+    :meth:`start` connects (raising :class:`~livekit_lifecycle._watch.WatchError`
     on a bad URL, bad credentials or an unreachable server); the observer's own
     manager then feeds a :class:`ManagerSource`.
     """
@@ -188,7 +188,7 @@ class RoomSource:
         return f"room {self._settings.room} at {self._settings.url} (live observer)"
 
     async def start(self) -> RoomSource:
-        from livekit_lifecycle.watch import Watcher
+        from livekit_lifecycle._watch import Watcher
 
         watcher = Watcher(self._settings, _SilentRenderer())
         self._watcher = watcher

@@ -1,6 +1,6 @@
 """``livekit-lifecycle demo``: the seed's testing checklist, played on real ``rtc.Room`` objects.
 
-By default the demo runs live (:mod:`livekit_lifecycle.demo_live`): an
+By default the demo runs live (:mod:`livekit_lifecycle._demo_live`): an
 embedded loopback LiveKit-compatible server, an agent-side Room with a
 manager, and scripted users connecting as real SDK clients. With
 ``--offline`` (or automatically where the server cannot run: no ``testing``
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 async def _play(args: argparse.Namespace, on_manager: OnManager | None = None) -> int:
     if args.offline:
         return await run_demo(grace_period=args.grace or 0.3, on_manager=on_manager)
-    from .demo_live import LiveDemoUnavailable, run_live_demo
+    from ._demo_live import LiveDemoUnavailable, run_live_demo
 
     try:
         return await run_live_demo(
