@@ -33,6 +33,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     room = parser.add_argument_group("live room (the connection `watch` makes)")
     _add_connection_options(room, room_help="room to inspect", room_required=False)
     parser.set_defaults(duration=None)
+    # issue 12: `inspect --store URL` prints every worker's sessions from a session store.
+    from livekit_lifecycle.stores._command import add_store_options
+
+    add_store_options(parser)
 
 
 def _add_web_options(parser: argparse.ArgumentParser) -> None:
@@ -56,9 +60,17 @@ def _add_web_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.store is not None:  # issue 12: the fleet view, from a session store
+        if args.web:
+            print("livekit-lifecycle inspect: --store and --web are separate", file=sys.stderr)
+            return _EXIT_USAGE
+        from livekit_lifecycle.stores._command import run_store
+
+        return run_store(args)
     if not args.web:
         print(
-            "livekit-lifecycle inspect: say what to show: --web serves the live page",
+            "livekit-lifecycle inspect: say what to show: --web serves the live page,"
+            " --store URL prints every worker's sessions",
             file=sys.stderr,
         )
         return _EXIT_USAGE

@@ -42,6 +42,13 @@ Fixtures:
     root; without it the test is skipped (fails under
     ``LIVEKIT_LIFECYCLE_REQUIRE_BROWSER=1``). When the test fails, every tab's
     screenshot, console log and events are saved under ``<tmp_path>/browser``.
+
+``redis_server``
+    A real ``redis-server`` of its own (a
+    :class:`~livekit_lifecycle.testing.redis_server.RedisServer`) on a free
+    loopback port with its files in ``tmp_path``, stopped at teardown. Mark
+    such tests ``redis``. Without a ``redis-server`` the test is skipped with
+    the reason, unless ``LIVEKIT_LIFECYCLE_REQUIRE_REDIS=1`` is set (CI sets it).
 """
 
 from __future__ import annotations
@@ -59,6 +66,7 @@ if TYPE_CHECKING:
 
     from .browser_client import ClientPageServer
     from .loopback import LoopbackServer
+    from .redis_server import RedisServer
 
 __all__ = [
     "browser_client",
@@ -66,10 +74,12 @@ __all__ = [
     "loopback_server",
     "pytest_configure",
     "pytest_runtest_makereport",
+    "redis_server",
 ]
 
 _MARKER = "loopback"
 REQUIRE_BROWSER_ENV = "LIVEKIT_LIFECYCLE_REQUIRE_BROWSER"
+REQUIRE_REDIS_ENV = "LIVEKIT_LIFECYCLE_REQUIRE_REDIS"
 _FAILED = pytest.StashKey[bool]()
 
 
@@ -82,6 +92,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         "browser: drives a headless Chromium (the chromium fixture; the browser extra)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "redis: runs against a real redis-server the redis_server fixture starts",
     )
 
 
@@ -170,3 +184,21 @@ async def browser_client(
                 "teardown", "browser artefacts", "\n".join(str(path) for path in written)
             )
         await pages.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own (see the module docstring)."""
+    from .redis_server import RedisServer, RedisUnavailable
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        await server.start()
+    except RedisUnavailable as exc:
+        if os.environ.get(REQUIRE_REDIS_ENV) == "1":
+            pytest.fail(f"{REQUIRE_REDIS_ENV}=1 but {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -1,0 +1,67 @@
+"""Session stores: where a manager keeps its sessions so they can outlive its process.
+
+:class:`MemoryStore` (the default) keeps them in the manager, as always: no
+I/O, nothing survives the process. :class:`RedisStore` (extra
+``livekit-lifecycle[redis]``) keeps them in Redis, shared by every agent
+process, so a restarted or replacement process picks up the sessions of its
+room, and two processes on one room clean each connection once in total.
+See ``docs/stores.md``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._data import SessionData
+from ._fleet import fleet_snapshot
+from ._json import check_json
+from ._memory import MemoryStore
+from ._protocol import Claim, SessionStore, StoreWrite, process_owner
+from ._record import HISTORY_LIMIT, SessionRecord, record_ttl
+
+if TYPE_CHECKING:
+    from ._redis import RedisStore
+
+__all__ = [
+    "HISTORY_LIMIT",
+    "Claim",
+    "MemoryStore",
+    "RedisStore",
+    "SessionData",
+    "SessionRecord",
+    "SessionStore",
+    "StoreWrite",
+    "check_json",
+    "fleet_snapshot",
+    "open_store",
+    "process_owner",
+    "record_ttl",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # RedisStore needs the optional `redis` package: import it only when asked for.
+    if name == "RedisStore":
+        from ._redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def open_store(url: str, *, namespace: str | None = None) -> SessionStore:
+    """A store from a URL: ``redis://``, ``rediss://`` or ``unix://`` for :class:`RedisStore`,
+    ``memory://`` for an empty :class:`MemoryStore`.
+
+    Raises:
+        ValueError: for another scheme.
+    """
+    scheme = url.partition("://")[0].lower()
+    if scheme == "memory":
+        return MemoryStore()
+    if scheme in ("redis", "rediss", "unix"):
+        from ._redis import DEFAULT_NAMESPACE, RedisStore
+
+        return RedisStore.from_url(url, namespace=namespace or DEFAULT_NAMESPACE)
+    raise ValueError(
+        f"unknown store URL scheme {scheme!r} (redis://, rediss://, unix://, memory://)"
+    )

@@ -1,0 +1,79 @@
+""":class:`SessionData`: a session's application data, checked for a store at assignment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ._json import check_json
+
+__all__ = ["SessionData"]
+
+
+class SessionData(dict[str, Any]):
+    """A ``dict`` that refuses, at assignment, what a session store could not keep.
+
+    Used as :attr:`Session.data <livekit_lifecycle.Session.data>` when the
+    manager's store outlives the process: ``data["x"] = object()`` raises
+    :class:`TypeError` there and then, instead of a write failing later, out
+    of sight. Still a ``dict`` (``isinstance`` checks and ``json.dumps`` work).
+
+    Only assignment through this mapping is checked: a list stored in it and
+    mutated in place (``data["log"].append(...)``) is checked when the session
+    is next written, and a failure then is logged (``store.unserialisable``),
+    counted and the key's previous record kept.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self.update(*args, **kwargs)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        _check_item(key, value)
+        super().__setitem__(key, value)
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            _check_item(key, default)
+        return super().setdefault(key, default)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        if len(args) > 1:
+            raise TypeError(f"update expected at most 1 positional argument, got {len(args)}")
+        items: list[tuple[Any, Any]] = []
+        if args:
+            source = args[0]
+            if isinstance(source, Mapping):
+                items.extend(source.items())
+            elif hasattr(source, "keys"):
+                items.extend((k, source[k]) for k in source.keys())  # noqa: SIM118 (keys() is the protocol)
+            else:
+                items.extend(_pairs(source))
+        items.extend(kwargs.items())
+        for key, value in items:  # all or nothing: check every item before storing one
+            _check_item(key, value)
+        for key, value in items:
+            super().__setitem__(key, value)
+
+    def __ior__(self, other: Any) -> SessionData:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def __repr__(self) -> str:
+        return f"SessionData({dict.__repr__(self)})"
+
+
+def _pairs(source: Iterable[Any]) -> list[tuple[Any, Any]]:
+    pairs = []
+    for item in source:
+        key, value = item
+        pairs.append((key, value))
+    return pairs
+
+
+def _check_item(key: Any, value: Any) -> None:
+    if not isinstance(key, str):
+        raise TypeError(f"session data keys must be str, got {key!r} ({type(key).__name__})")
+    check_json(value, f"session data[{key!r}]")

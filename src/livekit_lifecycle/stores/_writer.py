@@ -1,0 +1,205 @@
+""":class:`StoreWriter`: a manager's sessions written behind, off the event path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterable
+
+from livekit_lifecycle.log import get_logger
+
+from ._json import check_json
+from ._protocol import SessionStore, StoreWrite
+from ._record import SessionRecord, record_ttl
+
+__all__ = ["STORE_STATS", "StoreWriter"]
+
+STORE_STATS = (
+    "store_writes",
+    "store_errors",
+    "store_outages",
+    "store_unserialisable",
+    "store_claims_lost",
+    "store_claims_unverified",
+)
+"""The counters a durable store adds to ``LifecycleManager.stats``."""
+
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 2.0
+
+
+class StoreWriter:
+    """Writes marked sessions to ``store`` from one task: ordered, coalesced, never blocking.
+
+    :meth:`mark` is all the event path does (a dict insert). The task renders
+    each marked key's *current* record when it gets to it, so a session that
+    changed ten times while a write was in flight is written once, in its
+    latest state, and one session's writes can never overtake each other.
+
+    A failing store starts an outage: logged once (``store.unavailable``),
+    counted (``stats["store_outages"]``, each failed attempt in
+    ``store_errors``), retried with backoff while the manager goes on in
+    memory. When the store answers again (``store.recovered``) every live
+    session is written back, so what the manager acknowledged is not lost.
+    Every live record is also rewritten every third of its TTL, so the
+    records of a live manager never expire.
+    """
+
+    def __init__(
+        self,
+        store: SessionStore,
+        *,
+        room: Callable[[], str | None],
+        render: Callable[[str], SessionRecord | None],
+        live_keys: Callable[[], Iterable[str]],
+        grace_period: float,
+        stats: dict[str, int],
+        timeout: float = 5.0,
+    ) -> None:
+        self._store = store
+        self._room = room
+        self._render = render
+        self._live_keys = live_keys
+        self._grace_period = grace_period
+        self._stats = stats
+        self._timeout = timeout
+        self._refresh_every = (grace_period + store.ttl_margin) / 3
+        self._dirty: dict[str, None] = {}
+        self._wake = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._settled.set()
+        self._task: asyncio.Task[None] | None = None
+        self._down_since: float | None = None
+        self._log = get_logger()
+
+    @property
+    def available(self) -> bool:
+        """False during an outage (from a failed store call until the next one that works)."""
+        return self._down_since is None
+
+    def mark(self, key: str) -> None:
+        """Have ``key``'s session written (or its record deleted, once it is gone). O(1)."""
+        self._dirty[key] = None
+        if not self._wake.is_set():
+            self._wake.set()
+            self._settled.clear()
+
+    def mark_all(self) -> None:
+        for key in self._live_keys():
+            self.mark(key)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="livekit-lifecycle:store-writer"
+            )
+
+    async def flush(self, timeout: float) -> bool:
+        """Wait until every marked session is written; False if ``timeout`` passes first."""
+        if self._task is None:
+            return not self._dirty
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def aclose(self, timeout: float) -> bool:
+        """Flush (at most ``timeout`` s), then stop. True when nothing was left unwritten."""
+        flushed = await self.flush(timeout)
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        return flushed
+
+    def failed(self, operation: str, exc: BaseException) -> None:
+        """Count a failed store call; the first of an outage is logged."""
+        self._stats["store_errors"] += 1
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._stats["store_outages"] += 1
+            self._log.warning(
+                "store.unavailable",
+                category="store",
+                room=self._room(),
+                store=repr(self._store),
+                operation=operation,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+
+    def succeeded(self) -> None:
+        """Note a store call that worked; ends an outage and writes every session back."""
+        if self._down_since is None:
+            return
+        downtime = time.monotonic() - self._down_since
+        self._down_since = None
+        self.mark_all()
+        self._log.info(
+            "store.recovered",
+            category="store",
+            room=self._room(),
+            store=repr(self._store),
+            downtime=round(downtime, 3),
+            rewriting=len(self._dirty),
+        )
+
+    async def _run(self) -> None:
+        retry = _RETRY_FIRST
+        while True:
+            room = self._room()
+            if not self._dirty or not room:
+                self._wake.clear()
+                if not self._dirty:
+                    self._settled.set()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._refresh_every)
+                except asyncio.TimeoutError:
+                    self.mark_all()  # refresh the TTLs
+                continue
+            keys = list(self._dirty)
+            self._dirty.clear()
+            batch = self._batch(room, keys)
+            try:
+                await asyncio.wait_for(self._store.write(batch), self._timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                for key in keys:  # rendered afresh on the next attempt
+                    self._dirty[key] = None
+                self.failed("write", exc)
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _RETRY_MAX)
+                continue
+            retry = _RETRY_FIRST
+            self._stats["store_writes"] += len(batch)
+            self.succeeded()
+
+    def _batch(self, room: str, keys: list[str]) -> list[StoreWrite]:
+        batch = []
+        now = time.time()
+        margin = self._store.ttl_margin
+        for key in keys:
+            record = self._render(key)
+            if record is not None:
+                try:
+                    check_json(record.data, "session data")
+                except TypeError as exc:
+                    # Only possible through in-place mutation of a nested value:
+                    # the previous record stays, and the next write tries again.
+                    self._stats["store_unserialisable"] += 1
+                    self._log.error(
+                        "store.unserialisable",
+                        category="store",
+                        room=room,
+                        key=key,
+                        error=str(exc),
+                    )
+                    continue
+                ttl = record_ttl(record, self._grace_period, margin, now)
+            else:
+                ttl = 0.0
+            batch.append(StoreWrite(room, key, record, ttl))
+        return batch

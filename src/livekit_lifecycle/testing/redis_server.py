@@ -1,0 +1,148 @@
+"""A real ``redis-server`` of its own for a test: free loopback port, data in a temp dir.
+
+Uses the system's ``redis-server`` (Debian package ``redis-server``); the
+system service is neither needed nor touched. Readiness is checked with a
+raw ``PING``, so this module needs no Redis client::
+
+    async with RedisServer(tmp_path) as server:
+        store = RedisStore.from_url(server.url)
+        ...
+        await server.kill()      # SIGKILL: an outage
+        await server.start()     # the same port again, empty (nothing is saved)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["RedisServer", "RedisUnavailable", "find_redis_server"]
+
+_READY_TIMEOUT = 10.0
+
+
+class RedisUnavailable(RuntimeError):
+    """No ``redis-server`` executable, or it would not start."""
+
+
+def find_redis_server() -> str:
+    """Path of ``redis-server`` (``$REDIS_SERVER`` first, then ``PATH`` and ``/usr/bin``)."""
+    candidates = [os.environ.get("REDIS_SERVER"), shutil.which("redis-server")]
+    candidates.append("/usr/bin/redis-server")
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise RedisUnavailable("redis-server not found (Debian: apt-get install redis-server)")
+
+
+class RedisServer:
+    """One ``redis-server`` process on ``127.0.0.1`` (see the module docstring)."""
+
+    def __init__(self, directory: Path | str, *, executable: str | None = None) -> None:
+        self._directory = Path(directory)
+        self._executable = executable
+        self._process: asyncio.subprocess.Process | None = None
+        self._port = 0
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``."""
+        return f"redis://127.0.0.1:{self._port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.returncode is None
+
+    async def start(self) -> None:
+        """Start the server (on its previous port after :meth:`kill`) and wait until it answers."""
+        if self.running:
+            return
+        executable = self._executable or find_redis_server()
+        self._directory.mkdir(parents=True, exist_ok=True)
+        if not self._port:
+            self._port = _free_port()
+        log = self._directory / "redis.log"
+        arguments = ["--port", str(self._port), "--bind", "127.0.0.1"]
+        arguments += ["--dir", str(self._directory), "--logfile", str(log)]
+        arguments += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        self._process = await asyncio.create_subprocess_exec(
+            executable,
+            *arguments,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _READY_TIMEOUT
+        while not await _answers(self._port):
+            if self._process.returncode is not None or loop.time() > deadline:
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+                await self.stop()
+                raise RedisUnavailable(f"redis-server did not start on {self._port}: {tail}")
+            await asyncio.sleep(0.02)
+
+    async def kill(self) -> None:
+        """SIGKILL the server (no shutdown, no save): what a crash looks like to clients."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+
+    async def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 5 s)."""
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), 5.0)
+        except asyncio.TimeoutError:
+            process.kill()
+            await process.wait()
+
+    async def __aenter__(self) -> RedisServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+async def _answers(port: int) -> bool:
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 1.0)
+        return line.startswith(b"+PONG")
+    except (OSError, asyncio.TimeoutError):
+        return False
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
