@@ -24,7 +24,7 @@ from typing import Any, TextIO
 
 import livekit_lifecycle
 
-from . import _latency, _lifecycle, _memory, _observability, _scaling, _shutdown, _soak
+from . import _latency, _lifecycle, _memory, _observability, _scaling, _shutdown, _soak, _store
 from ._sizes import FULL, QUICK, Sizes
 from ._stats import Row, fmt, fmt_ratio
 
@@ -38,6 +38,7 @@ FIGURES: dict[str, tuple[Measure, bool]] = {
     "room": (_scaling.measure, True),
     "shutdown": (_shutdown.measure, True),
     "observability": (_observability.measure, True),
+    "store": (_store.measure, True),
     "soak": (_soak.measure, False),
 }
 

@@ -14,7 +14,7 @@ import inspect
 import logging
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from livekit import rtc
 
@@ -24,6 +24,9 @@ from .config import LifecycleConfig
 from .session import Session, reason_name
 from .statechart import State
 
+if TYPE_CHECKING:
+    from ._persistence import Persistence
+
 __all__ = ["session_key"]
 
 
@@ -31,6 +34,8 @@ class _Intake(_Runner):
     def __init__(self, config: LifecycleConfig | None = None) -> None:
         super().__init__(config)
         self._reconcile_on_connect = False
+        self._persist: Persistence | None = None
+        """A durable store's side (restore, write-behind, claims): see :mod:`._persistence`."""
 
     def _register(self, room: rtc.Room) -> None:
         """Listen to ``room`` and adopt who is already in it (``attach`` checked ``room``)."""
@@ -117,6 +122,11 @@ class _Intake(_Runner):
         The participant events' room handler (positional arguments a newer
         SDK might add are ignored).
         """
+        if self._persist is not None and self._persist.holding:  # stored sessions first
+            self._persist.hold(
+                functools.partial(self._submit, kind, participant, publication=publication)
+            )
+            return
         self._stats["events"] += 1
         if self._reconcile_on_connect:
             self._catch_up()
@@ -211,6 +221,8 @@ class _Intake(_Runner):
 
     def _create(self, key: str, participant: rtc.RemoteParticipant) -> None:
         session = Session(key, participant, self._config.history_limit, time.time())
+        if self._persist is not None:
+            self._persist.observe(session)
         self._sessions[key] = session
         self._by_sid[session._sid] = session
         if self._stdlog.isEnabledFor(logging.INFO):
@@ -236,6 +248,8 @@ class _Intake(_Runner):
         room = self._room
         if room is None:
             return
+        if self._persist is not None and self._persist.begin():
+            return  # the stored sessions first: the restore reconciles once it has them
         present = list(room.remote_participants.values())
         present_sids = {p.sid for p in present}
         for session in list(self._sessions.values()):

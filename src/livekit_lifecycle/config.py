@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from livekit import rtc
 
+from .stores import MemoryStore, SessionStore
+
 __all__ = ["DEFAULT_KINDS", "DEFAULT_NO_GRACE_REASONS", "LifecycleConfig", "SessionKey"]
 
 SessionKey = Callable[[rtc.RemoteParticipant], str]
@@ -68,6 +70,12 @@ class LifecycleConfig:
             of your own or a room label). Needs the ``metrics`` extra.
         tracing: Emit an OpenTelemetry span per cleanup run and per shutdown
             (:meth:`LifecycleManager.enable_tracing`). Needs the ``tracing`` extra.
+        store: Where sessions are kept (:mod:`livekit_lifecycle.stores`). The
+            default :class:`~livekit_lifecycle.stores.MemoryStore` keeps them in
+            the manager only, with no store work at all; a durable store
+            (:class:`~livekit_lifecycle.stores.RedisStore`) lets them survive the
+            process and be shared by the processes on a room: see ``docs/stores.md``.
+            Not part of the config's equality or hash.
     """
 
     grace_period: float = 30.0
@@ -81,6 +89,7 @@ class LifecycleConfig:
     check_invariants: bool = False
     metrics: bool = False
     tracing: bool = False
+    store: SessionStore = field(default_factory=MemoryStore, compare=False)
 
     def __post_init__(self) -> None:
         _require_seconds("grace_period", self.grace_period, allow_zero=True)
@@ -106,6 +115,8 @@ class LifecycleConfig:
         )
         if not self.kinds:
             raise ValueError("kinds must name at least one rtc.ParticipantKind")
+        if not isinstance(self.store, SessionStore):
+            raise ValueError(f"store must be a SessionStore, got {self.store!r}")
         for flag in ("close_on_room_disconnect", "check_invariants", "metrics", "tracing"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")

@@ -31,7 +31,8 @@ The invariants (ids are stable; :data:`INVARIANTS` describes each):
 ``grace.timer``        a session in ``grace`` has a live timer; any other has none
 ``tracks.scope``       ``tracks`` is empty outside ``connecting``/``active``/``disconnecting``
 ``tracks.connecting``  ``tracks`` is empty in ``connecting`` (a first track activates)
-``participant.scope``  a participant reference exactly while a connection is bound
+``participant.scope``  a participant reference exactly while a connection is bound (but
+                       a connection restored from a store after it ended has none)
 ``pending.scope``      a takeover's waiting connection only while the old one is cleaned
 ``index.sessions``     live sessions are stored under their own key
 ``index.sid``          the sid index maps exactly each live session's sid to it
@@ -206,7 +207,10 @@ def check_session(
     participant = session._participant
     if state in bound:
         if participant is None:
-            bad("participant.scope", f"in {state.value} without a participant")
+            # Except a connection restored from a durable store after it had ended:
+            # no participant object exists for it, and it is being cleaned.
+            if not (state is State.DISCONNECTING and manager._persist is not None):
+                bad("participant.scope", f"in {state.value} without a participant")
         elif participant.sid != session._sid:
             bad(
                 "participant.scope",

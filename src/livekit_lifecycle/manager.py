@@ -65,6 +65,12 @@ class LifecycleManager(_Intake):
             self.enable_metrics()
         if self._config.tracing:
             self.enable_tracing()
+        if self._config.store.durable:
+            from ._persistence import Persistence
+
+            self._persist = persist = Persistence(self, self._config.store)
+            self._add_transition_hook(persist.mark)
+            self._set_cleanup_claim(persist.claim)
 
     @classmethod
     async def for_job(
@@ -165,6 +171,8 @@ class LifecycleManager(_Intake):
         if session is None:
             raise KeyError(f"no live session with key or sid {key_or_sid!r}")
         session._user_id = user_id
+        if self._persist is not None:
+            self._persist.mark(session)
         self._log_session(logging.INFO, "session.user_id_set", "session", session, user_id=user_id)
         return session
 
@@ -365,6 +373,8 @@ class LifecycleManager(_Intake):
         self._observer.shutdown_started(len(sessions))  # observability hook
         timed_out = False
         self.detach()
+        if self._persist is not None:
+            self._persist.stop_restoring()
         for session in sessions:
             self._feed(session, Input(InputKind.SHUTDOWN, session._key))
         me = asyncio.current_task()
@@ -394,6 +404,9 @@ class LifecycleManager(_Intake):
             # Only a cancelled runner leaves a session behind; say so, then forget it.
             self._log_session(logging.ERROR, "shutdown.session_abandoned", "shutdown", session)
             self._forget(session)
+        if self._persist is not None:
+            # Written before resources close: the store's client may be one of them.
+            await self._persist.aclose(max(self._callback_timeout(), 1.0))
         await self._close_resources()
         for waiters in self._waiters.values():
             for _, future in waiters:

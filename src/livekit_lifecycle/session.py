@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from livekit import rtc
 
 from .statechart import State
+from .stores._data import SessionData
 
 if TYPE_CHECKING:
     from ._events import Input
+    from .stores import SessionRecord
 
 __all__ = ["Session", "Transition"]
 
@@ -35,6 +37,24 @@ class Transition(NamedTuple):
     trigger: str
     sid: str
     at: float
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Transition:
+        """The inverse of :meth:`as_dict`.
+
+        Raises:
+            ValueError: for a dict that is not a transition.
+        """
+        try:
+            return cls(
+                State(raw["source"]),
+                State(raw["dest"]),
+                str(raw["trigger"]),
+                str(raw["sid"]),
+                float(raw["at"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a transition: {raw!r} ({exc})") from None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -73,7 +93,8 @@ class Session:
 
     Sessions are created and changed only by their :class:`~livekit_lifecycle.LifecycleManager`;
     everything here is read-only except :attr:`data`, which belongs to the
-    application and is kept across reconnects.
+    application and is kept across reconnects (and, with a durable
+    :mod:`store <livekit_lifecycle.stores>`, across restarts of the agent).
     """
 
     __slots__ = (
@@ -81,6 +102,7 @@ class Session:
         "_cleanups",
         "_connected_at",
         "_connections",
+        "_data",
         "_disconnect_reason",
         "_disconnected_at",
         "_grace_epoch",
@@ -97,7 +119,6 @@ class Session:
         "_superseded",
         "_tracks",
         "_user_id",
-        "data",
     )
 
     def __init__(
@@ -110,8 +131,7 @@ class Session:
         self._sid = participant.sid
         self._participant: rtc.RemoteParticipant | None = participant
         self._user_id: str | None = None
-        self.data: dict[str, Any] = {}
-        """Application state. Kept across reconnects; gone when the session is removed."""
+        self._data: dict[str, Any] = {}
         self._state = State.CONNECTING
         self._tracks: set[str] = set()
         self._connected_at = now
@@ -131,6 +151,62 @@ class Session:
         self._grace_epoch = 0
         self._queue: deque[Input] | None = None
         self._busy = False
+
+    @classmethod
+    def _restore(cls, record: SessionRecord, history_limit: int) -> Session:
+        """A session rebuilt from a store record, in the record's state, with no participant.
+
+        The manager binds a participant, a grace timer or a cleanup next.
+        """
+        session = cls.__new__(cls)
+        session._key = record.key
+        session._identity = record.key if record.identity == record.key else record.identity
+        session._sid = record.sid
+        session._participant = None
+        session._user_id = record.user_id
+        session._data = dict(record.data)
+        session._state = State(record.state)
+        session._tracks = set()
+        session._connected_at = record.connected_at
+        session._disconnected_at = record.disconnected_at
+        session._disconnect_reason = None
+        session._reconnects = record.reconnects
+        session._cleanups = record.cleanups
+        session._connections = record.reconnects + 1
+        session._history = _History(history_limit)
+        for raw in record.history:
+            try:
+                session._history.append(Transition.from_dict(raw))
+            except ValueError:
+                continue
+        session._pending = None
+        session._superseded = None
+        session._grace_timer = None
+        session._grace_epoch = 0
+        session._queue = None
+        session._busy = False
+        return session
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """Application state. Kept across reconnects; gone when the session is removed.
+
+        With a durable store it is a :class:`~livekit_lifecycle.stores.SessionData`
+        (still a ``dict``): a value JSON cannot represent raises ``TypeError``
+        at assignment, and every change is persisted behind the event path.
+        """
+        return self._data
+
+    @data.setter
+    def data(self, value: dict[str, Any]) -> None:
+        current = self._data
+        if not isinstance(current, SessionData):
+            self._data = value
+            return
+        # A checked mapping stays checked, and observed: copy into a new one.
+        replacement = SessionData.observed(current._on_change or _nothing, value)
+        self._data = replacement
+        replacement._changed()
 
     @property
     def key(self) -> str:
@@ -224,6 +300,10 @@ class Session:
             f" user_id={self._user_id!r}, reconnects={self._reconnects},"
             f" cleanups={self._cleanups})"
         )
+
+
+def _nothing() -> None:
+    return None
 
 
 def reason_name(reason: int | None) -> str | None:

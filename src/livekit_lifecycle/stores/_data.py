@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._json import check_json
@@ -22,22 +22,58 @@ class SessionData(dict[str, Any]):
     mutated in place (``data["log"].append(...)``) is checked when the session
     is next written, and a failure then is logged (``store.unserialisable``),
     counted and the key's previous record kept.
+
+    Every change made through the mapping (assignment, ``del``, ``pop``,
+    ``clear``...) has the session written behind; an in-place change of a
+    nested value is written with the session's next change or TTL refresh.
     """
 
-    __slots__ = ()
+    __slots__ = ("_on_change",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
+        self._on_change: Callable[[], None] | None = None
         self.update(*args, **kwargs)
+
+    @classmethod
+    def observed(cls, on_change: Callable[[], None], initial: Any = ()) -> SessionData:
+        """A checked copy of ``initial`` that calls ``on_change()`` after every change."""
+        data = cls(initial)
+        data._on_change = on_change
+        return data
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change()
 
     def __setitem__(self, key: str, value: Any) -> None:
         _check_item(key, value)
         super().__setitem__(key, value)
+        self._changed()
+
+    def __delitem__(self, key: str) -> None:
+        super().__delitem__(key)
+        self._changed()
+
+    def pop(self, key: str, *default: Any) -> Any:
+        value = super().pop(key, *default)
+        self._changed()
+        return value
+
+    def popitem(self) -> tuple[str, Any]:
+        item = super().popitem()
+        self._changed()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._changed()
 
     def setdefault(self, key: str, default: Any = None) -> Any:
-        if key not in self:
-            _check_item(key, default)
-        return super().setdefault(key, default)
+        if key in self:
+            return self[key]
+        self[key] = default
+        return default
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         if len(args) > 1:
@@ -56,6 +92,8 @@ class SessionData(dict[str, Any]):
             _check_item(key, value)
         for key, value in items:
             super().__setitem__(key, value)
+        if items:
+            self._changed()
 
     def __ior__(self, other: Any) -> SessionData:  # type: ignore[override,misc]
         self.update(other)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -61,6 +63,9 @@ class RedisStore:
         self._ttl_margin = float(ttl_margin)
         self._claim_ttl = max(1, round(claim_ttl))
         self._claim = client.register_script(_CLAIM_SCRIPT)
+        self._claims: list[tuple[list[str], asyncio.Future[Claim]]] = []
+        """Claims waiting for the next round trip: one pipeline carries them all."""
+        self._claiming: asyncio.Task[None] | None = None
         self._log = get_logger()
 
     @classmethod
@@ -139,12 +144,41 @@ class RedisStore:
             await pipe.execute()
 
     async def claim(self, room: str, key: str, sid: str, owner: str) -> Claim:
+        """See :meth:`SessionStore.claim`. Claims made meanwhile share one round trip."""
         name = f"{self._namespace}:claim:{_quote(room)}:{_quote(key)}:{_quote(sid)}"
-        won, holder, token = await self._claim(
-            keys=[name, f"{self._namespace}:claim-token"], args=[owner, self._claim_ttl]
-        )
-        holder_name = holder.decode() if isinstance(holder, bytes) else str(holder)
-        return Claim(bool(won) or holder_name == owner, holder_name, int(token))
+        future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
+        self._claims.append(([name, owner], future))
+        if self._claiming is None or self._claiming.done():
+            self._claiming = asyncio.get_running_loop().create_task(self._send_claims())
+        return await future
+
+    async def _send_claims(self) -> None:
+        while self._claims:
+            batch, self._claims = self._claims, []
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for (name, owner), _ in batch:
+                        await self._claim(
+                            keys=[name, f"{self._namespace}:claim-token"],
+                            args=[owner, self._claim_ttl],
+                            client=pipe,
+                        )
+                    answers = await pipe.execute()
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:  # cancelled (aclose): so are the claims in flight
+                for _, future in [*batch, *self._claims]:
+                    future.cancel()
+                raise
+            for ((_, owner), future), (won, holder, token) in zip(batch, answers, strict=True):
+                holder_name = holder.decode() if isinstance(holder, bytes) else str(holder)
+                if not future.done():
+                    future.set_result(
+                        Claim(bool(won) or holder_name == owner, holder_name, int(token))
+                    )
 
     async def scan(self) -> AsyncIterator[SessionRecord]:
         batch: list[bytes | str] = []
@@ -161,6 +195,11 @@ class RedisStore:
         await self._client.ping()
 
     async def aclose(self) -> None:
+        claiming = self._claiming
+        if claiming is not None and not claiming.done():
+            claiming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await claiming
         await self._client.aclose()
 
     def __repr__(self) -> str:

@@ -32,10 +32,11 @@ _RETRY_MAX = 2.0
 class StoreWriter:
     """Writes marked sessions to ``store`` from one task: ordered, coalesced, never blocking.
 
-    :meth:`mark` is all the event path does (a dict insert). The task renders
-    each marked key's *current* record when it gets to it, so a session that
-    changed ten times while a write was in flight is written once, in its
-    latest state, and one session's writes can never overtake each other.
+    :meth:`mark` is all the event path does (a dict insert). The task waits
+    ``coalesce`` seconds (20 ms) after the first mark, then renders each marked
+    key's *current* record, so a session that changed ten times meanwhile (or
+    while a write was in flight) is written once, in its latest state, and one
+    session's writes can never overtake each other.
 
     A failing store starts an outage: logged once (``store.unavailable``),
     counted (``stats["store_outages"]``, each failed attempt in
@@ -56,6 +57,7 @@ class StoreWriter:
         grace_period: float,
         stats: dict[str, int],
         timeout: float = 5.0,
+        coalesce: float = 0.02,
     ) -> None:
         self._store = store
         self._room = room
@@ -64,6 +66,7 @@ class StoreWriter:
         self._grace_period = grace_period
         self._stats = stats
         self._timeout = timeout
+        self._coalesce = coalesce
         self._refresh_every = (grace_period + store.ttl_margin) / 3
         self._dirty: dict[str, None] = {}
         self._wake = asyncio.Event()
@@ -71,6 +74,7 @@ class StoreWriter:
         self._settled.set()
         self._task: asyncio.Task[None] | None = None
         self._down_since: float | None = None
+        self._stopped = False
         self._log = get_logger()
 
     @property
@@ -108,6 +112,9 @@ class StoreWriter:
     async def aclose(self, timeout: float) -> bool:
         """Flush (at most ``timeout`` s), then stop. True when nothing was left unwritten."""
         flushed = await self.flush(timeout)
+        # A flag as well as the cancel: a client library may turn the cancellation
+        # of a call in flight into its own error, which the loop would retry.
+        self._stopped = True
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -148,7 +155,7 @@ class StoreWriter:
 
     async def _run(self) -> None:
         retry = _RETRY_FIRST
-        while True:
+        while not self._stopped:
             room = self._room()
             if not self._dirty or not room:
                 self._wake.clear()
@@ -159,6 +166,10 @@ class StoreWriter:
                 except asyncio.TimeoutError:
                     self.mark_all()  # refresh the TTLs
                 continue
+            if self._coalesce:
+                # Changes of the next few ms join this write: a session that moves
+                # through several states at once is written once, in the last one.
+                await asyncio.sleep(self._coalesce)
             keys = list(self._dirty)
             self._dirty.clear()
             batch = self._batch(room, keys)

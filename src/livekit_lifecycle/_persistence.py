@@ -1,0 +1,297 @@
+"""A manager's sessions in a durable store: restore on attach, write-behind, cleanup claims.
+
+Only built when ``config.store.durable``; with the default
+:class:`~livekit_lifecycle.stores.MemoryStore` the manager holds ``None``
+instead and does no store work at all. The manager calls in at four seams:
+
+- :meth:`Persistence.begin` where it would reconcile with the room: the
+  first time (the room connected) the stored sessions are loaded and rebuilt
+  first; room events that arrive meanwhile are held and replayed after.
+- :meth:`Persistence.mark` after every transition (and ``set_user_id``,
+  and every change of a session's ``data``): the session is written behind.
+- :meth:`Persistence.claim` before a connection's cleanup callbacks run:
+  only the process that wins the claim in the store runs them.
+- :meth:`Persistence.aclose` at the end of shutdown: a bounded flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ._events import Input, InputKind
+from .session import Session
+from .statechart import State
+from .stores import SessionData, SessionRecord, SessionStore, process_owner
+from .stores._writer import STORE_STATS, StoreWriter
+
+if TYPE_CHECKING:
+    from .manager import LifecycleManager
+
+__all__ = ["PERSISTENCE_STATS", "Persistence"]
+
+PERSISTENCE_STATS = (*STORE_STATS, "sessions_restored", "sessions_expired_while_away")
+"""The counters a durable store adds to ``LifecycleManager.stats``."""
+
+_STORE_TIMEOUT = 5.0
+"""Seconds a load or a claim may take before the store counts as unavailable."""
+_BOUND = (State.CONNECTING, State.ACTIVE, State.RECONNECTED)
+
+
+class Persistence:
+    """The store side of one :class:`~livekit_lifecycle.LifecycleManager` (see the module doc)."""
+
+    def __init__(self, manager: LifecycleManager, store: SessionStore) -> None:
+        self._manager = manager
+        self._store = store
+        self.owner = process_owner()
+        """This manager's name in the store (``host:pid:nonce``): who wrote, who claimed."""
+        for name in PERSISTENCE_STATS:
+            manager._stats.setdefault(name, 0)
+        self.writer = StoreWriter(
+            store,
+            room=manager._room_name,
+            render=self._render,
+            live_keys=lambda: list(manager._sessions),
+            grace_period=manager._config.grace_period,
+            stats=manager._stats,
+        )
+        self._restore_task: asyncio.Task[None] | None = None
+        self._held: list[Callable[[], None]] | None = None
+        self._restored = False
+
+    # ------------------------------------------------------------------ restore
+
+    @property
+    def holding(self) -> bool:
+        """True while the stored sessions are being loaded: room events wait (see :meth:`hold`)."""
+        return self._held is not None
+
+    def hold(self, replay: Callable[[], None]) -> None:
+        """Keep a room event's handling until the restore is done."""
+        assert self._held is not None
+        self._held.append(replay)
+
+    def begin(self) -> bool:
+        """Start restoring the attached, connected room once; True while that is under way.
+
+        The caller skips its reconcile then: the restore reconciles when it is done.
+        """
+        if self._restored:
+            return False
+        if self._restore_task is None:
+            room = self._manager._room
+            if room is None or not room.isconnected() or not room.name:
+                return False  # the name is only known once connected: wait for that
+            self._held = []
+            self._restore_task = asyncio.get_running_loop().create_task(
+                self._restore(), name="livekit-lifecycle:restore"
+            )
+            self._manager._track(self._restore_task)
+        return True
+
+    async def _restore(self) -> None:
+        manager = self._manager
+        room = manager._room_name() or ""
+        records: list[SessionRecord] = []
+        try:
+            records = await asyncio.wait_for(self._store.load(room), _STORE_TIMEOUT)
+        except asyncio.CancelledError:
+            self._held = None
+            raise
+        except Exception as exc:
+            # Start fresh, in memory; the writer ends the outage when the store answers.
+            self.writer.failed("load", exc)
+        else:
+            self.writer.succeeded()
+        held, self._held = self._held or [], None
+        self._restored = True
+        if manager._closing:
+            return
+        try:
+            self._rebuild(records)
+        except Exception:
+            manager._stats["internal_errors"] += 1
+            manager._log.error("store.restore_failed", category="store", room=room, exc_info=True)
+        manager._reconcile()
+        for replay in held:
+            replay()
+        self.writer.start()
+
+    def _rebuild(self, records: list[SessionRecord]) -> None:
+        """Sessions as the records left them, then brought in line with who is in the room."""
+        manager = self._manager
+        room = manager._room
+        present = {p.sid: p for p in room.remote_participants.values()} if room else {}
+        now = time.time()
+        ended: list[Session] = []
+        interrupted: list[Session] = []
+        for record in sorted(records, key=lambda r: r.key):
+            state = State(record.state)
+            if record.key in manager._sessions or state is State.REMOVED:
+                self.writer.mark(record.key)  # ours now (or gone): rewritten or deleted
+                continue
+            session = Session._restore(record, manager._config.history_limit)
+            self._register(session)
+            grace_remaining: float | None = None
+            if state in _BOUND:
+                session._state = State.ACTIVE if state is State.RECONNECTED else state
+                participant = present.get(session._sid)
+                if participant is None:
+                    ended.append(session)  # left while no process was watching
+                else:
+                    session._participant = participant
+            elif state is State.DISCONNECTING:
+                interrupted.append(session)  # its process died during the cleanup
+            else:  # grace (or cleaned, a state a record is never written in)
+                session._state = State.GRACE
+                deadline = record.grace_deadline
+                if deadline is None:
+                    deadline = (record.disconnected_at or now) + manager._config.grace_period
+                grace_remaining = max(deadline - now, 0.0)
+                if grace_remaining == 0.0:
+                    manager._stats["sessions_expired_while_away"] += 1
+                session._grace_epoch += 1
+                session._grace_timer = asyncio.get_running_loop().call_later(
+                    grace_remaining, manager._on_grace_timer, session, session._grace_epoch
+                )
+            manager._stats["sessions_restored"] += 1
+            manager._log_session(
+                logging.INFO,
+                "session.restored",
+                "session",
+                session,
+                user_id=session._user_id,
+                stored_state=record.state,
+                written_by=record.owner,
+                grace_remaining=None if grace_remaining is None else round(grace_remaining, 3),
+            )
+            if manager._waiters:
+                manager._resolve_waiters(session)
+            if manager._listening["created"]:
+                manager._emit("created", session)
+        for session in ended:
+            manager._feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
+        for session in interrupted:
+            # Cleanup is claimed by the dead process: ours loses the claim and only
+            # accounts for it, unless that process died before claiming.
+            session._busy = True
+            manager._continue(session, True)
+        for participant in present.values():
+            if participant.sid in manager._by_sid or participant.kind not in manager._config.kinds:
+                continue
+            key = manager._key_of(InputKind.CONNECTED, participant)
+            if key is not None and key in manager._sessions:
+                manager._submit(InputKind.CONNECTED, participant)  # back on a new connection
+
+    def _register(self, session: Session) -> None:
+        manager = self._manager
+        manager._sessions[session._key] = session
+        manager._by_sid[session._sid] = session
+        self.observe(session)
+        self.writer.mark(session._key)
+
+    def observe(self, session: Session) -> None:
+        """Give ``session`` a checked ``data`` whose every change is written behind."""
+        session._data = SessionData.observed(
+            functools.partial(self.writer.mark, session._key), session._data
+        )
+
+    # ------------------------------------------------------------------ write-behind
+
+    def mark(self, session: Session) -> None:
+        self.writer.mark(session._key)
+
+    def _render(self, key: str) -> SessionRecord | None:
+        manager = self._manager
+        session = manager._sessions.get(key)
+        if session is None or session._state is State.REMOVED:
+            return None
+        deadline = None
+        timer = session._grace_timer
+        if timer is not None:
+            deadline = time.time() + (timer.when() - asyncio.get_running_loop().time())
+        return SessionRecord(
+            room=manager._room_name() or "",
+            key=key,
+            state=session._state.value,
+            identity=session._identity,
+            sid=session._sid,
+            user_id=session._user_id,
+            data=dict(session._data),
+            reconnects=session._reconnects,
+            cleanups=session._cleanups,
+            connected_at=session._connected_at,
+            disconnected_at=session._disconnected_at,
+            grace_deadline=deadline,
+            history=tuple(t.as_dict() for t in session._history),
+            owner=self.owner,
+        )
+
+    # ------------------------------------------------------------------ claims
+
+    async def claim(self, session: Session) -> bool:
+        """Whether this process runs the cleanup of ``session``'s current connection."""
+        manager = self._manager
+        room = manager._room_name() or ""
+        timeout = max(min(_STORE_TIMEOUT, manager._callback_timeout()), 0.1)
+        try:
+            claim = await asyncio.wait_for(
+                self._store.claim(room, session._key, session._sid, self.owner), timeout
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Availability first: an unverified cleanup runs here (docs/stores.md).
+            self.writer.failed("claim", exc)
+            manager._stats["store_claims_unverified"] += 1
+            manager._log_session(
+                logging.WARNING, "cleanup.claim_unverified", "cleanup", session, owner=self.owner
+            )
+            return True
+        self.writer.succeeded()
+        if claim.won:
+            manager._log_session(
+                logging.INFO,
+                "cleanup.claimed",
+                "cleanup",
+                session,
+                owner=self.owner,
+                token=claim.token,
+            )
+            return True
+        manager._stats["store_claims_lost"] += 1
+        manager._log_session(
+            logging.INFO,
+            "cleanup.claimed_elsewhere",
+            "cleanup",
+            session,
+            owner=self.owner,
+            winner=claim.owner,
+            token=claim.token,
+        )
+        return False
+
+    # ------------------------------------------------------------------ shutdown
+
+    def stop_restoring(self) -> None:
+        """Shutdown began: a restore still loading is abandoned (held events with it)."""
+        task = self._restore_task
+        if task is not None and not task.done():
+            task.cancel()
+
+    async def aclose(self, timeout: float) -> None:
+        """Write what is left (at most ``timeout`` s), then stop the writer."""
+        self.stop_restoring()
+        flushed = await self.writer.aclose(timeout)
+        if not flushed:
+            self._manager._log.warning(
+                "store.flush_incomplete",
+                category="store",
+                room=self._manager._room_name(),
+                store=repr(self._store),
+            )

@@ -1,0 +1,385 @@
+"""A manager with a durable store: restart continuity, claims, outages (real redis-server)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from livekit import rtc
+
+from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
+from livekit_lifecycle.invariants import InvariantChecker, check_closed, check_manager
+from livekit_lifecycle.stores import (
+    MemoryStore,
+    RedisStore,
+    SessionData,
+    SessionRecord,
+    StoreWrite,
+)
+from livekit_lifecycle.testing import RoomDriver
+from livekit_lifecycle.testing.redis_server import RedisServer
+
+WAIT = 20.0
+ROOM = "test-room"  # the driver fixture's room
+
+
+def crash(manager: LifecycleManager) -> None:
+    """What SIGKILL leaves of a manager: nothing runs any more, nothing is cleaned or written.
+
+    In-process stand-in for the two-process test (tests/e2e/test_store_crash.py).
+    """
+    manager.detach()
+    persist = manager._persist
+    assert persist is not None
+    persist.stop_restoring()
+    task = persist.writer._task
+    if task is not None:
+        task.cancel()
+    for session in manager._sessions.values():
+        if session._grace_timer is not None:
+            session._grace_timer.cancel()
+    manager._sessions.clear()
+    manager._by_sid.clear()
+    manager._closing = True
+
+
+class Fleet:
+    """Managers on the test's redis-server, each checked and closed at teardown."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.namespace = f"t{uuid.uuid4().hex[:8]}"
+        self.stores: list[RedisStore] = []
+        self.managers: list[LifecycleManager] = []
+        self.checkers: list[InvariantChecker] = []
+        self.cleaned: list[tuple[str, str]] = []
+        """(key, sid) per cleanup callback call, over every manager."""
+
+    def store(self, **options: Any) -> RedisStore:
+        store = RedisStore.from_url(self.url, namespace=self.namespace, **options)
+        self.stores.append(store)
+        return store
+
+    def manager(self, room: rtc.Room | None, **config: Any) -> LifecycleManager:
+        config.setdefault("store", self.store())
+        manager = LifecycleManager(LifecycleConfig(**config))
+        self.checkers.append(InvariantChecker(manager))
+
+        @manager.add_cleanup
+        def record_cleanup(session: Session) -> None:
+            self.cleaned.append((session.key, session.sid))
+
+        if room is not None:
+            manager.attach(room)
+        self.managers.append(manager)
+        return manager
+
+    async def stored(self) -> dict[str, Any]:
+        reader = self.store()
+        return {r.key: r for r in await reader.load(ROOM)}
+
+
+@pytest.fixture
+async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
+    fleet = Fleet(redis_server.url)
+    yield fleet
+    for manager in fleet.managers:
+        if not manager.closed:
+            await manager.aclose()
+        assert check_closed(manager) == []
+    for store in fleet.stores:
+        await store.aclose()
+    for checker in fleet.checkers:
+        checker.raise_if_violated()
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def settled(manager: LifecycleManager) -> None:
+    await manager.idle()
+    persist = manager._persist
+    assert persist is not None
+    assert await persist.writer.flush(WAIT), "the store never caught up"
+
+
+# --------------------------------------------------------------------------- default
+
+
+async def test_the_default_store_does_no_store_work(driver: RoomDriver) -> None:
+    manager = LifecycleManager()
+    assert isinstance(manager.config.store, MemoryStore) and manager._persist is None
+    manager.attach(driver.room)
+    driver.connect("alice", active=True)
+    session = manager.get("alice")
+    assert session is not None and type(session.data) is dict
+    session.data["anything"] = object()  # unchanged: no store, no check
+    assert not any(name.startswith("store_") for name in manager.stats)
+    await manager.aclose()
+
+
+# --------------------------------------------------------------------------- data
+
+
+@pytest.mark.redis
+async def test_data_is_checked_at_assignment_and_written_behind(
+    fleet: Fleet, driver: RoomDriver
+) -> None:
+    manager = fleet.manager(driver.room)
+    await manager.idle()
+    driver.connect("alice", active=True)
+    session = manager.get("alice")
+    assert session is not None and isinstance(session.data, SessionData)
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        session.data["socket"] = object()
+    with pytest.raises(TypeError):
+        session.data = {"bad": {1, 2}}
+    session.data["cart"] = ["tea"]
+    manager.set_user_id("alice", "u-1")
+    await settled(manager)
+    stored = (await fleet.stored())["alice"]
+    assert (stored.state, stored.user_id, stored.data) == ("active", "u-1", {"cart": ["tea"]})
+    session.data = {"cart": ["tea", "milk"]}
+    assert isinstance(session.data, SessionData)
+    del session.data["cart"]
+    session.data["n"] = 1
+    await settled(manager)
+    assert (await fleet.stored())["alice"].data == {"n": 1}
+    driver.disconnect("alice")
+    await settled(manager)
+    grace = (await fleet.stored())["alice"]
+    assert grace.state == "grace" and grace.cleanups == 1
+    assert grace.grace_deadline is not None
+    assert grace.grace_deadline == pytest.approx(time.time() + 30.0, abs=2.0)
+    await manager.aclose()
+    assert await fleet.stored() == {}  # a graceful shutdown ends the sessions
+
+
+# --------------------------------------------------------------------------- restart
+
+
+@pytest.mark.redis
+async def test_a_new_manager_restores_the_sessions_a_crashed_one_left(fleet: Fleet) -> None:
+    async with RoomDriver(ROOM) as first_room:
+        first = fleet.manager(first_room.room, grace_period=3.0)
+        await first.idle()
+        alice = first_room.connect("alice", active=True)
+        bob = first_room.connect("bob", active=True)
+        carol = first_room.connect("carol", active=True)
+        dave = first_room.connect("dave", active=True)
+        erin = first_room.connect("erin", active=True)
+        for key in ("alice", "bob", "carol", "dave", "erin"):
+            first.set_user_id(key, f"u-{key}")
+            session = first.get(key)
+            assert session is not None
+            session.data["visits"] = [key]
+        first_room.disconnect("bob")
+        first_room.disconnect("carol")
+        first_room.disconnect("erin")
+        await settled(first)
+        bob_deadline = (await fleet.stored())["bob"].grace_deadline
+        assert bob_deadline is not None
+        crash(first)
+    assert sorted(fleet.cleaned) == [("bob", bob.sid), ("carol", carol.sid), ("erin", erin.sid)]
+    fleet.cleaned.clear()
+
+    # Carol's window expires while no process is alive.
+    carol_record = (await fleet.stored())["carol"]
+    store = fleet.store()
+    await store.write([_with(carol_record, grace_deadline=time.time() - 1.0)])
+
+    async with RoomDriver(ROOM) as second_room:
+        second_room.connect("alice", sid=alice.sid, active=True)  # never left
+        erin_again = second_room.connect("erin", sid="PA_erin_2", active=True)  # refreshed
+        # dave left while no process was alive: not in the room any more.
+        removed: list[tuple[str, float]] = []
+        second = fleet.manager(None, grace_period=3.0)
+        second.on("removed", lambda s: removed.append((s.key, time.time())))
+        second.attach(second_room.room)
+        await until(lambda: second.stats["sessions_restored"] == 5, "the restore")
+        await until(lambda: ("dave", dave.sid) in fleet.cleaned, "dave's cleanup")
+        await second.idle()
+
+        restored = {key: second.get(key) for key in ("alice", "bob", "dave", "erin")}
+        assert all(s is not None for s in restored.values())
+        assert {k: s.state for k, s in restored.items() if s} == {
+            "alice": State.ACTIVE,
+            "bob": State.GRACE,
+            "dave": State.GRACE,
+            "erin": State.ACTIVE,
+        }
+        for key, session in restored.items():
+            assert session is not None
+            assert session.user_id == f"u-{key}" and session.data == {"visits": [key]}
+        alice_session, erin_session = restored["alice"], restored["erin"]
+        assert alice_session is not None and alice_session.sid == alice.sid
+        assert alice_session.participant is second_room.room.remote_participants["alice"]
+        assert erin_session is not None and erin_session.sid == erin_again.sid
+        assert erin_session.reconnects == 1 and erin_session.cleanups == 1
+        # Carol expired while away: removed at once, her one cleanup not run again.
+        assert second.stats["sessions_expired_while_away"] == 1
+        assert "carol" in [key for key, _ in removed] and second.get("carol") is None
+        assert fleet.cleaned == [("dave", dave.sid)]
+        assert check_manager(second) == []
+
+        # Bob keeps what was left of his window, not a fresh one.
+        await until(lambda: second.get("bob") is None, "bob's removal", timeout=10)
+        removed_at = dict(removed)["bob"]
+        assert removed_at == pytest.approx(bob_deadline, abs=0.5)
+        await settled(second)
+        stored = await fleet.stored()
+        assert {"alice", "erin"} <= set(stored) and not {"bob", "carol"} & set(stored)
+        assert stored["alice"].owner == second._persist.owner  # type: ignore[union-attr]
+        await second.aclose()
+    assert sorted(fleet.cleaned) == sorted(
+        [("dave", dave.sid), ("alice", alice.sid), ("erin", erin_again.sid)]
+    )
+
+
+@pytest.mark.redis
+async def test_events_during_the_restore_wait_for_it(fleet: Fleet) -> None:
+    async with RoomDriver(ROOM) as first_room:
+        first = fleet.manager(first_room.room)
+        await first.idle()
+        first_room.connect("alice", active=True)
+        first.set_user_id("alice", "u-alice")
+        first_room.disconnect("alice")
+        await settled(first)
+        crash(first)
+    async with RoomDriver(ROOM) as second_room:
+        second = fleet.manager(second_room.room)
+        # Alice comes back before the records have been read.
+        second_room.connect("alice", active=True)
+        assert second.get("alice") is None
+        await until(lambda: second.state_of("alice") is State.ACTIVE, "alice's reconnect")
+        session = second.get("alice")
+        assert session is not None and session.user_id == "u-alice" and session.reconnects == 1
+        await second.aclose()
+
+
+# --------------------------------------------------------------------------- claims
+
+
+@pytest.mark.redis
+async def test_two_managers_on_one_room_clean_each_connection_once(fleet: Fleet) -> None:
+    rng = random.Random(12)
+    connections: list[tuple[str, str]] = []
+    async with RoomDriver(ROOM) as one, RoomDriver(ROOM) as two:
+        managers = [fleet.manager(one.room), fleet.manager(two.room)]
+        for manager in managers:
+            await manager.idle()
+        drivers = [one, two]
+        for round_ in range(200):
+            key = f"user-{round_ % 7}"
+            sid = f"PA_{round_:05d}"
+            for driver in drivers:
+                if key in driver.room.remote_participants:
+                    driver.disconnect(key)
+            order = drivers[:]
+            rng.shuffle(order)
+            for driver in order:  # both processes see the connection, in either order
+                driver.connect(key, sid=sid, active=rng.random() < 0.7)
+                if rng.random() < 0.5:
+                    await asyncio.sleep(0)
+            connections.append((key, sid))
+            rng.shuffle(order)
+            if rng.random() < 0.6:
+                for driver in order:
+                    driver.disconnect(key)
+                    if rng.random() < 0.5:
+                        await asyncio.sleep(0)
+        # Settled first: a connection still queued behind a cleanup when shutdown
+        # begins gets no session (the core's shutdown rule, store or not).
+        for manager in managers:
+            await manager.idle()
+        for manager in managers:
+            await manager.aclose()
+    ended = sorted(fleet.cleaned)
+    assert ended == sorted(set(ended)), "a connection was cleaned twice"
+    assert ended == sorted(connections), sorted(set(connections) - set(ended))
+    # Every cleanup was decided by a claim; whichever manager won it.
+    assert all(m.stats["store_claims_unverified"] == 0 for m in managers)
+    assert sum(m.stats["store_claims_lost"] for m in managers) >= len(connections)
+
+
+# --------------------------------------------------------------------------- faults
+
+
+@pytest.mark.redis
+async def test_redis_down_at_start_then_back(
+    redis_server: RedisServer, fleet: Fleet, driver: RoomDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    await redis_server.kill()
+    caplog.set_level(logging.INFO, "livekit_lifecycle")
+    manager = fleet.manager(driver.room, store=fleet.store(timeout=0.3))
+    await manager.idle()
+    for n in range(5):
+        driver.connect(f"u{n}", active=True)
+        manager.set_user_id(f"u{n}", f"id-{n}")
+    driver.disconnect("u0")
+    await manager.idle()
+    assert manager.state_of("u0") is State.GRACE and manager.state_of("u1") is State.ACTIVE
+    assert [key for key, _ in fleet.cleaned] == ["u0"]  # claim unverified: cleaned here
+    assert manager.stats["store_claims_unverified"] == 1
+    assert manager.stats["store_outages"] == 1
+    await redis_server.start()
+    await settled(manager)
+    stored = await fleet.stored()
+    assert {k: (r.state, r.user_id) for k, r in stored.items()} == {
+        "u0": ("grace", "id-0"),
+        **{f"u{n}": ("active", f"id-{n}") for n in range(1, 5)},
+    }
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("store.unavailable" in m for m in messages) == 1
+    assert sum("store.recovered" in m for m in messages) == 1
+    assert manager.stats["store_outages"] == 1
+
+
+@pytest.mark.redis
+async def test_redis_killed_and_restarted_mid_run(
+    redis_server: RedisServer, fleet: Fleet, driver: RoomDriver
+) -> None:
+    manager = fleet.manager(driver.room, store=fleet.store(timeout=0.3), grace_period=60.0)
+    await manager.idle()
+    rng = random.Random(3)
+    users = [f"u{n}" for n in range(8)]
+
+    async def churn(steps: int) -> None:
+        for _ in range(steps):
+            user = rng.choice(users)
+            if user in driver.room.remote_participants:
+                driver.disconnect(user)
+            else:
+                driver.connect(user, active=True)
+                session = manager.get(user)
+                assert session is not None
+                session.data["n"] = session.data.get("n", 0) + 1
+            if rng.random() < 0.3:
+                await asyncio.sleep(0.01)
+
+    await churn(100)
+    await redis_server.kill()
+    await churn(100)  # nothing may escape while the store is gone
+    await redis_server.start()
+    await churn(50)
+    await settled(manager)
+    stored = await fleet.stored()
+    live = {key: (s.state.value, s.data, s.cleanups) for key, s in manager.sessions.items()}
+    assert {k: (r.state, r.data, r.cleanups) for k, r in stored.items()} == live
+    assert manager.stats["store_outages"] >= 1 and manager.stats["internal_errors"] == 0
+
+
+def _with(record: SessionRecord, **changes: Any) -> StoreWrite:
+    changed = dataclasses.replace(record, **changes)
+    return StoreWrite(changed.room, changed.key, changed, 60.0)
