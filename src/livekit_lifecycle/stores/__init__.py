@@ -17,13 +17,12 @@ from ._fleet import fleet_snapshot
 from ._json import check_json
 from ._memory import MemoryStore
 from ._protocol import Claim, SessionStore, StoreWrite, process_owner
-from ._record import HISTORY_LIMIT, SessionRecord, record_ttl
+from ._record import SessionRecord, record_ttl
 
 if TYPE_CHECKING:
     from ._redis import RedisStore
 
 __all__ = [
-    "HISTORY_LIMIT",
     "Claim",
     "MemoryStore",
     "RedisStore",

@@ -9,11 +9,9 @@ from typing import Any
 
 from ._json import check_json
 
-__all__ = ["HISTORY_LIMIT", "RECORD_VERSION", "SessionRecord", "record_ttl"]
+__all__ = ["RECORD_VERSION", "SessionRecord", "record_ttl"]
 
 RECORD_VERSION = 1
-HISTORY_LIMIT = 20
-"""Transitions kept in a record (the newest); the live session may keep more."""
 
 _STATES = frozenset(
     {"connecting", "active", "disconnecting", "cleaned", "grace", "reconnected", "removed"}
@@ -37,8 +35,8 @@ class SessionRecord:
         connected_at: Wall-clock time the latest connection was bound.
         disconnected_at: Wall-clock time the latest connection ended (``None`` while connected).
         grace_deadline: Wall-clock time the grace window ends (``None`` outside ``grace``).
-        history: The newest transitions (``Transition.as_dict()`` form), oldest first,
-            at most :data:`HISTORY_LIMIT`.
+        history: The session's history (``Transition.as_dict()`` form), oldest
+            first: bounded by the manager's ``history_limit``.
         owner: The process (manager) that wrote the record: ``host:pid:nonce``.
         updated_at: Wall-clock time of the write.
     """
@@ -74,7 +72,7 @@ class SessionRecord:
             "connected_at": self.connected_at,
             "disconnected_at": self.disconnected_at,
             "grace_deadline": self.grace_deadline,
-            "history": list(self.history[-HISTORY_LIMIT:]),
+            "history": list(self.history),
             "owner": self.owner,
             "updated_at": self.updated_at,
         }
