@@ -38,7 +38,7 @@ PERSISTENCE_STATS = (*STORE_STATS, "sessions_restored", "sessions_expired_while_
 """The counters a durable store adds to ``LifecycleManager.stats``."""
 
 _STORE_TIMEOUT = 5.0
-"""Seconds a load or a claim may take before the store counts as unavailable."""
+"""Seconds the restore's load may take before the store counts as unavailable."""
 _BOUND = (State.CONNECTING, State.ACTIVE, State.RECONNECTED)
 
 
@@ -238,7 +238,9 @@ class Persistence:
         """Whether this process runs the cleanup of ``session``'s current connection."""
         manager = self._manager
         room = manager._room_name() or ""
-        timeout = max(min(_STORE_TIMEOUT, manager._callback_timeout()), 0.1)
+        # Bounded like a cleanup callback (cleanup_timeout, and the shutdown deadline):
+        # a burst of cleanups queues its claims, which then share round trips.
+        timeout = max(manager._callback_timeout(), 0.1)
         try:
             claim = await asyncio.wait_for(
                 self._store.claim(room, session._key, session._sid, self.owner), timeout

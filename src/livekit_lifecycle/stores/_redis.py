@@ -19,18 +19,44 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 DEFAULT_NAMESPACE = "livekit-lifecycle"
+_CLAIMS_PER_CALL = 500
+"""Claims (or writes) sent in one script call at most: a burst goes oldest first, in slices."""
 
-# The claim in one step: whoever finds the key empty takes it with a fresh
-# fencing token; everyone after reads who holds it.
+# Claims in one step each, many per call: whoever finds a claim key empty takes
+# it with a fresh fencing token; everyone after reads who holds it. KEYS[1] is
+# the token counter, KEYS[i] (i > 1) a claim whose owner is ARGV[i]; ARGV[1] the
+# claims' TTL. Answers (won, owner, token) per claim, flattened.
 _CLAIM_SCRIPT = """
-local held = redis.call('GET', KEYS[1])
-if held then
-  local sep = string.find(held, ' ', 1, true)
-  return {0, string.sub(held, sep + 1), tonumber(string.sub(held, 1, sep - 1))}
+local answers = {}
+for i = 2, #KEYS do
+  local held = redis.call('GET', KEYS[i])
+  if held then
+    local sep = string.find(held, ' ', 1, true)
+    answers[#answers + 1] = 0
+    answers[#answers + 1] = string.sub(held, sep + 1)
+    answers[#answers + 1] = tonumber(string.sub(held, 1, sep - 1))
+  else
+    local token = redis.call('INCR', KEYS[1])
+    redis.call('SET', KEYS[i], token .. ' ' .. ARGV[i], 'EX', ARGV[1])
+    answers[#answers + 1] = 1
+    answers[#answers + 1] = ARGV[i]
+    answers[#answers + 1] = token
+  end
 end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], token .. ' ' .. ARGV[1], 'EX', ARGV[2])
-return {1, ARGV[1], token}
+return answers
+"""
+# Upserts and deletes in one call, in order: KEYS[i] gets ARGV[2i] with a TTL of
+# ARGV[2i-1] milliseconds, or is deleted when that TTL is negative.
+_WRITE_SCRIPT = """
+for i = 1, #KEYS do
+  local ttl = tonumber(ARGV[2 * i - 1])
+  if ttl < 0 then
+    redis.call('DEL', KEYS[i])
+  else
+    redis.call('SET', KEYS[i], ARGV[2 * i], 'PX', ttl)
+  end
+end
+return #KEYS
 """
 
 
@@ -63,8 +89,9 @@ class RedisStore:
         self._ttl_margin = float(ttl_margin)
         self._claim_ttl = max(1, round(claim_ttl))
         self._claim = client.register_script(_CLAIM_SCRIPT)
+        self._write = client.register_script(_WRITE_SCRIPT)
         self._claims: list[tuple[list[str], asyncio.Future[Claim]]] = []
-        """Claims waiting for the next round trip: one pipeline carries them all."""
+        """Claims waiting for the next round trip: one script call carries them all."""
         self._claiming: asyncio.Task[None] | None = None
         self._log = get_logger()
 
@@ -132,16 +159,17 @@ class RedisStore:
         return records
 
     async def write(self, batch: Sequence[StoreWrite]) -> None:
-        if not batch:
-            return
-        async with self._client.pipeline(transaction=False) as pipe:
-            for entry in batch:
-                name = self._session_key(entry.room, entry.key)
+        """See :meth:`SessionStore.write`: one script call per 500 entries."""
+        for start in range(0, len(batch), _CLAIMS_PER_CALL):
+            names: list[str] = []
+            args: list[str | int] = []
+            for entry in batch[start : start + _CLAIMS_PER_CALL]:
+                names.append(self._session_key(entry.room, entry.key))
                 if entry.record is None:
-                    pipe.delete(name)
+                    args += [-1, ""]
                 else:
-                    pipe.set(name, entry.record.to_json(), px=max(1, round(entry.ttl * 1000)))
-            await pipe.execute()
+                    args += [max(1, round(entry.ttl * 1000)), entry.record.to_json()]
+            await self._write(keys=names, args=args)
 
     async def claim(self, room: str, key: str, sid: str, owner: str) -> Claim:
         """See :meth:`SessionStore.claim`. Claims made meanwhile share one round trip."""
@@ -154,16 +182,13 @@ class RedisStore:
 
     async def _send_claims(self) -> None:
         while self._claims:
-            batch, self._claims = self._claims, []
+            batch = self._claims[:_CLAIMS_PER_CALL]
+            del self._claims[:_CLAIMS_PER_CALL]
             try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for (name, owner), _ in batch:
-                        await self._claim(
-                            keys=[name, f"{self._namespace}:claim-token"],
-                            args=[owner, self._claim_ttl],
-                            client=pipe,
-                        )
-                    answers = await pipe.execute()
+                answers = await self._claim(
+                    keys=[f"{self._namespace}:claim-token", *(name for (name, _), _ in batch)],
+                    args=[self._claim_ttl, *(owner for (_, owner), _ in batch)],
+                )
             except Exception as exc:
                 for _, future in batch:
                     if not future.done():
@@ -173,7 +198,8 @@ class RedisStore:
                 for _, future in [*batch, *self._claims]:
                     future.cancel()
                 raise
-            for ((_, owner), future), (won, holder, token) in zip(batch, answers, strict=True):
+            for index, ((_, owner), future) in enumerate(batch):
+                won, holder, token = answers[3 * index : 3 * index + 3]
                 holder_name = holder.decode() if isinstance(holder, bytes) else str(holder)
                 if not future.done():
                     future.set_result(
