@@ -23,6 +23,8 @@ import asyncio
 import contextlib
 import gc
 import math
+import os
+import sys
 import tempfile
 import time
 import uuid
@@ -46,61 +48,53 @@ REDIS_DELAY = 0.005
 
 
 class _SlowProxy:
-    """A TCP proxy to ``port`` that delays everything the server sends by ``delay`` seconds."""
+    """A TCP proxy to ``port`` that delays every answer by ``delay`` seconds.
+
+    Runs in a process of its own, off the benchmark's CPU where there is
+    another one: a Redis across the network costs this process nothing but
+    the wait, and neither must the proxy standing in for it.
+    """
 
     def __init__(self, port: int, delay: float) -> None:
         self._port = port
         self._delay = delay
-        self._server: asyncio.Server | None = None
-        self._pipes: set[asyncio.Task[None]] = set()
+        self._process: asyncio.subprocess.Process | None = None
+        self._listening = 0
 
     @property
     def url(self) -> str:
-        assert self._server is not None
-        port = self._server.sockets[0].getsockname()[1]
-        return f"redis://127.0.0.1:{port}/0"
+        return f"redis://127.0.0.1:{self._listening}/0"
 
     async def __aenter__(self) -> _SlowProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "benchmarks._slow_proxy",
+            str(self._port),
+            str(self._delay),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        assert self._process.stdout is not None
+        line = await asyncio.wait_for(self._process.stdout.readline(), 30)
+        self._listening = int(line.split()[1])
         return self
 
     async def __aexit__(self, *_: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._pipes:
-            task.cancel()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._port)
-        for task in (
-            asyncio.create_task(self._pipe(reader, up_writer, 0.0)),
-            asyncio.create_task(self._pipe(up_reader, writer, self._delay)),
-        ):
-            self._pipes.add(task)
-            task.add_done_callback(self._pipes.discard)
-
-    @staticmethod
-    async def _pipe(
-        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float
-    ) -> None:
-        try:
-            while chunk := await reader.read(65536):
-                if delay:
-                    await asyncio.sleep(delay)
-                writer.write(chunk)
-                await writer.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
+        if self._process is not None and self._process.returncode is None:
+            self._process.terminate()
+            await self._process.wait()
 
 
 @contextlib.asynccontextmanager
 async def _redis() -> AsyncIterator[RedisServer]:
     with tempfile.TemporaryDirectory(prefix="lkl-bench-redis-") as directory:
         async with RedisServer(directory) as server:
+            # Off the benchmark's CPU where there is another: a production Redis
+            # does not share the agent's core.
+            if server.pid is not None and hasattr(os, "sched_setaffinity"):
+                others = set(range(os.cpu_count() or 1)) - os.sched_getaffinity(0)
+                if others:
+                    os.sched_setaffinity(server.pid, others)
             yield server
 
 

@@ -122,14 +122,14 @@ class _Intake(_Runner):
         The participant events' room handler (positional arguments a newer
         SDK might add are ignored).
         """
+        if self._reconcile_on_connect:
+            self._catch_up()
         if self._persist is not None and self._persist.holding:  # stored sessions first
             self._persist.hold(
                 functools.partial(self._submit, kind, participant, publication=publication)
             )
             return
         self._stats["events"] += 1
-        if self._reconcile_on_connect:
-            self._catch_up()
         if self._closing:
             self._stats["ignored_after_close"] += 1
             self._debug("event.ignored", "handlers", input=kind.value, why="manager closed")

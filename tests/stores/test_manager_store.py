@@ -383,3 +383,27 @@ async def test_redis_killed_and_restarted_mid_run(
 def _with(record: SessionRecord, **changes: Any) -> StoreWrite:
     changed = dataclasses.replace(record, **changes)
     return StoreWrite(changed.room, changed.key, changed, 60.0)
+
+
+@pytest.mark.redis
+async def test_a_manager_attached_before_the_room_connects_restores_once_it_has(
+    fleet: Fleet,
+) -> None:
+    async with RoomDriver(ROOM) as first_room:
+        first = fleet.manager(first_room.room)
+        await first.idle()
+        alice = first_room.connect("alice", active=True)
+        first.set_user_id("alice", "u-alice")
+        await settled(first)
+        crash(first)
+    async with RoomDriver(ROOM, connected=False) as second_room:
+        second = fleet.manager(second_room.room)  # not connected: nothing to restore yet
+        await second.idle()
+        assert second.stats["sessions_restored"] == 0
+        second_room.join()
+        second_room.connect("alice", sid=alice.sid, active=True)  # before the state change
+        second_room.connection_state(rtc.ConnectionState.CONN_CONNECTED)
+        await until(lambda: second.stats["sessions_restored"] == 1, "the restore")
+        session = await second.wait_for("alice", State.ACTIVE, WAIT)
+        assert session.user_id == "u-alice" and session.reconnects == 0
+        await second.aclose()
