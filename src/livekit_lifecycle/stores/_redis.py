@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -19,8 +20,10 @@ if TYPE_CHECKING:
 __all__ = ["RedisStore"]
 
 DEFAULT_NAMESPACE = "livekit-lifecycle"
-_CLAIMS_PER_CALL = 500
-"""Claims (or writes) sent in one script call at most: a burst goes oldest first, in slices."""
+_NAMESPACE = re.compile(r"[A-Za-z0-9._-]+")
+_PER_CALL = 500
+"""Claims (or writes) in one script call at most: a burst goes oldest first, in slices, and
+no call holds Redis for long (a script runs alone)."""
 
 # Claims in one step each, many per call: whoever finds a claim key empty takes
 # it with a fresh fencing token; everyone after reads who holds it. KEYS[1] is
@@ -45,6 +48,7 @@ for i = 2, #KEYS do
 end
 return answers
 """
+
 # Upserts and deletes in one call, in order: KEYS[i] gets ARGV[2i] with a TTL of
 # ARGV[2i-1] milliseconds, or is deleted when that TTL is negative.
 _WRITE_SCRIPT = """
@@ -80,8 +84,10 @@ class RedisStore:
         ttl_margin: float = 60.0,
         claim_ttl: float = 86400.0,
     ) -> None:
-        if not namespace or ":" in namespace:
-            raise ValueError(f"namespace must be a non-empty name without ':', got {namespace!r}")
+        if not _NAMESPACE.fullmatch(namespace):
+            raise ValueError(
+                f"namespace must be letters, digits, '.', '_' or '-' (no ':'), got {namespace!r}"
+            )
         if ttl_margin <= 0 or claim_ttl <= 0:
             raise ValueError("ttl_margin and claim_ttl must be > 0 seconds")
         self._client = client
@@ -160,10 +166,10 @@ class RedisStore:
 
     async def write(self, batch: Sequence[StoreWrite]) -> None:
         """See :meth:`SessionStore.write`: one script call per 500 entries."""
-        for start in range(0, len(batch), _CLAIMS_PER_CALL):
+        for start in range(0, len(batch), _PER_CALL):
             names: list[str] = []
             args: list[str | int] = []
-            for entry in batch[start : start + _CLAIMS_PER_CALL]:
+            for entry in batch[start : start + _PER_CALL]:
                 names.append(self._session_key(entry.room, entry.key))
                 if entry.record is None:
                     args += [-1, ""]
@@ -182,8 +188,8 @@ class RedisStore:
 
     async def _send_claims(self) -> None:
         while self._claims:
-            batch = self._claims[:_CLAIMS_PER_CALL]
-            del self._claims[:_CLAIMS_PER_CALL]
+            batch = self._claims[:_PER_CALL]
+            del self._claims[:_PER_CALL]
             try:
                 answers = await self._claim(
                     keys=[f"{self._namespace}:claim-token", *(name for (name, _), _ in batch)],
