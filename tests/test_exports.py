@@ -54,6 +54,7 @@ EXPORTS: dict[str, list[str]] = {
         "RoomSource",
         "Snapshot",
         "Source",
+        "StoreSource",
         "session_dict",
     ],
     "livekit_lifecycle.invariants": [

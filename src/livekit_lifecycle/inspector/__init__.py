@@ -8,9 +8,11 @@ highlighted. Changes are pushed to the page as server-sent events.
 Where the sessions come from is a :class:`Source`: :class:`ManagerSource`
 for a manager in this process (:meth:`LifecycleManager.serve_inspector`),
 :class:`RoomSource` for a live room joined as a hidden observer (what
-``livekit-lifecycle watch`` does). The server binds 127.0.0.1 unless told
-otherwise; anywhere else every request needs the token printed at start.
-Session ``data`` is shown only when asked for. Needs aiohttp (the
+``livekit-lifecycle watch`` does), :class:`StoreSource` for every room of a
+session store across every worker (``inspect --store URL --web``). The
+server binds 127.0.0.1 unless told otherwise; anywhere else every request
+needs the token printed at start. Session ``data`` is shown only when asked
+for. Needs aiohttp (the
 ``inspector`` extra); the diagram needs Graphviz's ``dot``.
 
 See ``docs/observability.md``.
@@ -19,7 +21,15 @@ See ``docs/observability.md``.
 from __future__ import annotations
 
 from ._server import Inspector, InspectorError
-from ._source import Change, ManagerSource, RoomSource, Snapshot, Source, session_dict
+from ._source import (
+    Change,
+    ManagerSource,
+    RoomSource,
+    Snapshot,
+    Source,
+    StoreSource,
+    session_dict,
+)
 
 __all__ = [
     "Change",
@@ -29,5 +39,6 @@ __all__ = [
     "RoomSource",
     "Snapshot",
     "Source",
+    "StoreSource",
     "session_dict",
 ]

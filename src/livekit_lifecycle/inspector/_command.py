@@ -1,8 +1,10 @@
-"""``livekit-lifecycle inspect --web``: the live statechart page for a room.
+"""``livekit-lifecycle inspect``: the live statechart page, and the fleet view of a store.
 
-Joins the room as a hidden observer (the connection ``livekit-lifecycle
-watch`` makes, with the same ``--url``/``--room``/credential options) and
-serves the page until Ctrl-C or until the room goes away.
+``--web --room NAME`` joins the room as a hidden observer (the connection
+``livekit-lifecycle watch`` makes, with the same ``--url``/``--room``/credential
+options) and serves the page until Ctrl-C or until the room goes away.
+``--store URL`` prints every worker's sessions from a session store (a table,
+or ``--json``); with ``--web`` it serves them on the page instead, polled.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from livekit_lifecycle._watch import WatchSettings
+
+    from ._source import Source
 
 __all__ = ["configure_parser", "run"]
 
@@ -60,10 +64,12 @@ def _add_web_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.store is not None:  # issue 12: the fleet view, from a session store
+    if args.store is not None:  # the fleet view, from a session store
         if args.web:
-            print("livekit-lifecycle inspect: --store and --web are separate", file=sys.stderr)
-            return _EXIT_USAGE
+            try:
+                return asyncio.run(_serve_store(args))
+            except KeyboardInterrupt:  # pragma: no cover - the signal handlers normally catch it
+                return _EXIT_OK
         from livekit_lifecycle.stores._command import run_store
 
         return run_store(args)
@@ -91,9 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve_room(settings: WatchSettings, args: argparse.Namespace) -> int:
-    from livekit_lifecycle._watch import WatchError, _stop_on_signals
+    from livekit_lifecycle._watch import WatchError
 
-    from ._server import Inspector
     from ._source import RoomSource
 
     source = RoomSource(settings, show_data=args.show_data)
@@ -102,6 +107,35 @@ async def _serve_room(settings: WatchSettings, args: argparse.Namespace) -> int:
     except WatchError as exc:
         print(f"livekit-lifecycle inspect: {exc}", file=sys.stderr)
         return exc.exit_code
+    assert source.ended is not None
+    return await _serve(source, args, source.ended)
+
+
+async def _serve_store(args: argparse.Namespace) -> int:
+    from livekit_lifecycle.stores import open_store
+
+    from ._source import StoreSource
+
+    try:
+        store = open_store(args.store, namespace=args.namespace)
+        await store.ping()
+    except Exception as exc:
+        print(f"livekit-lifecycle inspect: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return _EXIT_USAGE
+    try:
+        return await _serve(StoreSource(store, show_data=args.show_data), args, None)
+    finally:
+        await store.aclose()
+
+
+async def _serve(
+    source: Source, args: argparse.Namespace, ended: asyncio.Future[Any] | None
+) -> int:
+    """Serve ``source``'s page until Ctrl-C/SIGTERM or until ``ended`` is done."""
+    from livekit_lifecycle._watch import _stop_on_signals
+
+    from ._server import Inspector
+
     try:
         inspector = await Inspector.start(source, host=args.host, port=args.port, token=args.token)
     except OSError as exc:
@@ -115,11 +149,12 @@ async def _serve_room(settings: WatchSettings, args: argparse.Namespace) -> int:
         print(f"inspector: {inspector.url}  (Ctrl-C to stop)", flush=True)
         stop = asyncio.Event()
         with _stop_on_signals(stop):
-            assert source.ended is not None
             stopped = asyncio.ensure_future(stop.wait())
-            waits: set[asyncio.Future[Any]] = {stopped, source.ended}
+            waits: set[asyncio.Future[Any]] = {stopped}
+            if ended is not None:
+                waits.add(ended)
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             stopped.cancel()
     finally:
-        await inspector.aclose()
+        await inspector.aclose()  # closes the source too
     return _EXIT_OK

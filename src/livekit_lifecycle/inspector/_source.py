@@ -11,8 +11,17 @@ if TYPE_CHECKING:
     from livekit_lifecycle._watch import Watcher, WatchSettings
     from livekit_lifecycle.manager import LifecycleManager
     from livekit_lifecycle.session import Session, Transition
+    from livekit_lifecycle.stores import SessionStore
 
-__all__ = ["Change", "ManagerSource", "RoomSource", "Snapshot", "Source", "session_dict"]
+__all__ = [
+    "Change",
+    "ManagerSource",
+    "RoomSource",
+    "Snapshot",
+    "Source",
+    "StoreSource",
+    "session_dict",
+]
 
 Snapshot = dict[str, dict[str, dict[str, Any]]]
 """Room name -> session key -> ``Session.as_dict()``."""
@@ -229,6 +238,76 @@ class RoomSource:
         self._stop.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+
+
+class StoreSource:
+    """Every room's sessions in a session store: the fleet view, across every worker.
+
+    Reads :func:`livekit_lifecycle.stores.fleet_snapshot` every ``interval``
+    seconds and turns what changed into :class:`Change` items: a record that
+    is new or was rewritten (a later ``updated_at``), and a record that is
+    gone (shown as ``removed``). The view lags each worker by its
+    write-behind plus ``interval``. The store is the caller's: :meth:`aclose`
+    stops polling and leaves the store open.
+    """
+
+    def __init__(
+        self, store: SessionStore, *, interval: float = 0.5, show_data: bool = False
+    ) -> None:
+        if interval <= 0:
+            raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
+        self._store = store
+        self._interval = interval
+        self._show_data = show_data
+        self._closed = asyncio.Event()
+
+    @property
+    def description(self) -> str:
+        return f"session store {self._store!r}, every worker"
+
+    async def snapshot(self) -> Snapshot:
+        from livekit_lifecycle.stores import fleet_snapshot
+
+        fleet = await fleet_snapshot(self._store)
+        return {
+            room: {key: self._row(record) for key, record in sessions.items()}
+            for room, sessions in fleet["rooms"].items()
+        }
+
+    def _row(self, record: dict[str, Any]) -> dict[str, Any]:
+        # The page's row is Session.as_dict()'s shape: a record has no track sids.
+        row = {name: value for name, value in record.items() if name != "data"}
+        row["tracks"] = []
+        row["history"] = list(record.get("history") or ())[-HISTORY_SHOWN:]
+        if self._show_data:
+            row["data"] = {str(k): _short_repr(v) for k, v in (record.get("data") or {}).items()}
+        return row
+
+    async def changes(self) -> AsyncIterator[Change]:
+        seen = await self.snapshot()
+        while not self._closed.is_set():
+            try:
+                await asyncio.wait_for(self._closed.wait(), self._interval)
+                return
+            except asyncio.TimeoutError:
+                pass
+            now = await self.snapshot()
+            for room, sessions in now.items():
+                before = seen.get(room, {})
+                for key, row in sessions.items():
+                    old = before.get(key)
+                    if old is None or old.get("updated_at") != row.get("updated_at"):
+                        history = row["history"]
+                        grew = history and (old is None or old["history"][-1:] != history[-1:])
+                        yield Change(room, row, history[-1] if grew else None)
+            for room, sessions in seen.items():
+                for key, row in sessions.items():
+                    if key not in now.get(room, {}):
+                        yield Change(room, {**row, "state": "removed"})
+            seen = now
+
+    async def aclose(self) -> None:
+        self._closed.set()
 
 
 class _SilentRenderer:
