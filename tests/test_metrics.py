@@ -195,7 +195,10 @@ async def test_the_livekit_agents_worker_endpoint_serves_them(
     # The very server a livekit-agents Worker starts on WorkerOptions(prometheus_port=...):
     # it serves prometheus-client's default registry at /metrics.
     import aiohttp
-    from livekit.agents.telemetry.http_server import HttpServer
+
+    HttpServer = pytest.importorskip(
+        "livekit.agents.telemetry.http_server", reason="needs livekit-agents (the 'agents' extra)"
+    ).HttpServer
 
     make_manager(metrics=True)
     driver.connect("alice", active=True)
@@ -263,7 +266,10 @@ async def test_a_job_process_shows_on_the_worker_endpoint_in_multiprocess_mode(
     # WorkerOptions(prometheus_multiproc_dir=...) its endpoint reads every process's
     # files (prometheus-client's multiprocess mode), which our counts are copied into.
     import aiohttp
-    from livekit.agents.telemetry.http_server import HttpServer
+
+    HttpServer = pytest.importorskip(
+        "livekit.agents.telemetry.http_server", reason="needs livekit-agents (the 'agents' extra)"
+    ).HttpServer
 
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     job = await asyncio.create_subprocess_exec(
