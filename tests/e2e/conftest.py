@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,9 +16,21 @@ from livekit_lifecycle import PARTICIPANT_CHART, LifecycleConfig, LifecycleManag
 from livekit_lifecycle.session import Transition
 from tests.loopback.support import WAIT, Recorder, no_leaks, webrtc_warmed_up
 
-__all__ = ["ROOM", "Agent", "MakeAgent", "no_leaks", "webrtc_warmed_up"]
+__all__ = ["ROOM", "Agent", "MakeAgent", "command_env", "no_leaks", "webrtc_warmed_up"]
 
 ROOM = "e2e-room"
+
+
+def command_env(server: Any) -> dict[str, str]:
+    """This process's environment plus ``server``'s URL and credentials, as a user's shell
+    would pass them to a ``livekit-lifecycle`` command (``LIVEKIT_URL``...)."""
+    return {
+        **os.environ,
+        "LIVEKIT_URL": server.url,
+        "LIVEKIT_API_KEY": server.api_key,
+        "LIVEKIT_API_SECRET": server.api_secret,
+    }
+
 
 # Without the `testing` extra there is no server to test against.
 collect_ignore_glob = [] if importlib.util.find_spec("aiortc") else ["test_*.py"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from livekit_lifecycle._watch import WatchError, WatchSettings
 from livekit_lifecycle.inspector import Inspector, RoomSource
 from livekit_lifecycle.testing.loopback import LoopbackServer
-from tests.e2e.conftest import ROOM
+from tests.e2e.conftest import ROOM, command_env
 from tests.e2e.test_watch import _settings as watch_settings
 from tests.loopback.support import WAIT, eventually
 
@@ -86,12 +85,7 @@ async def test_inspect_command_prints_the_url_and_serves_until_interrupted(
         ROOM,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={
-            **os.environ,
-            "LIVEKIT_URL": loopback_server.url,
-            "LIVEKIT_API_KEY": loopback_server.api_key,
-            "LIVEKIT_API_SECRET": loopback_server.api_secret,
-        },
+        env=command_env(loopback_server),
     )
     assert command.stdout is not None
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import signal
 import socket
 import sys
@@ -17,7 +16,7 @@ from livekit_lifecycle import State
 from livekit_lifecycle._watch import JsonRenderer, LineRenderer, Watcher, WatchSettings
 from livekit_lifecycle.cli import main
 from livekit_lifecycle.testing.loopback import LoopbackServer
-from tests.e2e.conftest import ROOM
+from tests.e2e.conftest import ROOM, command_env
 from tests.loopback.support import WAIT
 
 pytestmark = pytest.mark.e2e
@@ -125,12 +124,7 @@ async def test_watch_command_streams_json_until_interrupted(
         "5",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={
-            **os.environ,
-            "LIVEKIT_URL": loopback_server.url,
-            "LIVEKIT_API_KEY": loopback_server.api_key,
-            "LIVEKIT_API_SECRET": loopback_server.api_secret,
-        },
+        env=command_env(loopback_server),
     )
     assert command.stdout is not None
     seen: list[dict[str, Any]] = []
