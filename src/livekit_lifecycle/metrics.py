@@ -122,13 +122,13 @@ def enable_metrics(
         ) from None
     if registry is None:
         registry = prometheus_client.REGISTRY
-    collector = _collectors.get(registry)
+    collector: _LifecycleCollector | None = getattr(registry, _COLLECTOR_ATTRIBUTE, None)
     if collector is None:
         collector = _LifecycleCollector(room_label)
         registry.register(collector)
         if registry is prometheus_client.REGISTRY and os.environ.get(MULTIPROCESS_ENV):
             collector.export_to_files()
-        _collectors[registry] = collector
+        setattr(registry, _COLLECTOR_ATTRIBUTE, collector)
     elif collector.room_label != room_label:
         raise ValueError(
             f"this registry already exports livekit_lifecycle metrics with"
@@ -137,11 +137,10 @@ def enable_metrics(
     collector.add(manager)
 
 
-# One collector per registry, because a registry accepts each series name
-# once. Held weakly: a registry that is dropped takes its collector along.
-# This is the only module-level state of the library, and it mirrors
-# prometheus-client's own: its default registry is a process global.
-_collectors: weakref.WeakKeyDictionary[Any, _LifecycleCollector] = weakref.WeakKeyDictionary()
+_COLLECTOR_ATTRIBUTE = "_livekit_lifecycle_collector"
+"""Where a registry keeps our one collector: a registry accepts each series name once, so
+every manager on it shares that collector. Kept on the registry, not in this module: it
+lives and dies with the registry, and this module holds no state of its own."""
 
 
 class _Histogram:
