@@ -155,10 +155,7 @@ class Persistence:
                 grace_remaining = max(deadline - now, 0.0)
                 if grace_remaining == 0.0:
                     manager._stats["sessions_expired_while_away"] += 1
-                session._grace_epoch += 1
-                session._grace_timer = asyncio.get_running_loop().call_later(
-                    grace_remaining, manager._on_grace_timer, session, session._grace_epoch
-                )
+                manager._arm_grace_timer(session, grace_remaining)
             manager._stats["sessions_restored"] += 1
             manager._log_session(
                 logging.INFO,

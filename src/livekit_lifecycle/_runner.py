@@ -397,10 +397,13 @@ class _Runner(_Core):
             self._internal_error(session, "adopt")
 
     def _enter_grace(self, ev: EventData) -> None:
-        session: Session = ev.model
+        self._arm_grace_timer(ev.model, self._config.grace_period)
+
+    def _arm_grace_timer(self, session: Session, delay: float) -> None:
+        """Expire ``session``'s window in ``delay`` seconds; earlier timers become stale."""
         session._grace_epoch += 1
         session._grace_timer = asyncio.get_running_loop().call_later(
-            self._config.grace_period, self._on_grace_timer, session, session._grace_epoch
+            delay, self._on_grace_timer, session, session._grace_epoch
         )
 
     def _exit_grace(self, ev: EventData) -> None:
