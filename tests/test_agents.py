@@ -152,6 +152,49 @@ async def test_for_job_adopts_users_already_in_the_room(
     await manager.aclose()
 
 
+async def test_listeners_registered_after_for_job_see_the_users_already_there(
+    job: JobContext, driver: RoomDriver
+) -> None:
+    """The first user is in the room before the job connects (automatic dispatch):
+    every notification their adoption causes reaches listeners registered after
+    ``for_job`` returns, as the docs register them."""
+    driver.connect("alice", active=True)
+    driver.publish_track("alice")
+    driver.connect("bob", active=False)
+    manager = await for_job(job, config=LifecycleConfig(grace_period=LONG))
+    seen: list[tuple[str, str, str]] = []
+    manager.on("created", lambda s: seen.append(("created", s.key, s.state.value)))
+    manager.on("state_changed", lambda s, t: seen.append(("state_changed", s.key, t.dest.value)))
+    identified = manager.once("created", lambda s: manager.set_user_id(s.key, "first-" + s.key))
+    assert callable(identified)
+    await manager.wait_for("alice", State.ACTIVE, WAIT)
+    await manager.wait_for("bob", State.CONNECTING, WAIT)
+    assert ("created", "alice", "connecting") in seen and ("created", "bob", "connecting") in seen
+    assert ("state_changed", "alice", "active") in seen
+    assert manager.get("alice").user_id == "first-alice"  # type: ignore[union-attr]
+    assert len(manager.get("alice").tracks) == 1  # type: ignore[union-attr]
+
+    # What comes after adoption reaches them as well.
+    driver.activate("bob")
+    await manager.wait_for("bob", State.ACTIVE, WAIT)
+    assert ("state_changed", "bob", "active") in seen
+    await manager.aclose()
+
+
+async def test_a_user_already_there_is_adopted_once_even_if_an_event_comes_first(
+    job: JobContext, driver: RoomDriver
+) -> None:
+    driver.connect("alice", active=False)
+    manager = await for_job(job, config=LifecycleConfig(grace_period=LONG))
+    created: list[str] = []
+    manager.on("created", lambda s: created.append(s.key))
+    driver.activate("alice")  # handled before the loop turns: adoption comes first
+    assert manager.state_of("alice") is State.ACTIVE
+    await asyncio.sleep(0)  # the deferred adoption finds nothing left to do
+    assert created == ["alice"] and manager.state_of("alice") is State.ACTIVE
+    await manager.aclose()
+
+
 async def test_bad_arguments_are_clear_errors(
     job: JobContext, driver: RoomDriver, agent_session: AgentSession[Any]
 ) -> None:

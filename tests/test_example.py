@@ -66,6 +66,25 @@ def test_extract_user_id(identity: str, user_id: str | None) -> None:
     assert voice_agent.extract_user_id(identity) == user_id
 
 
+async def test_the_first_user_already_in_the_room_is_identified(
+    job: JobContext, driver: RoomDriver
+) -> None:
+    """Automatic dispatch: the user's join created the room and the job, so they are
+    there before the entrypoint runs; its ``identify`` listener still sees them."""
+    first = driver.connect(f"user-{USER}-tab-1", active=True)
+    agent_session: AgentSession[Any] = AgentSession()
+    await voice_agent.entrypoint(job, pipeline=lambda: voice_agent.Pipeline(agent_session))
+    assistant = agent_session.current_agent
+    assert isinstance(assistant, voice_agent.Assistant)
+    manager = assistant.lifecycle
+    await manager.wait_for(USER, State.ACTIVE, WAIT)
+    assert agent_session.room_io.linked_participant is first
+    user = manager.linked_session
+    assert user is not None and user.user_id == USER
+    await agent_session.aclose()
+    await manager.aclose()
+
+
 async def test_entrypoint_keeps_the_conversation_through_a_refresh(
     job: JobContext, driver: RoomDriver, caplog: pytest.LogCaptureFixture
 ) -> None:

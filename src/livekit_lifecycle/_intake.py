@@ -9,6 +9,7 @@ runner's (:mod:`._runner`).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -37,8 +38,14 @@ class _Intake(_Runner):
         self._persist: Persistence | None = None
         """A durable store's side (restore, write-behind, claims): see :mod:`._persistence`."""
 
-    def _register(self, room: rtc.Room) -> None:
-        """Listen to ``room`` and adopt who is already in it (``attach`` checked ``room``)."""
+    def _register(self, room: rtc.Room, *, adopt_later: bool = False) -> None:
+        """Listen to ``room`` and adopt who is already in it (``attach`` checked ``room``).
+
+        With ``adopt_later`` the participants already present are adopted on the
+        event loop's next turn (or before the room's next event, whichever comes
+        first), never inside this call: the caller's code that runs before its next
+        ``await`` (registering listeners) then sees every notification they cause.
+        """
         self._room = room
         self._last_room = room
         # Room.connect() fills remote_participants without emitting events, so
@@ -58,7 +65,13 @@ class _Intake(_Runner):
         for name, handler in self._handlers:
             room.on(name, handler)  # type: ignore[arg-type]
         self._info("handlers.registered", "handlers", events=[n for n, _ in self._handlers])
-        self._reconcile()
+        loop = _running_loop() if adopt_later else None
+        if loop is not None:
+            # The same catch-up as for a room that connects later: once, first thing.
+            self._reconcile_on_connect = True
+            loop.call_soon(self._catch_up)
+        else:
+            self._reconcile()
 
     def _unregister(self) -> None:
         room = self._room
@@ -89,12 +102,25 @@ class _Intake(_Runner):
         if state == rtc.ConnectionState.CONN_CONNECTED:
             self._catch_up()
 
-    def _catch_up(self) -> None:
-        """Adopt the participants ``Room.connect()`` added silently, once."""
+    def _catch_up(self, leaving: rtc.RemoteParticipant | None = None) -> None:
+        """Adopt the participants ``Room.connect()`` added silently, once.
+
+        ``leaving`` is one of them whose leave is the event that triggers the
+        catch-up: the room no longer lists them, yet their connection must be
+        adopted to be cleaned (the SDK only reports leaves of known participants).
+        """
         room = self._room
-        if self._reconcile_on_connect and room is not None and room.isconnected():
+        if (
+            self._reconcile_on_connect
+            and room is not None
+            and room.isconnected()
+            and not self._closing
+        ):
             self._reconcile_on_connect = False
             self._reconcile()
+            holding = self._persist is not None and self._persist.holding
+            if leaving is not None and leaving.sid not in self._by_sid and not holding:
+                self._adopt_unbound(leaving)
 
     def _on_room_reconnecting(self) -> None:
         self._info("room.reconnecting", "connect")
@@ -123,7 +149,7 @@ class _Intake(_Runner):
         SDK might add are ignored).
         """
         if self._reconcile_on_connect:
-            self._catch_up()
+            self._catch_up(participant if kind is InputKind.DISCONNECTED else None)
         if self._persist is not None and self._persist.holding:  # stored sessions first
             self._persist.hold(
                 functools.partial(self._submit, kind, participant, publication=publication)
@@ -261,10 +287,7 @@ class _Intake(_Runner):
             # older tab the session moved away from).
             bound = self._by_sid.get(participant.sid)
             if bound is None:
-                if participant.kind in self._config.kinds and participant.sid:
-                    key = self._key_of(InputKind.CONNECTED, participant)
-                    if key is not None and key not in self._sessions:
-                        self._create(key, participant)
+                self._adopt_unbound(participant)
                 continue
             if bound._state is State.GRACE:
                 self._submit(InputKind.CONNECTED, participant)  # the same connection is back
@@ -276,6 +299,12 @@ class _Intake(_Runner):
             for publication in participant.track_publications.values():
                 if publication.sid not in bound._tracks:
                     self._submit(InputKind.TRACK_PUBLISHED, participant, publication=publication)
+
+    def _adopt_unbound(self, participant: rtc.RemoteParticipant) -> None:
+        if participant.kind in self._config.kinds and participant.sid:
+            key = self._key_of(InputKind.CONNECTED, participant)
+            if key is not None and key not in self._sessions:
+                self._create(key, participant)
 
 
 class _BadKey(NamedTuple):
@@ -291,6 +320,13 @@ def session_key(config: LifecycleConfig, participant: rtc.RemoteParticipant) -> 
     if not isinstance(key, str) or not key:
         return _BadKey(f"empty or non-string session key {key!r}")
     return key
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _room_handler(method: Callable[..., None], *bound: object) -> Callable[..., None]:

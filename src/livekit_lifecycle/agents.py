@@ -11,7 +11,9 @@ the only module of the package that imports ``livekit.agents``.
 What it does for a job (see ``docs/agents.md``):
 
 - connects the job (``ctx.connect()``, a no-op when already connected) and
-  attaches to ``ctx.room``, so participants already in the room get sessions;
+  attaches to ``ctx.room``, so participants already in the room get sessions:
+  on the event loop's next turn, never before ``for_job`` returns, so listeners
+  registered right after it see every notification (the first user's too);
 - registers ``aclose()`` with ``ctx.add_shutdown_callback``; resources given
   to it (a TTS, an HTTP session) are closed there, once, last given first;
 - with an ``AgentSession``: RoomIO re-links the same identity by itself after
@@ -158,7 +160,11 @@ class JobLifecycleManager(LifecycleManager):
             ctx.room.on("participant_disconnected", self._on_room_participant_disconnected)
         ctx.add_shutdown_callback(self._on_job_shutdown)
         self._check_departure_timeout()
-        self.attach(ctx.room)
+        # Users already in the room (with automatic dispatch the first user is
+        # always there: their join created the room and the job) are adopted on
+        # the loop's next turn, so listeners registered right after for_job
+        # returns see their `created` and every other notification.
+        self._register(ctx.room, adopt_later=True)
         self._observe_link()
 
     # ------------------------------------------------------------------ public API
