@@ -23,10 +23,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from livekit import rtc
+
 from ._events import Input, InputKind
 from .session import Session
 from .statechart import State
-from .stores import SessionData, SessionRecord, SessionStore, process_owner
+from .stores import SessionData, SessionRecord, SessionStore, SkippedRecord, process_owner
+from .stores._protocol import log_skipped
 from .stores._writer import STORE_STATS, StoreWriter
 
 if TYPE_CHECKING:
@@ -34,7 +37,12 @@ if TYPE_CHECKING:
 
 __all__ = ["PERSISTENCE_STATS", "Persistence"]
 
-PERSISTENCE_STATS = (*STORE_STATS, "sessions_restored", "sessions_expired_while_away")
+PERSISTENCE_STATS = (
+    *STORE_STATS,
+    "sessions_restored",
+    "sessions_expired_while_away",
+    "store_records_skipped",
+)
 """The counters a durable store adds to ``LifecycleManager.stats``."""
 
 _STORE_TIMEOUT = 5.0
@@ -99,7 +107,9 @@ class Persistence:
         room = manager._room_name() or ""
         records: list[SessionRecord] = []
         try:
-            records = await asyncio.wait_for(self._store.load(room), _STORE_TIMEOUT)
+            records = await asyncio.wait_for(
+                self._store.load(room, skipped=self._skipped), _STORE_TIMEOUT
+            )
         except asyncio.CancelledError:
             self._held = None
             raise
@@ -131,46 +141,16 @@ class Persistence:
         ended: list[Session] = []
         interrupted: list[Session] = []
         for record in sorted(records, key=lambda r: r.key):
-            state = State(record.state)
-            if record.key in manager._sessions or state is State.REMOVED:
-                self.writer.mark(record.key)  # ours now (or gone): rewritten or deleted
+            if record.room != (manager._room_name() or ""):
+                # parse_record checks the room a store read it under; a store that
+                # does not say where it read it is checked here.
+                self._skipped(SkippedRecord(record.key, record.room, record.key, "another room's"))
                 continue
-            session = Session._restore(record, manager._config.history_limit)
-            self._register(session)
-            grace_remaining: float | None = None
-            if state in _BOUND:
-                session._state = State.ACTIVE if state is State.RECONNECTED else state
-                participant = present.get(session._sid)
-                if participant is None:
-                    ended.append(session)  # left while no process was watching
-                else:
-                    session._participant = participant
-            elif state is State.DISCONNECTING:
-                interrupted.append(session)  # its process died during the cleanup
-            else:  # grace (or cleaned, a state a record is never written in)
-                session._state = State.GRACE
-                deadline = record.grace_deadline
-                if deadline is None:
-                    deadline = (record.disconnected_at or now) + manager._config.grace_period
-                grace_remaining = max(deadline - now, 0.0)
-                if grace_remaining == 0.0:
-                    manager._stats["sessions_expired_while_away"] += 1
-                manager._arm_grace_timer(session, grace_remaining)
-            manager._stats["sessions_restored"] += 1
-            manager._log_session(
-                logging.INFO,
-                "session.restored",
-                "session",
-                session,
-                user_id=session._user_id,
-                stored_state=record.state,
-                written_by=record.owner,
-                grace_remaining=None if grace_remaining is None else round(grace_remaining, 3),
-            )
-            if manager._waiters:
-                manager._resolve_waiters(session)
-            if manager._listening["created"]:
-                manager._emit("created", session)
+            try:
+                self._rebuild_one(record, present, now, ended, interrupted)
+            except Exception as exc:  # one record, never the room (nor the held events)
+                reason = f"{type(exc).__name__}: {exc}"
+                self._skipped(SkippedRecord(record.key, record.room, record.key, reason))
         for session in ended:
             manager._feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
         for session in interrupted:
@@ -184,6 +164,72 @@ class Persistence:
             key = manager._key_of(InputKind.CONNECTED, participant)
             if key is not None and key in manager._sessions:
                 manager._submit(InputKind.CONNECTED, participant)  # back on a new connection
+
+    def _rebuild_one(
+        self,
+        record: SessionRecord,
+        present: dict[str, rtc.RemoteParticipant],
+        now: float,
+        ended: list[Session],
+        interrupted: list[Session],
+    ) -> None:
+        manager = self._manager
+        state = State(record.state)
+        if record.key in manager._sessions or state is State.REMOVED:
+            self.writer.mark(record.key)  # ours now (or gone): rewritten or deleted
+            return
+        if record.sid in manager._by_sid:
+            raise ValueError(f"its sid {record.sid!r} is another restored session's")
+        # Everything that can fail comes before the session is registered: a record
+        # that fails leaves nothing behind.
+        session = Session._restore(record, manager._config.history_limit)
+        grace_remaining: float | None = None
+        then: list[Session] | None = None
+        if state in _BOUND:
+            session._state = State.ACTIVE if state is State.RECONNECTED else state
+            participant = present.get(session._sid)
+            if participant is None:
+                then = ended  # left while no process was watching
+            else:
+                session._participant = participant
+        elif state is State.DISCONNECTING:
+            then = interrupted  # its process died during the cleanup
+        else:  # grace (or cleaned, a state a record is never written in)
+            session._state = State.GRACE
+            deadline = record.grace_deadline
+            if deadline is None:
+                deadline = (record.disconnected_at or now) + manager._config.grace_period
+            # Never longer than a window this manager would open: a deadline from a
+            # clock far ahead (or a record edited by hand) cannot pin a session for years.
+            grace_remaining = min(max(deadline - now, 0.0), manager._config.grace_period)
+            if grace_remaining == 0.0:
+                manager._stats["sessions_expired_while_away"] += 1
+        self._register(session)
+        if then is not None:
+            then.append(session)
+        if grace_remaining is not None:
+            manager._arm_grace_timer(session, grace_remaining)
+        manager._stats["sessions_restored"] += 1
+        manager._log_session(
+            logging.INFO,
+            "session.restored",
+            "session",
+            session,
+            user_id=session._user_id,
+            stored_state=record.state,
+            written_by=record.owner,
+            grace_remaining=None if grace_remaining is None else round(grace_remaining, 3),
+        )
+        if manager._waiters:
+            manager._resolve_waiters(session)
+        if manager._listening["created"]:
+            manager._emit("created", session)
+
+    def _skipped(self, skip: SkippedRecord) -> None:
+        """A stored record not restored: one log line, counted (the room's others are)."""
+        manager = self._manager
+        manager._stats["store_records_skipped"] += 1
+        log_skipped(manager._log, skip)
 
     def _register(self, session: Session) -> None:
         manager = self._manager

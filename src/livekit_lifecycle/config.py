@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from livekit import rtc
 
+from ._numbers import require_count, require_seconds
 from .stores import MemoryStore, SessionStore
 
 __all__ = ["DEFAULT_KINDS", "DEFAULT_NO_GRACE_REASONS", "LifecycleConfig", "SessionKey"]
@@ -35,6 +35,7 @@ DEFAULT_KINDS: frozenset[int] = frozenset(
 )
 """Participant kinds that are users. Agents, egress and ingress are not tracked."""
 
+_MAX_HISTORY = 1_000_000
 _VALID_REASONS = frozenset(rtc.DisconnectReason.values())
 _VALID_KINDS = frozenset(rtc.ParticipantKind.values())
 
@@ -42,6 +43,10 @@ _VALID_KINDS = frozenset(rtc.ParticipantKind.values())
 @dataclass(frozen=True, slots=True)
 class LifecycleConfig:
     """How a manager tracks participants. Every field is validated at construction.
+
+    Durations are finite seconds, at most 1e9 (about 31 years), so every window
+    fits a Redis TTL and an event-loop timer; anything else is a ``ValueError``
+    naming the field.
 
     Attributes:
         grace_period: Seconds a disconnected user's session is kept for a
@@ -51,7 +56,7 @@ class LifecycleConfig:
         cleanup_timeout: Seconds each cleanup callback (and each async
             notification callback) may take before it is abandoned.
         shutdown_timeout: Seconds the whole of :meth:`LifecycleManager.aclose` may take.
-        history_limit: Transitions kept per session (oldest dropped first).
+        history_limit: Transitions kept per session (oldest dropped first), 1 to 1,000,000.
         session_key: Maps a participant to its session key. Default: identity.
             Give one when several identities belong to one user (for example
             when every page load gets a fresh identity carrying a user id).
@@ -92,13 +97,10 @@ class LifecycleConfig:
     store: SessionStore = field(default_factory=MemoryStore, compare=False)
 
     def __post_init__(self) -> None:
-        _require_seconds("grace_period", self.grace_period, allow_zero=True)
-        _require_seconds("cleanup_timeout", self.cleanup_timeout, allow_zero=False)
-        _require_seconds("shutdown_timeout", self.shutdown_timeout, allow_zero=False)
-        if isinstance(self.history_limit, bool) or not isinstance(self.history_limit, int):
-            raise ValueError(f"history_limit must be an int, got {self.history_limit!r}")
-        if self.history_limit < 1:
-            raise ValueError(f"history_limit must be at least 1, got {self.history_limit}")
+        require_seconds("grace_period", self.grace_period, allow_zero=True)
+        require_seconds("cleanup_timeout", self.cleanup_timeout, allow_zero=False)
+        require_seconds("shutdown_timeout", self.shutdown_timeout, allow_zero=False)
+        require_count("history_limit", self.history_limit, minimum=1, maximum=_MAX_HISTORY)
         if self.session_key is not None and not callable(self.session_key):
             raise ValueError(f"session_key must be callable, got {self.session_key!r}")
         # Accept any iterable (a list is the natural thing to type) but store a
@@ -126,16 +128,6 @@ class LifecycleConfig:
         if self.session_key is None:
             return participant.identity
         return self.session_key(participant)
-
-
-def _require_seconds(name: str, value: float, *, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a number of seconds, got {value!r}")
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be {bound} seconds, got {value!r}")
 
 
 def _enum_set(name: str, values: Iterable[int], valid: frozenset[int], enum: str) -> frozenset[int]:

@@ -53,7 +53,7 @@ class Transition(NamedTuple):
                 str(raw["sid"]),
                 float(raw["at"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"not a transition: {raw!r} ({exc})") from None
 
     def as_dict(self) -> dict[str, Any]:

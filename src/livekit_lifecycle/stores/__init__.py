@@ -17,7 +17,7 @@ from ._fleet import fleet_snapshot
 from ._json import check_json
 from ._memory import MemoryStore
 from ._protocol import Claim, SessionStore, StoreWrite, process_owner
-from ._record import SessionRecord, record_ttl
+from ._record import SessionRecord, SkippedRecord, UnreadableRecord, parse_record, record_ttl
 
 if TYPE_CHECKING:
     from ._redis import RedisStore
@@ -29,10 +29,13 @@ __all__ = [
     "SessionData",
     "SessionRecord",
     "SessionStore",
+    "SkippedRecord",
     "StoreWrite",
+    "UnreadableRecord",
     "check_json",
     "fleet_snapshot",
     "open_store",
+    "parse_record",
     "process_owner",
     "record_ttl",
 ]

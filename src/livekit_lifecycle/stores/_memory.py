@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from livekit_lifecycle._numbers import require_seconds
 
 from ._protocol import Claim, StoreWrite
-from ._record import SessionRecord
+from ._record import SessionRecord, SkippedRecord
 
 __all__ = ["MemoryStore"]
 
@@ -23,7 +25,7 @@ class MemoryStore:
     """
 
     def __init__(self, *, ttl_margin: float = 60.0) -> None:
-        self._ttl_margin = ttl_margin
+        self._ttl_margin = require_seconds("ttl_margin", ttl_margin, allow_zero=False)
         self._records: dict[tuple[str, str], tuple[SessionRecord, float]] = {}
         self._claims: dict[tuple[str, str, str], tuple[str, int]] = {}
         self._tokens = itertools.count(1)
@@ -43,7 +45,10 @@ class MemoryStore:
             del self._records[k]
         return [record for record, _ in self._records.values()]
 
-    async def load(self, room: str) -> list[SessionRecord]:
+    async def load(
+        self, room: str, *, skipped: Callable[[SkippedRecord], None] | None = None
+    ) -> list[SessionRecord]:
+        # Records are kept as objects, checked when written: none can be unreadable.
         return [record for record in self._live() if record.room == room]
 
     async def write(self, batch: Sequence[StoreWrite]) -> None:
@@ -61,7 +66,9 @@ class MemoryStore:
             held = self._claims[room, key, sid] = (owner, next(self._tokens))
         return Claim(held[0] == owner, held[0], held[1])
 
-    async def scan(self) -> AsyncIterator[SessionRecord]:
+    async def scan(
+        self, *, skipped: Callable[[SkippedRecord], None] | None = None
+    ) -> AsyncIterator[SessionRecord]:
         for record in self._live():
             yield record
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import NamedTuple, Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
-from ._record import SessionRecord
+from ._record import SessionRecord, SkippedRecord
 
-__all__ = ["Claim", "SessionStore", "StoreWrite", "process_owner"]
+__all__ = ["Claim", "SessionStore", "StoreWrite", "log_skipped", "process_owner"]
 
 
 class StoreWrite(NamedTuple):
@@ -56,8 +56,16 @@ class SessionStore(Protocol):
         """Seconds records are kept beyond the grace window (see :func:`record_ttl`)."""
         ...
 
-    async def load(self, room: str) -> list[SessionRecord]:
-        """Every record of ``room`` (unreadable ones are skipped)."""
+    async def load(
+        self, room: str, *, skipped: Callable[[SkippedRecord], None] | None = None
+    ) -> list[SessionRecord]:
+        """Every record of ``room`` that :func:`~livekit_lifecycle.stores.parse_record` accepts.
+
+        A record that cannot be restored (corrupt, of another room or key,
+        numbers out of range...) is never returned and never fails the load:
+        it is passed to ``skipped``, or, without one, logged by the store
+        (:func:`log_skipped`, one ``store.record_skipped`` line).
+        """
         ...
 
     async def write(self, batch: Sequence[StoreWrite]) -> None:
@@ -72,8 +80,13 @@ class SessionStore(Protocol):
         """
         ...
 
-    def scan(self) -> AsyncIterator[SessionRecord]:
-        """Every record of every room in the store (the fleet view)."""
+    def scan(
+        self, *, skipped: Callable[[SkippedRecord], None] | None = None
+    ) -> AsyncIterator[SessionRecord]:
+        """Every record of every room in the store (the fleet view).
+
+        ``skipped`` as in :meth:`load`.
+        """
         ...
 
     async def ping(self) -> None:
@@ -91,3 +104,15 @@ def process_owner() -> str:
     The nonce tells a restarted process with a recycled pid from the old one.
     """
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def log_skipped(log: Any, skip: SkippedRecord, **context: Any) -> None:
+    """The one log line of a record that was read and not restored (``store.record_skipped``)."""
+    log.warning(
+        "store.record_skipped",
+        category="store",
+        redis_key=skip.where,
+        key=skip.key,
+        reason=skip.reason,
+        **({"room": skip.room} | context),
+    )

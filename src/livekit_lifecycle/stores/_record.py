@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from ._json import check_json
+from ._json import MAX_INT, check_json
 
-__all__ = ["RECORD_VERSION", "SessionRecord", "record_ttl"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "MAX_TIME",
+    "RECORD_VERSION",
+    "SessionRecord",
+    "SkippedRecord",
+    "UnreadableRecord",
+    "parse_record",
+    "record_ttl",
+]
 
 RECORD_VERSION = 1
+MAX_TIME = 1e10
+"""Latest wall-clock time a record may hold (the year 2286): times beyond are corrupt."""
+MAX_RECORD_BYTES = 16 * 1024 * 1024
+"""Largest stored record read (16 MiB): a bigger one is corrupt, or not ours."""
 
 _STATES = frozenset(
     {"connecting", "active", "disconnecting", "cleaned", "grace", "reconnected", "removed"}
@@ -90,41 +104,11 @@ class SessionRecord:
         return json.dumps(fields, separators=(",", ":"), allow_nan=False)
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> SessionRecord:
-        """Parse a stored record.
-
-        Raises:
-            ValueError: for anything that is not a record this version wrote.
-        """
-        try:
-            raw = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"not a session record: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("v") != RECORD_VERSION:
-            raise ValueError("not a session record of version 1")
-        try:
-            record = cls(
-                room=_typed(raw, "room", str),
-                key=_typed(raw, "key", str),
-                state=_typed(raw, "state", str),
-                identity=_typed(raw, "identity", str),
-                sid=_typed(raw, "sid", str),
-                user_id=_optional(raw, "user_id", str),
-                data=_typed(raw, "data", dict),
-                reconnects=_typed(raw, "reconnects", int),
-                cleanups=_typed(raw, "cleanups", int),
-                connected_at=float(_typed(raw, "connected_at", (int, float))),
-                disconnected_at=_optional_time(raw, "disconnected_at"),
-                grace_deadline=_optional_time(raw, "grace_deadline"),
-                history=tuple(h for h in _typed(raw, "history", list) if isinstance(h, dict)),
-                owner=_typed(raw, "owner", str),
-                updated_at=float(_typed(raw, "updated_at", (int, float))),
-            )
-        except KeyError as exc:
-            raise ValueError(f"session record without {exc}") from None
-        if record.state not in _STATES:
-            raise ValueError(f"session record with unknown state {record.state!r}")
-        return record
+    def from_json(
+        cls, text: str | bytes, *, room: str | None = None, key: str | None = None
+    ) -> SessionRecord:
+        """Parse a stored record: :func:`parse_record`."""
+        return parse_record(text, room=room, key=key)
 
     def ttl(self, grace_period: float, margin: float, now: float | None = None) -> float:
         """See :func:`record_ttl`."""
@@ -147,10 +131,110 @@ def record_ttl(
     return grace_period + margin
 
 
+class UnreadableRecord(ValueError):
+    """A stored record that cannot be restored; ``reason`` says why (one line)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class SkippedRecord(NamedTuple):
+    """A stored record a store read and could not restore (see :func:`parse_record`)."""
+
+    where: str
+    """Where it was read (the Redis key, for :class:`~livekit_lifecycle.stores.RedisStore`)."""
+    room: str | None
+    """The room it was read under, when the store knows it."""
+    key: str | None
+    """The session key it was read under, when the store knows it."""
+    reason: str
+
+
+def parse_record(
+    text: str | bytes, *, room: str | None = None, key: str | None = None
+) -> SessionRecord:
+    """The record ``text`` holds, checked field by field; the one decoder every store uses.
+
+    ``room`` and ``key`` are where the store read it (its Redis key, say): a
+    record that names another room or key is refused, so a record copied or
+    written under the wrong key can never become another user's session.
+    Every number must be finite and bounded (times within
+    ``0..``:data:`MAX_TIME`, counters within ``0..2**63-1``), ``data`` must be
+    what :class:`SessionData` accepts, and the text no bigger than
+    :data:`MAX_RECORD_BYTES`: what passes can be restored, armed as a timer
+    and written back without an error.
+
+    Raises:
+        UnreadableRecord: (a ``ValueError``) for anything else, with the reason.
+    """
+    if len(text) > MAX_RECORD_BYTES:
+        raise UnreadableRecord(f"{len(text)} bytes, more than {MAX_RECORD_BYTES}")
+    try:
+        raw = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise UnreadableRecord("nested too deeply to parse") from None
+    except (TypeError, ValueError) as exc:  # UnicodeDecodeError, JSONDecodeError, huge ints
+        raise UnreadableRecord(f"not JSON: {_short(exc)}") from None
+    if not isinstance(raw, dict):
+        raise UnreadableRecord(f"not a session record: a JSON {type(raw).__name__}")
+    if raw.get("v") != RECORD_VERSION:
+        raise UnreadableRecord(f"not a session record of version {RECORD_VERSION}")
+    try:
+        data = _typed(raw, "data", dict)
+        try:
+            check_json(data, "data")
+        except TypeError as exc:
+            raise UnreadableRecord(str(exc)) from None
+        record = SessionRecord(
+            room=_typed(raw, "room", str),
+            key=_typed(raw, "key", str),
+            state=_typed(raw, "state", str),
+            identity=_typed(raw, "identity", str),
+            sid=_typed(raw, "sid", str),
+            user_id=_optional(raw, "user_id", str),
+            data=data,
+            reconnects=_count(raw, "reconnects"),
+            cleanups=_count(raw, "cleanups"),
+            connected_at=_time(raw, "connected_at"),
+            disconnected_at=_optional_time(raw, "disconnected_at"),
+            grace_deadline=_optional_time(raw, "grace_deadline"),
+            history=_history(_typed(raw, "history", list)),
+            owner=_typed(raw, "owner", str),
+            updated_at=_time(raw, "updated_at"),
+        )
+    except KeyError as exc:
+        raise UnreadableRecord(f"no field {exc}") from None
+    if record.state not in _STATES:
+        raise UnreadableRecord(f"unknown state {_short(record.state)}")
+    if room is not None and record.room != room:
+        raise UnreadableRecord(f"names room {_short(record.room)}, read under {_short(room)}")
+    if key is not None and record.key != key:
+        raise UnreadableRecord(f"names key {_short(record.key)}, read under {_short(key)}")
+    return record
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{_short(text)} is out of a float's range")
+    return value
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else str(value)
+    text = repr(text) if isinstance(value, str) else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _typed(raw: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = raw[name]
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ValueError(f"session record field {name!r} has the wrong type: {value!r}")
+        raise UnreadableRecord(f"field {name!r} is a {type(value).__name__}: {_short(repr(value))}")
     return value
 
 
@@ -159,6 +243,34 @@ def _optional(raw: dict[str, Any], name: str, kind: type) -> Any:
     return None if value is None else _typed(raw, name, kind)
 
 
+def _count(raw: dict[str, Any], name: str) -> int:
+    value: int = _typed(raw, name, int)
+    if not 0 <= value <= MAX_INT:
+        raise UnreadableRecord(f"field {name!r} is {_short(value)}, not within 0..2**63-1")
+    return value
+
+
+def _time(raw: dict[str, Any], name: str) -> float:
+    value = _typed(raw, name, (int, float))
+    # Finite already (parse_float); an int may still be too big for a float.
+    if not 0 <= value <= MAX_TIME:
+        reason = f"field {name!r} is {_short(value)}, not a time within 0..{MAX_TIME:.0f}"
+        raise UnreadableRecord(reason)
+    return float(value)
+
+
 def _optional_time(raw: dict[str, Any], name: str) -> float | None:
-    value = raw.get(name)
-    return None if value is None else float(_typed(raw, name, (int, float)))
+    return None if raw.get(name) is None else _time(raw, name)
+
+
+def _history(entries: list[Any]) -> tuple[dict[str, Any], ...]:
+    # History is for reading: an entry that is not a transition's dict is dropped (the
+    # session's restore skips what Transition.from_dict refuses), never the record.
+    kept = []
+    for entry in entries:
+        if isinstance(entry, dict) and all(
+            isinstance(v, (str, float)) or (isinstance(v, int) and abs(v) <= MAX_TIME)
+            for v in entry.values()
+        ):
+            kept.append(entry)
+    return tuple(kept)

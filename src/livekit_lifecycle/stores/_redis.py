@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
+from livekit_lifecycle._numbers import require_seconds
 from livekit_lifecycle.log import get_logger
 
-from ._protocol import Claim, StoreWrite
-from ._record import SessionRecord
+from ._protocol import Claim, StoreWrite, log_skipped
+from ._record import SessionRecord, SkippedRecord, UnreadableRecord, parse_record
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -88,12 +89,10 @@ class RedisStore:
             raise ValueError(
                 f"namespace must be letters, digits, '.', '_' or '-' (no ':'), got {namespace!r}"
             )
-        if ttl_margin <= 0 or claim_ttl <= 0:
-            raise ValueError("ttl_margin and claim_ttl must be > 0 seconds")
         self._client = client
         self._namespace = namespace
-        self._ttl_margin = float(ttl_margin)
-        self._claim_ttl = max(1, round(claim_ttl))
+        self._ttl_margin = require_seconds("ttl_margin", ttl_margin, allow_zero=False)
+        self._claim_ttl = max(1, round(require_seconds("claim_ttl", claim_ttl, allow_zero=False)))
         self._claim = client.register_script(_CLAIM_SCRIPT)
         self._write = client.register_script(_WRITE_SCRIPT)
         self._claims: list[tuple[list[str], asyncio.Future[Claim]]] = []
@@ -119,6 +118,7 @@ class RedisStore:
         """
         from redis.asyncio import Redis
 
+        timeout = require_seconds("timeout", timeout, allow_zero=False)
         client_options.setdefault("socket_timeout", timeout)
         client_options.setdefault("socket_connect_timeout", timeout)
         client = Redis.from_url(url, **client_options)
@@ -144,25 +144,43 @@ class RedisStore:
     def _session_key(self, room: str, key: str) -> str:
         return f"{self._namespace}:session:{_quote(room)}:{_quote(key)}"
 
-    async def load(self, room: str) -> list[SessionRecord]:
+    async def load(
+        self, room: str, *, skipped: Callable[[SkippedRecord], None] | None = None
+    ) -> list[SessionRecord]:
         pattern = f"{self._namespace}:session:{_quote(room)}:*"
         names = [name async for name in self._client.scan_iter(match=pattern, count=500)]
-        return await self._read(names)
+        return await self._read(names, skipped)
 
-    async def _read(self, names: Sequence[bytes | str]) -> list[SessionRecord]:
+    async def _read(
+        self, names: Sequence[bytes | str], skipped: Callable[[SkippedRecord], None] | None
+    ) -> list[SessionRecord]:
         if not names:
             return []
         records = []
         for name, text in zip(names, await self._client.mget(names), strict=True):
             if text is None:  # expired between the scan and the read
                 continue
+            where = name.decode(errors="replace") if isinstance(name, bytes) else name
+            room, key = self._location(where)
             try:
-                records.append(SessionRecord.from_json(text))
-            except ValueError as exc:
-                self._log.warning(
-                    "store.unreadable_record", category="store", redis_key=name, error=str(exc)
-                )
+                if room is None:
+                    raise UnreadableRecord("not a key this store writes")
+                records.append(parse_record(text, room=room, key=key))
+            except UnreadableRecord as exc:
+                skip = SkippedRecord(where, room, key, exc.reason)
+                if skipped is None:
+                    log_skipped(self._log, skip)
+                else:
+                    skipped(skip)
         return records
+
+    def _location(self, name: str) -> tuple[str | None, str | None]:
+        """The (room, key) a record's Redis key names, or (None, None) for a foreign key."""
+        prefix = f"{self._namespace}:session:"
+        room, sep, key = name.removeprefix(prefix).partition(":")
+        if not name.startswith(prefix) or not sep or ":" in key:
+            return None, None
+        return unquote(room), unquote(key)
 
     async def write(self, batch: Sequence[StoreWrite]) -> None:
         """See :meth:`SessionStore.write`: one script call per 500 entries."""
@@ -212,15 +230,17 @@ class RedisStore:
                         Claim(bool(won) or holder_name == owner, holder_name, int(token))
                     )
 
-    async def scan(self) -> AsyncIterator[SessionRecord]:
+    async def scan(
+        self, *, skipped: Callable[[SkippedRecord], None] | None = None
+    ) -> AsyncIterator[SessionRecord]:
         batch: list[bytes | str] = []
         async for name in self._client.scan_iter(match=f"{self._namespace}:session:*", count=500):
             batch.append(name)
             if len(batch) >= 500:
-                for record in await self._read(batch):
+                for record in await self._read(batch, skipped):
                     yield record
                 batch = []
-        for record in await self._read(batch):
+        for record in await self._read(batch, skipped):
             yield record
 
     async def ping(self) -> None:

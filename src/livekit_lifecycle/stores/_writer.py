@@ -25,6 +25,8 @@ STORE_STATS = (
 )
 """The counters a durable store adds to ``LifecycleManager.stats``."""
 
+_VALUE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
+"""What encoding a record raises: the record is at fault, not the store."""
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 2.0
 
@@ -177,6 +179,13 @@ class StoreWriter:
                 await asyncio.wait_for(self._store.write(batch), self._timeout)
             except asyncio.CancelledError:
                 raise
+            except _VALUE_ERRORS:
+                # The store could not encode an entry: not an outage. Each entry alone,
+                # so the one that fails is refused and everyone else's is written.
+                if not await self._write_one_by_one(room, batch):
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, _RETRY_MAX)
+                    continue
             except Exception as exc:
                 for key in keys:  # rendered afresh on the next attempt
                     self._dirty[key] = None
@@ -184,33 +193,56 @@ class StoreWriter:
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX)
                 continue
+            else:
+                self._stats["store_writes"] += len(batch)
             retry = _RETRY_FIRST
-            self._stats["store_writes"] += len(batch)
             self.succeeded()
+
+    async def _write_one_by_one(self, room: str, batch: list[StoreWrite]) -> bool:
+        """Write ``batch`` entry by entry after ``error``; False when the store failed (outage)."""
+        for entry in batch:
+            try:
+                await asyncio.wait_for(self._store.write([entry]), self._timeout)
+            except asyncio.CancelledError:
+                raise
+            except _VALUE_ERRORS as exc:
+                self._unserialisable(room, entry.key, exc)
+                continue
+            except Exception as exc:
+                for later in batch[batch.index(entry) :]:  # rendered afresh next time
+                    self._dirty[later.key] = None
+                self.failed("write", exc)
+                return False
+            self._stats["store_writes"] += 1
+        return True
+
+    def _unserialisable(self, room: str, key: str, exc: BaseException) -> None:
+        # That session's previous record stays, and its next change tries again;
+        # no other session's write waits for it.
+        self._stats["store_unserialisable"] += 1
+        self._log.error(
+            "store.unserialisable",
+            category="store",
+            room=room,
+            key=key,
+            error=f"{type(exc).__name__}: {exc}",
+        )
 
     def _batch(self, room: str, keys: list[str]) -> list[StoreWrite]:
         batch = []
         now = time.time()
         margin = self._store.ttl_margin
         for key in keys:
-            record = self._render(key)
-            if record is not None:
-                try:
+            try:
+                record = self._render(key)
+                if record is not None:
+                    # In-place mutation of a nested value is the only way past SessionData.
                     check_json(record.data, "session data")
-                except TypeError as exc:
-                    # Only possible through in-place mutation of a nested value:
-                    # the previous record stays, and the next write tries again.
-                    self._stats["store_unserialisable"] += 1
-                    self._log.error(
-                        "store.unserialisable",
-                        category="store",
-                        room=room,
-                        key=key,
-                        error=str(exc),
-                    )
-                    continue
-                ttl = record_ttl(record, self._grace_period, margin, now)
-            else:
-                ttl = 0.0
+                    ttl = record_ttl(record, self._grace_period, margin, now)
+                else:
+                    ttl = 0.0
+            except Exception as exc:
+                self._unserialisable(room, key, exc)
+                continue
             batch.append(StoreWrite(room, key, record, ttl))
         return batch

@@ -1,0 +1,297 @@
+"""Per record, never per room: corrupt records written straight into a real redis-server.
+
+Each bad record is skipped with one ``store.record_skipped`` line naming its Redis key and
+why, counted in ``stats["store_records_skipped"]``; the room's good records are restored and
+the store is not taken for down. A session whose record cannot be written is refused alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from livekit_lifecycle import LifecycleConfig, State
+from livekit_lifecycle.stores import (
+    MemoryStore,
+    RedisStore,
+    SessionRecord,
+    UnreadableRecord,
+    parse_record,
+)
+from livekit_lifecycle.testing import RoomDriver
+
+from .test_manager_store import ROOM, Fleet, settled, until
+from .test_manager_store import fleet as fleet  # noqa: F401 (the fixture)
+
+
+def fields(key: str, **changes: Any) -> dict[str, Any]:
+    """A record's stored fields (JSON-ready), as a manager writes them, with ``changes``."""
+    now = time.time()
+    record = SessionRecord(
+        room=ROOM,
+        key=key,
+        state="grace",
+        identity=key,
+        sid=f"PA_{key}",
+        user_id=f"u-{key}",
+        data={"n": 1},
+        connected_at=now - 10,
+        disconnected_at=now - 1,
+        grace_deadline=now + 20,
+        cleanups=1,
+        history=tuple(
+            {"source": a, "dest": b, "trigger": t, "sid": f"PA_{key}", "at": now - 1}
+            for a, b, t in [
+                ("connecting", "active", "activate"),
+                ("active", "disconnecting", "disconnect"),
+                ("disconnecting", "cleaned", "cleanup_done"),
+                ("cleaned", "grace", "hold"),
+            ]
+        ),
+        owner="host:1:dead",
+    )
+    return {**record.as_dict(), "v": 1, **changes}
+
+
+def redis_key(store: RedisStore, room: str, key: str) -> str:
+    """Where the store keeps ``(room, key)``: the one place these tests know the layout."""
+    return f"{store.namespace}:session:{quote(room, safe='')}:{quote(key, safe='')}"
+
+
+async def put_raw(store: RedisStore, key: str, text: str, room: str = ROOM) -> str:
+    name = redis_key(store, room, key)
+    await store.client.set(name, text.encode(errors="surrogateescape"), ex=600)
+    return name
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+CORRUPT: dict[str, tuple[str, str]] = {
+    # key: (stored text, what the reason says)
+    "not-json": ("{not json", "not JSON"),
+    "a-list": ("[1, 2]", "not a session record"),
+    "old-version": (json.dumps({**fields("old-version"), "v": 0}), "version"),
+    "huge-float": (json.dumps(fields("huge-float")).replace('"n": 1', '"n": 1e400'), "range"),
+    "nan": (json.dumps(fields("nan"), allow_nan=True).replace('"n": 1', '"n": NaN'), "NaN"),
+    "inf-deadline": (
+        json.dumps(fields("inf-deadline", grace_deadline=1.0)).replace(
+            '"grace_deadline": 1.0', '"grace_deadline": Infinity'
+        ),
+        "Infinity",
+    ),
+    "huge-int-deadline": (json.dumps(fields("huge-int-deadline", grace_deadline=10**400)), "time"),
+    "far-deadline": (json.dumps(fields("far-deadline", grace_deadline=1e300)), "time"),
+    "negative-count": (json.dumps(fields("negative-count", cleanups=-1)), "cleanups"),
+    "huge-count": (json.dumps(fields("huge-count", reconnects=10**30)), "reconnects"),
+    "digits": (json.dumps(fields("digits")).replace('"n": 1', '"n": ' + "9" * 5000), "not JSON"),
+    "deep-parse": (
+        json.dumps(fields("deep-parse")).replace('"n": 1', '"n": ' + nested(100_000)),
+        "nested",
+    ),
+    "deep-data": (
+        json.dumps(fields("deep-data")).replace('"n": 1', '"n": ' + nested(100)),
+        "deeper than 64",
+    ),
+    "wrong-type": (json.dumps(fields("wrong-type", state=3)), "'state' is a int"),
+    "bool-count": (json.dumps(fields("bool-count", cleanups=True)), "'cleanups' is a bool"),
+    "no-sid": (json.dumps({k: v for k, v in fields("no-sid").items() if k != "sid"}), "sid"),
+    "bad-state": (json.dumps(fields("bad-state", state="elsewhere")), "unknown state"),
+    "other-key": (json.dumps(fields("alice")), "names key 'alice', read under 'other-key'"),
+    "other-room": (json.dumps(fields("other-room", room="lobby")), "names room 'lobby'"),
+    "bad-utf8": ("\udcff", "not JSON"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(CORRUPT))
+def test_parse_record_refuses_with_a_reason(key: str) -> None:
+    text, says = CORRUPT[key]
+    with pytest.raises(UnreadableRecord) as refused:
+        parse_record(text.encode(errors="surrogateescape"), room=ROOM, key=key)
+    assert says in refused.value.reason
+    assert len(refused.value.reason) < 200  # one line, not the record
+
+
+def test_parse_record_takes_what_a_manager_writes() -> None:
+    record = parse_record(json.dumps(fields("alice")), room=ROOM, key="alice")
+    assert (record.key, record.user_id, record.data) == ("alice", "u-alice", {"n": 1})
+    # History entries that are not transitions are dropped, not the record.
+    junk = fields("alice", history=[1, {"at": [1]}, {"at": 10**30}, {"source": "active"}])
+    assert parse_record(json.dumps(junk)).history == ({"source": "active"},)
+
+
+@pytest.mark.redis
+async def test_a_room_with_corrupt_records_restores_every_good_one(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "livekit_lifecycle")
+    store = fleet.store()
+    names = {}
+    for key, (text, _) in CORRUPT.items():
+        names[key] = await put_raw(store, key, text)
+    for key in ("alice", "bob"):
+        await put_raw(store, key, json.dumps(fields(key)))
+    # A record of this room under another room's key is not this room's business.
+    await put_raw(store, "carol", json.dumps(fields("carol")), room="lobby")
+
+    async with RoomDriver(ROOM) as driver:
+        manager = fleet.manager(driver.room, store=store)
+        await until(lambda: manager.stats["sessions_restored"] == 2, "the restore")
+        await manager.idle()
+        assert {k: s.state for k, s in manager.sessions.items()} == {
+            "alice": State.GRACE,
+            "bob": State.GRACE,
+        }
+        alice = manager.get("alice")
+        assert alice is not None and alice.user_id == "u-alice" and alice.data == {"n": 1}
+        assert manager.stats["store_records_skipped"] == len(CORRUPT)
+        assert manager.stats["store_outages"] == 0 and manager.stats["internal_errors"] == 0
+        skipped = [r for r in caplog.records if "store.record_skipped" in r.getMessage()]
+        assert len(skipped) == len(CORRUPT)
+        by_key = {r.__dict__["redis_key"]: r.__dict__["reason"] for r in skipped}
+        for key, (_, says) in CORRUPT.items():
+            assert says in by_key[names[key]], (key, by_key[names[key]])
+        assert not any(
+            r.levelno >= logging.ERROR for r in caplog.records if r.name.startswith("livekit")
+        )
+        # The corrupt records are left as they are (for a human to look at), never rewritten.
+        await settled(manager)
+        assert await store.client.get(names["not-json"]) == b"{not json"
+        await manager.aclose()
+
+
+@pytest.mark.redis
+async def test_a_deadline_far_ahead_is_capped_at_the_grace_period(fleet: Fleet) -> None:
+    store = fleet.store()
+    far = fields("alice", grace_deadline=time.time() + 1e8)  # within MAX_TIME: parsed
+    await put_raw(store, "alice", json.dumps(far))
+    async with RoomDriver(ROOM) as driver:
+        manager = fleet.manager(driver.room, store=store, grace_period=0.5)
+        await until(lambda: manager.stats["sessions_restored"] == 1, "the restore")
+        session = manager.get("alice")
+        assert session is not None and session._grace_timer is not None
+        loop = asyncio.get_running_loop()
+        assert session._grace_timer.when() - loop.time() <= 0.5
+        await until(lambda: manager.get("alice") is None, "alice's removal", timeout=5)
+        await manager.aclose()
+
+
+@pytest.mark.redis
+async def test_a_sid_claimed_by_two_records_restores_one(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "livekit_lifecycle")
+    store = fleet.store()
+    await put_raw(store, "alice", json.dumps(fields("alice", sid="PA_same")))
+    await put_raw(store, "bob", json.dumps(fields("bob", sid="PA_same")))
+    async with RoomDriver(ROOM) as driver:
+        manager = fleet.manager(driver.room, store=store)
+        await until(lambda: manager.stats["store_records_skipped"] == 1, "the restore")
+        await manager.idle()
+        assert list(manager.sessions) == ["alice"]
+        await manager.aclose()
+
+
+@pytest.mark.redis
+async def test_one_unwritable_session_never_blocks_the_others(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "livekit_lifecycle")
+    async with RoomDriver(ROOM) as driver:
+        manager = fleet.manager(driver.room)
+        await manager.idle()
+        driver.connect("alice", active=True)
+        driver.connect("bob", active=True)
+        alice, bob = manager.get("alice"), manager.get("bob")
+        assert alice is not None and bob is not None
+        alice.data["log"] = []
+        await settled(manager)
+        for bad in (object(), 10**5000, math.nan):
+            alice.data["log"].append(bad)  # in place: not seen at assignment
+            bob.data["n"] = bob.data.get("n", 0) + 1
+            manager.set_user_id("alice", f"u-{bob.data['n']}")
+            await settled(manager)
+            stored = await fleet.stored()
+            assert stored["bob"].data == {"n": bob.data["n"]}
+            assert stored["alice"].data == {"log": []} and stored["alice"].user_id is None
+            alice.data["log"].pop()
+        assert manager.stats["store_unserialisable"] == 3
+        assert manager.stats["store_outages"] == 0
+        refused = [r for r in caplog.records if "store.unserialisable" in r.getMessage()]
+        assert [r.__dict__["key"] for r in refused] == ["alice"] * 3
+        alice.data["fixed"] = True  # the session's next change writes it whole
+        await settled(manager)
+        assert (await fleet.stored())["alice"].user_id == "u-3"
+        await manager.aclose()
+
+
+def test_data_the_store_cannot_write_is_refused_at_assignment() -> None:
+    from livekit_lifecycle.stores import SessionData
+
+    data = SessionData()
+    with pytest.raises(TypeError, match="2\\*\\*63"):
+        data["id"] = 2**64
+    data["id"] = 2**63 - 1
+    with pytest.raises(TypeError, match="deeper than 64"):
+        data["deep"] = json.loads(nested(70))
+
+
+@pytest.mark.parametrize(
+    ("config", "field"),
+    [
+        ({"grace_period": 1e308}, "grace_period"),
+        ({"grace_period": 10**400}, "grace_period"),
+        ({"cleanup_timeout": math.inf}, "cleanup_timeout"),
+        ({"shutdown_timeout": 2e9}, "shutdown_timeout"),
+        ({"history_limit": 10**100}, "history_limit"),
+        ({"history_limit": 0}, "history_limit"),
+    ],
+)
+def test_absurd_configuration_numbers_are_a_valueerror_naming_the_field(
+    config: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        LifecycleConfig(**config)
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"claim_ttl": math.inf}, "claim_ttl"),
+        ({"claim_ttl": 1e300}, "claim_ttl"),
+        ({"ttl_margin": math.nan}, "ttl_margin"),
+        ({"ttl_margin": -1}, "ttl_margin"),
+        ({"timeout": 1e300}, "timeout"),
+        ({"timeout": "2"}, "timeout"),
+    ],
+)
+def test_absurd_store_numbers_are_a_valueerror_naming_the_field(
+    options: dict[str, Any], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        RedisStore.from_url("redis://127.0.0.1:1/0", **options)
+    with pytest.raises(ValueError, match="ttl_margin"):
+        MemoryStore(ttl_margin=math.inf)
+
+
+@pytest.mark.redis
+async def test_the_longest_grace_window_is_a_ttl_redis_takes(fleet: Fleet) -> None:
+    async with RoomDriver(ROOM) as driver:
+        manager = fleet.manager(driver.room, grace_period=1e9)
+        await manager.idle()
+        driver.connect("alice", active=True)
+        driver.disconnect("alice")
+        await settled(manager)
+        assert manager.stats["store_errors"] == 0
+        assert (await fleet.stored())["alice"].state == "grace"
+        name = redis_key(fleet.stores[0], ROOM, "alice")
+        assert await fleet.stores[0].client.ttl(name) > 1e9
+        await manager.aclose()
