@@ -28,7 +28,7 @@ from livekit_lifecycle.stores import (
 from livekit_lifecycle.testing import RoomDriver
 
 from .test_manager_store import ROOM, Fleet, settled, until
-from .test_manager_store import fleet as fleet  # noqa: F401 (the fixture)
+from .test_manager_store import fleet as fleet  # the fixture
 
 
 def fields(key: str, **changes: Any) -> dict[str, Any]:
