@@ -58,8 +58,9 @@ def session_key(participant: rtc.RemoteParticipant) -> str:
     return extract_user_id(participant.identity) or participant.identity
 
 
-CONFIG = LifecycleConfig(grace_period=15.0, session_key=session_key)
-"""15 s: under the room's default ``departure_timeout`` (20 s), see docs/agents.md."""
+CONFIG = LifecycleConfig(grace_period=15.0, cleanup_timeout=5.0, session_key=session_key)
+"""15 s: under the room's default ``departure_timeout`` (20 s); 5 s per cleanup fits the
+worker's 10 s shutdown budget. See docs/agents.md."""
 
 
 @dataclass

@@ -506,3 +506,150 @@ async def test_without_an_agent_session(job: JobContext, driver: RoomDriver) -> 
     await manager.wait_for("alice", State.GRACE, WAIT)
     await shut_down_job(job, driver)
     assert resource.closes == 1 and manager.sessions == {}
+
+
+# --------------------------------------------------------------------------- no deaf agent
+
+
+def record_job_shutdowns(job: JobContext) -> list[str]:
+    """The reasons ``ctx.shutdown()`` is called with: fake_job_context has no job runner,
+    so its shutdown hook (a no-op) is replaced by one that records them."""
+    reasons: list[str] = []
+    job._on_shutdown = reasons.append
+    return reasons
+
+
+async def test_the_job_ends_once_the_last_users_window_expires(
+    job: JobContext, driver: RoomDriver, agent_session: AgentSession[Any]
+) -> None:
+    shutdowns = record_job_shutdowns(job)
+    manager = await start(job, agent_session)
+    driver.connect("alice", active=True)
+    driver.connect("bob", active=True)
+    driver.disconnect("alice")
+    await manager.wait_for("alice", State.REMOVED, WAIT)
+    assert shutdowns == []  # bob is still there
+    driver.disconnect("bob")
+    await manager.wait_for("bob", State.REMOVED, WAIT)
+    assert shutdowns == ["livekit-lifecycle: last user gone"]
+    await manager.aclose()
+    assert len(shutdowns) == 1
+
+
+async def test_a_user_back_inside_the_window_keeps_the_job(
+    job: JobContext, driver: RoomDriver, agent_session: AgentSession[Any]
+) -> None:
+    shutdowns = record_job_shutdowns(job)
+    manager = await start(job, agent_session, grace_period=LONG)
+    driver.connect("alice", active=True)
+    driver.disconnect("alice")
+    await manager.wait_for("alice", State.GRACE, WAIT)
+    driver.connect("alice", active=True)
+    await manager.wait_for("alice", State.ACTIVE, WAIT)
+    assert shutdowns == []
+    await manager.aclose()
+    assert shutdowns == []  # a shutdown of the manager is not a user leaving
+
+
+async def test_the_job_ends_when_the_server_removes_the_last_user(
+    job: JobContext, driver: RoomDriver
+) -> None:
+    shutdowns = record_job_shutdowns(job)
+    manager = await for_job(job, config=LifecycleConfig(grace_period=LONG))
+    driver.connect("alice", active=True)
+    driver.disconnect("alice", REASON.PARTICIPANT_REMOVED)
+    await manager.wait_for("alice", State.REMOVED, WAIT)
+    assert shutdowns == ["livekit-lifecycle: last user gone"]
+    await manager.aclose()
+
+
+async def test_when_empty_keep_leaves_the_job_running(job: JobContext, driver: RoomDriver) -> None:
+    shutdowns = record_job_shutdowns(job)
+    manager = await for_job(job, config=LifecycleConfig(grace_period=SHORT), when_empty="keep")
+    assert manager.when_empty == "keep"
+    driver.connect("alice", active=True)
+    driver.disconnect("alice")
+    await manager.wait_for("alice", State.REMOVED, WAIT)
+    await manager.idle()
+    assert shutdowns == []
+    await manager.aclose()
+
+
+async def test_when_empty_delete_room_deletes_then_ends_the_job(
+    job: JobContext, driver: RoomDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="livekit_lifecycle")
+    shutdowns = record_job_shutdowns(job)
+    manager = await for_job(
+        job, config=LifecycleConfig(grace_period=SHORT), when_empty="delete_room"
+    )
+    driver.connect("alice", active=True)
+    driver.disconnect("alice")
+    await manager.wait_for("alice", State.REMOVED, WAIT)
+    while not shutdowns:  # the deletion is a request to the server first
+        await asyncio.wait_for(asyncio.shield(manager._end_task), WAIT)  # type: ignore[arg-type]
+    assert shutdowns == ["livekit-lifecycle: last user gone (room deleted)"]
+    [ending] = events(caplog, "agents.job_ending")
+    assert ending.__dict__["action"] == "delete_room" and ending.__dict__["trigger"] == "expire"
+    await manager.aclose()
+
+
+async def test_bad_when_empty_and_budget_are_clear_errors(job: JobContext) -> None:
+    with pytest.raises(ValueError, match="when_empty"):
+        await for_job(job, when_empty="close")  # type: ignore[arg-type]
+    for budget in (0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="shutdown_budget"):
+            await for_job(job, shutdown_budget=budget)
+
+
+# --------------------------------------------------------------------------- shutdown budget
+
+
+async def test_a_configuration_that_cannot_fit_the_budget_is_reported_at_start(
+    job: JobContext, driver: RoomDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="livekit_lifecycle")
+    fits = await for_job(job, resources=[Resource("tts", [])])  # the defaults fit
+    assert fits.shutdown_budget == 10.0 and fits.config.cleanup_timeout == 5.0
+    await fits.aclose()
+    roomy = await for_job(job, config=LifecycleConfig(cleanup_timeout=10.0), shutdown_budget=30)
+    await roomy.aclose()
+    assert events(caplog, "agents.shutdown_budget_exceeded") == []
+
+    manager = await for_job(job, config=LifecycleConfig(cleanup_timeout=10.0))
+    [report] = events(caplog, "agents.shutdown_budget_exceeded")
+    assert report.__dict__["shutdown_budget"] == 10.0 and report.__dict__["cleanup_timeout"] == 10.0
+    assert report.__dict__["available"] == 7.0  # 10 - livekit's 2 - 1 for the store/slack
+    assert "shutdown_process_timeout" in report.__dict__["hint"]
+    await manager.aclose()
+
+
+async def test_the_managers_shutdown_fits_inside_the_budget(
+    job: JobContext, driver: RoomDriver
+) -> None:
+    """A cleanup that hangs at shutdown is cut so that the resources are still closed
+    before the worker would kill the process."""
+    order: list[str] = []
+    tts = Resource("tts", order)
+    budget = 5.0
+    manager = await for_job(
+        job,
+        config=LifecycleConfig(grace_period=LONG, cleanup_timeout=30.0, shutdown_timeout=60.0),
+        resources=[tts],
+        shutdown_budget=budget,
+    )
+    hung = asyncio.Event()
+
+    @manager.add_cleanup
+    async def hangs(session: object) -> None:
+        hung.set()
+        await asyncio.Event().wait()
+
+    driver.connect("alice", active=True)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await shut_down_job(job, driver)
+    took = loop.time() - started
+    assert hung.is_set() and tts.closes == 1
+    assert took < budget - 2.0  # inside what livekit-agents leaves to the shutdown callbacks
+    assert manager.config.shutdown_timeout == 1.0  # 5 - 2 - 1 per resource and for the slack

@@ -28,7 +28,12 @@ EXPORTS: dict[str, list[str]] = {
         "configure_logging",
         "render_statechart",
     ],
-    "livekit_lifecycle.agents": ["JobLifecycleManager", "for_job", "refresh_safe_room_options"],
+    "livekit_lifecycle.agents": [
+        "JobLifecycleManager",
+        "WhenEmpty",
+        "for_job",
+        "refresh_safe_room_options",
+    ],
     "livekit_lifecycle.cli": ["COMMANDS", "main"],
     "livekit_lifecycle.compat": [
         "CleanupHandlers",

@@ -35,7 +35,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Literal, get_args
 
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, CloseEvent, CloseReason, JobContext
@@ -47,7 +47,23 @@ from .log import LOGGER_NAME, get_logger
 from .manager import LifecycleManager
 from .session import Session, Transition, reason_name
 
-__all__ = ["JobLifecycleManager", "for_job", "refresh_safe_room_options"]
+__all__ = ["JobLifecycleManager", "WhenEmpty", "for_job", "refresh_safe_room_options"]
+
+WhenEmpty = Literal["shutdown", "delete_room", "keep"]
+"""What a job does once its last user's session is removed: see :func:`for_job`."""
+
+DEFAULT_SHUTDOWN_BUDGET = 10.0
+"""livekit-agents' default ``shutdown_process_timeout`` (``AgentServer``/``WorkerOptions``)."""
+
+_BUDGET_RESERVE = 2.0
+"""Seconds of the worker's budget left to livekit-agents: what runs before the shutdown
+callbacks (the AgentSession's close, the room's disconnect) and the process's exit."""
+
+_RESOURCE_FLOOR = 1.0
+"""Seconds each resource may still take once the shutdown deadline has passed (manager.py)."""
+
+_JOB_CLEANUP_TIMEOUT = 5.0
+"""``cleanup_timeout`` of the configuration ``for_job`` makes when it is given none."""
 
 
 def refresh_safe_room_options(options: RoomOptions | None = None) -> RoomOptions:
@@ -69,6 +85,8 @@ async def for_job(
     session: AgentSession[Any] | None = None,
     config: LifecycleConfig | None = None,
     resources: Iterable[object] = (),
+    when_empty: WhenEmpty = "shutdown",
+    shutdown_budget: float = DEFAULT_SHUTDOWN_BUDGET,
 ) -> JobLifecycleManager:
     """Connect the job if needed and return a :class:`JobLifecycleManager` attached to its room.
 
@@ -81,13 +99,26 @@ async def for_job(
             it is kept linked to its user across refreshes and closed when
             that user's session is removed.
         config: The lifecycle configuration (``grace_period``, ``session_key``...).
+            Default: ``LifecycleConfig(cleanup_timeout=5.0)``, which fits the
+            default shutdown budget.
         resources: Closed at job shutdown, after every session, last first
             (objects with ``aclose()``/``close()``, or callables). ``None``
             entries are skipped, so an optional TTS can be passed as is.
+        when_empty: What happens once the last user's session is removed
+            (the window expired, or the server removed them): ``"shutdown"``
+            (the default) ends the job with ``ctx.shutdown()``; ``"delete_room"``
+            deletes the room first (every other participant is disconnected);
+            ``"keep"`` leaves the job running, as livekit-agents does by itself.
+        shutdown_budget: The worker's ``shutdown_process_timeout`` (10 s unless
+            you gave ``AgentServer`` another): the manager's shutdown is fitted
+            inside it, and a configuration that cannot fit is reported now
+            (``agents.shutdown_budget_exceeded``).
 
     Raises:
         TypeError: for a ``ctx`` that is not a ``JobContext``, a ``session``
             that is not an ``AgentSession``, or a resource that cannot be closed.
+        ValueError: for an unknown ``when_empty`` or a ``shutdown_budget`` that
+            is not a positive number.
     """
     if not isinstance(ctx, JobContext):
         raise TypeError(f"ctx must be a livekit.agents.JobContext, got {type(ctx).__name__}")
@@ -95,7 +126,14 @@ async def for_job(
     # participant_connected: attaching after the connection is what lets the
     # manager adopt users who were already waiting in the room.
     await ctx.connect()
-    return JobLifecycleManager(ctx, session=session, config=config, resources=resources)
+    return JobLifecycleManager(
+        ctx,
+        session=session,
+        config=config,
+        resources=resources,
+        when_empty=when_empty,
+        shutdown_budget=shutdown_budget,
+    )
 
 
 class JobLifecycleManager(LifecycleManager):
@@ -121,6 +159,8 @@ class JobLifecycleManager(LifecycleManager):
         session: AgentSession[Any] | None = None,
         config: LifecycleConfig | None = None,
         resources: Iterable[object] = (),
+        when_empty: WhenEmpty = "shutdown",
+        shutdown_budget: float = DEFAULT_SHUTDOWN_BUDGET,
     ) -> None:
         """Wire everything at once; prefer :func:`for_job`, which connects the job first.
 
@@ -133,8 +173,24 @@ class JobLifecycleManager(LifecycleManager):
             raise TypeError(
                 f"session must be a livekit.agents.AgentSession, got {type(session).__name__}"
             )
-        super().__init__(config)
+        if when_empty not in get_args(WhenEmpty):
+            raise ValueError(
+                f"when_empty must be one of {', '.join(get_args(WhenEmpty))}, got {when_empty!r}"
+            )
+        if (
+            isinstance(shutdown_budget, bool)
+            or not isinstance(shutdown_budget, (int, float))
+            or not shutdown_budget > 0
+        ):
+            raise ValueError(
+                f"shutdown_budget must be a positive number of seconds, got {shutdown_budget!r}"
+            )
+        super().__init__(config or LifecycleConfig(cleanup_timeout=_JOB_CLEANUP_TIMEOUT))
         self._job = ctx
+        self._when_empty: WhenEmpty = when_empty
+        self._shutdown_budget = float(shutdown_budget)
+        self._ending = False
+        self._end_task: asyncio.Task[None] | None = None
         self._agent_session = session
         self._linked_key: str | None = None
         self._linked_identity: str | None = None
@@ -158,8 +214,10 @@ class JobLifecycleManager(LifecycleManager):
             # Ahead of RoomIO's own handler when the manager exists before
             # the AgentSession starts, so the link is seen before RoomIO drops it.
             ctx.room.on("participant_disconnected", self._on_room_participant_disconnected)
+        self.on("removed", self._on_any_removed)
         ctx.add_shutdown_callback(self._on_job_shutdown)
         self._check_departure_timeout()
+        self._check_shutdown_budget()
         # Users already in the room (with automatic dispatch the first user is
         # always there: their join created the room and the job) are adopted on
         # the loop's next turn, so listeners registered right after for_job
@@ -234,6 +292,90 @@ class JobLifecycleManager(LifecycleManager):
                 hint="the room closes departure_timeout seconds after its last user left;"
                 " lower grace_period or create the room with a longer departure_timeout",
             )
+
+    @property
+    def shutdown_budget(self) -> float:
+        """The worker's ``shutdown_process_timeout`` this manager's shutdown is fitted in."""
+        return self._shutdown_budget
+
+    @property
+    def when_empty(self) -> WhenEmpty:
+        """What happens once the last user's session is removed (see :func:`for_job`)."""
+        return self._when_empty
+
+    # ------------------------------------------------------------------ shutdown budget
+
+    def _shutdown_share(self) -> float:
+        """Seconds ``aclose()`` may take so that the whole of it fits in the budget.
+
+        Past its deadline, ``aclose()`` still gives each resource up to
+        ``_RESOURCE_FLOOR`` seconds (a leaked connection is worse than a late
+        exit): those come out of the share, as does livekit-agents' own part.
+        """
+        floor = min(self.config.cleanup_timeout, _RESOURCE_FLOOR)
+        return self._shutdown_budget - _BUDGET_RESERVE - floor * (len(self._resources) + 1)
+
+    def _check_shutdown_budget(self) -> None:
+        share = self._shutdown_share()
+        config = self.config
+        if share >= config.cleanup_timeout and share > 0:
+            return
+        # A cleanup callback may take cleanup_timeout seconds; at shutdown it would
+        # be cut at the share, or the process killed with resources left open.
+        self._job_log.warning(
+            "agents.shutdown_budget_exceeded",
+            category="shutdown",
+            room=self._job.room.name,
+            shutdown_budget=self._shutdown_budget,
+            available=round(max(share, 0.0), 3),
+            cleanup_timeout=config.cleanup_timeout,
+            resources=len(self._resources),
+            hint="the worker kills a job process shutdown_process_timeout seconds after asking"
+            " it to stop: lower cleanup_timeout, or raise AgentServer(shutdown_process_timeout=...)"
+            " and pass the same value as for_job(shutdown_budget=...)",
+        )
+
+    def _start_close(self) -> None:
+        # Fitted when the shutdown starts: resources may have been added since for_job.
+        share = max(self._shutdown_share(), _RESOURCE_FLOOR)
+        if share < self._config.shutdown_timeout:
+            self._config = dataclasses.replace(self._config, shutdown_timeout=share)
+        super()._start_close()
+
+    # ------------------------------------------------------------------ no deaf agent
+
+    def _on_any_removed(self, session: Session) -> None:
+        if self._when_empty == "keep" or self._ending or self.closed or self._sessions:
+            return
+        self._ending = True
+        cause = session.history[-1].trigger if session.history else "removed"
+        self._job_info(
+            "agents.job_ending",
+            "shutdown",
+            why="last user removed",
+            action=self._when_empty,
+            key=session.key,
+            trigger=cause,
+            reason=reason_name(session.disconnect_reason),
+        )
+        if self._when_empty == "delete_room":
+            self._end_task = asyncio.get_running_loop().create_task(
+                self._delete_room_then_shutdown(), name="livekit-lifecycle:delete-room"
+            )
+        else:
+            self._job.shutdown(reason="livekit-lifecycle: last user gone")
+
+    async def _delete_room_then_shutdown(self) -> None:
+        try:
+            await asyncio.wait_for(self._job.delete_room(), self.config.cleanup_timeout)
+        except Exception as exc:
+            self._job_log.warning(
+                "agents.delete_room_failed",
+                category="shutdown",
+                room=self._job.room.name,
+                error=f"{type(exc).__name__}: {exc}",
+            )
+        self._job.shutdown(reason="livekit-lifecycle: last user gone (room deleted)")
 
     # ------------------------------------------------------------------ link tracking
 

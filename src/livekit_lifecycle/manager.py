@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from livekit.agents import AgentSession, JobContext
     from prometheus_client.registry import CollectorRegistry
 
-    from .agents import JobLifecycleManager
+    from .agents import JobLifecycleManager, WhenEmpty
     from .inspector import Inspector
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
@@ -80,6 +80,8 @@ class LifecycleManager(_Intake):
         session: AgentSession[Any] | None = None,
         config: LifecycleConfig | None = None,
         resources: Iterable[object] = (),
+        when_empty: WhenEmpty = "shutdown",
+        shutdown_budget: float = 10.0,
     ) -> JobLifecycleManager:
         """A manager for a livekit-agents job: see :func:`livekit_lifecycle.agents.for_job`.
 
@@ -87,7 +89,14 @@ class LifecycleManager(_Intake):
         """
         from .agents import for_job
 
-        return await for_job(ctx, session=session, config=config, resources=resources)
+        return await for_job(
+            ctx,
+            session=session,
+            config=config,
+            resources=resources,
+            when_empty=when_empty,
+            shutdown_budget=shutdown_budget,
+        )
 
     # ------------------------------------------------------------------ public API
 
