@@ -35,7 +35,7 @@ from livekit import rtc
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, Transition
 from livekit_lifecycle.stores import MemoryStore, RedisStore, SessionStore
-from livekit_lifecycle.testing.redis_server import RedisServer, RedisUnavailable
+from livekit_loopback.redis_server import RedisServer, RedisUnavailable
 
 from . import _subjects
 from ._lifecycle import EVENTS_PER_LIFECYCLE, GRACE, _feed

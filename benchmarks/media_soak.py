@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 from livekit import rtc
 
-from livekit_lifecycle.testing.audio import SAMPLE_RATE, Tone, dominant_frequency
-from livekit_lifecycle.testing.loopback import LoopbackServer
+from livekit_loopback import LoopbackServer
+from livekit_loopback.audio import SAMPLE_RATE, Tone, dominant_frequency
 
 CHECKPOINTS = 10
 FREQUENCY = 440.0

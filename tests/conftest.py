@@ -14,8 +14,6 @@ from livekit_lifecycle.testing import RoomDriver
 
 MakeManager = Callable[..., LifecycleManager]
 
-pytest_plugins = ["livekit_lifecycle.testing.pytest_plugin"]
-
 
 @pytest.fixture
 async def driver() -> AsyncIterator[RoomDriver]:

@@ -4,11 +4,13 @@ Each ```python block is one of:
 
 - a **test** (it defines ``test_*`` functions): run by pytest, in one nested session for all
   such blocks, set up as docs/testing.md tells users to (pytest-asyncio in auto mode, the
-  ``livekit_lifecycle.testing.pytest_plugin`` plugin), with ``examples/`` importable;
+  ``livekit_loopback`` pytest plugin, registered by its entry point), with ``examples/``
+  importable;
 - a **script** (anything else): written to a file and run with ``python``;
 - a **fragment**, marked in the Markdown by ``<!-- snippet: fragment (why it cannot run) -->``
   on the line before the fence: compiled (top-level ``await`` allowed), and its imports from
-  ``livekit`` / ``livekit_lifecycle`` are resolved, so renamed APIs are caught.
+  ``livekit`` / ``livekit_lifecycle`` / ``livekit_loopback`` are resolved, so renamed APIs are
+  caught.
 
 A block that imports ``livekit.agents`` is skipped where livekit-agents is not installed.
 Each ```bash block's commands are checked where that is practical: ``livekit-lifecycle``
@@ -36,7 +38,7 @@ from pathlib import Path
 import pytest
 
 from livekit_lifecycle.cli import build_parser
-from tests.loopback.support import needs_network
+from livekit_loopback.support import needs_network
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -194,7 +196,7 @@ def test_fragment_compiles_and_its_imports_resolve(snippet: Snippet) -> None:
     compile(snippet.code, snippet.name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     _skip_without_agents(snippet)
     for module_name, names in snippet.imports():
-        if module_name.split(".")[0] not in {"livekit", "livekit_lifecycle"}:
+        if module_name.split(".")[0] not in {"livekit", "livekit_lifecycle", "livekit_loopback"}:
             continue  # the reader's own modules (or the seed's, in docs/migrating.md)
         module = importlib.import_module(module_name)
         for name in names:
@@ -240,9 +242,6 @@ def nested_run(tmp_path_factory: pytest.TempPathFactory) -> NestedRun:
     project = tmp_path_factory.mktemp("docs-tests")
     (project / "pytest.ini").write_text(
         "[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n"
-    )
-    (project / "conftest.py").write_text(
-        'pytest_plugins = ["livekit_lifecycle.testing.pytest_plugin"]\n'
     )
     for snippet in PYTHON:
         if snippet.kind == "test" and not (snippet.needs_agents and not HAS_AGENTS):
@@ -321,9 +320,11 @@ def _parses(
     assert code == 0, capsys.readouterr().err
 
 
-def _extras() -> set[str]:
-    """The optional-dependencies tables of pyproject.toml (tomllib is 3.11+)."""
-    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+def _extras(requirement: str) -> set[str]:
+    """The optional-dependencies table of the pyproject.toml ``requirement`` names (this
+    project's, or livekit-loopback's); tomllib is 3.11+."""
+    project = ROOT / "livekit-loopback" if "livekit-loopback" in requirement else ROOT
+    text = (project / "pyproject.toml").read_text(encoding="utf-8")
     table = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
     return set(re.findall(r"^([\w-]+)\s*=", table, re.M))
 
@@ -334,12 +335,14 @@ def test_shell_command_exists(words: list[str], capsys: pytest.CaptureFixture[st
     if program == "livekit-lifecycle":
         _parses(build_parser(), args, capsys)
     elif program == "pip":
-        extras = _extras()
         for requirement in args:
             for wanted in re.findall(r"\[([\w,-]+)\]", requirement):
-                assert set(wanted.split(",")) <= set(extras), f"no such extra: {requirement}"
+                extras = _extras(requirement)
+                assert set(wanted.split(",")) <= extras, f"no such extra: {requirement}"
     elif program == "pytest" or args[:2] == ["-m", "pytest"]:
-        paths = [a.split("::")[0] for a in args if a.startswith("tests/")]
+        paths = [
+            a.split("::")[0] for a in args if a.startswith(("tests/", "livekit-loopback/tests/"))
+        ]
         assert all((ROOT / p).exists() for p in paths), paths
     elif args[:2] == ["-m", "benchmarks"]:
         from benchmarks.runner import build_parser as benchmarks_parser

@@ -1,5 +1,6 @@
 """The public face: every public module's ``__all__``, pinned (as httpx does).
 
+Both distributions of this repository: livekit-lifecycle and livekit-loopback.
 A name added to or removed from the public API fails here first: update the
 list on purpose, together with the docs.
 """
@@ -12,6 +13,7 @@ import pkgutil
 import pytest
 
 import livekit_lifecycle
+import livekit_loopback
 
 EXPORTS: dict[str, list[str]] = {
     "livekit_lifecycle": [
@@ -136,9 +138,9 @@ EXPORTS: dict[str, list[str]] = {
         "StateGroup",
         "Statechart",
     ],
-    "livekit_lifecycle.testing": ["LoopbackServer", "RoomDriver"],
-    "livekit_lifecycle.testing.audio": ["SAMPLE_RATE", "Tone", "dominant_frequency", "record"],
-    "livekit_lifecycle.testing.browser": [
+    "livekit_lifecycle.testing": ["RoomDriver"],
+    "livekit_loopback.audio": ["SAMPLE_RATE", "Tone", "dominant_frequency", "record"],
+    "livekit_loopback.browser": [
         "BrowserUnavailable",
         "CHROMIUM_ARGS",
         "CHROMIUM_ENV",
@@ -147,7 +149,7 @@ EXPORTS: dict[str, list[str]] = {
         "find_chromium",
         "headless_chromium",
     ],
-    "livekit_lifecycle.testing.browser_client": [
+    "livekit_loopback.browser_client": [
         "DEFAULT_PREFIX",
         "LIVEKIT_CLIENT_ENV",
         "LIVEKIT_CLIENT_VERSION",
@@ -158,14 +160,14 @@ EXPORTS: dict[str, list[str]] = {
         "find_livekit_client",
         "install_livekit_client",
     ],
-    "livekit_lifecycle.testing.loopback": [
+    "livekit_loopback": [
         "LoopbackServer",
         "LoopbackUnavailable",
         "ParticipantView",
         "ice_addresses",
     ],
-    "livekit_lifecycle.testing.loopback.server": ["LoopbackServer"],
-    "livekit_lifecycle.testing.pytest_plugin": [
+    "livekit_loopback.server": ["LoopbackServer"],
+    "livekit_loopback.pytest_plugin": [
         "browser_client",
         "chromium",
         "loopback_server",
@@ -173,10 +175,20 @@ EXPORTS: dict[str, list[str]] = {
         "pytest_runtest_makereport",
         "redis_server",
     ],
-    "livekit_lifecycle.testing.redis_server": [
+    "livekit_loopback.redis_server": [
         "RedisServer",
         "RedisUnavailable",
         "find_redis_server",
+    ],
+    "livekit_loopback.support": [
+        "WAIT",
+        "Event",
+        "Recorder",
+        "eventually",
+        "needs_network",
+        "no_leaks",
+        "open_sockets",
+        "webrtc_warmed_up",
     ],
     "livekit_lifecycle.testing.virtual_time": ["Deadlock", "VirtualTimeLoop", "clock", "run"],
     "livekit_lifecycle.tracing": ["CLEANUP_SPAN", "SHUTDOWN_SPAN", "enable_tracing"],
@@ -184,10 +196,12 @@ EXPORTS: dict[str, list[str]] = {
 
 
 def _public_modules() -> list[str]:
-    names = ["livekit_lifecycle"]
-    for info in pkgutil.walk_packages(livekit_lifecycle.__path__, "livekit_lifecycle."):
-        if not any(part.startswith("_") for part in info.name.split(".")[1:]):
-            names.append(info.name)
+    names = []
+    for package in (livekit_lifecycle, livekit_loopback):
+        names.append(package.__name__)
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if not any(part.startswith("_") for part in info.name.split(".")[1:]):
+                names.append(info.name)
     return sorted(names)
 
 

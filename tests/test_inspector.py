@@ -17,8 +17,8 @@ from livekit_lifecycle import LifecycleConfig, LifecycleManager, State
 from livekit_lifecycle.cli import main
 from livekit_lifecycle.inspector import Inspector, ManagerSource, Source
 from livekit_lifecycle.testing import RoomDriver
-from livekit_lifecycle.testing.browser import ConsoleLog
-from tests.loopback.support import eventually
+from livekit_loopback.browser import ConsoleLog
+from livekit_loopback.support import eventually
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page

@@ -1,7 +1,7 @@
 """The live demo: scripted users on real SDK connections to the embedded loopback server.
 
 An agent-side ``rtc.Room`` with a :class:`~livekit_lifecycle.LifecycleManager`
-joins a room on a :class:`~livekit_lifecycle.testing.LoopbackServer`; scripted
+joins a room on a :class:`~livekit_loopback.LoopbackServer`; scripted
 users connect as real SDK clients (real signalling, real WebRTC) and refresh,
 reconnect rapidly, open a duplicate tab, lose their leave, let the window
 expire; then the agent shuts down gracefully. A live per-participant table is
@@ -45,7 +45,7 @@ async def run_live_demo(
         LiveDemoUnavailable: before anything is shown, when the server cannot run here.
     """
     try:
-        from .testing.loopback import LoopbackServer, LoopbackUnavailable
+        from livekit_loopback import LoopbackServer, LoopbackUnavailable
     except ImportError as exc:
         raise LiveDemoUnavailable(str(exc)) from None
     server = LoopbackServer(leave_timeout=1.0)
@@ -234,7 +234,7 @@ class _LiveTable:  # pragma: no cover - needs a terminal; the line timeline shar
 @contextlib.contextmanager
 def _quiet_sdk_logs() -> Iterator[None]:
     """The SDK logs expected errors (e.g. a data channel closing after a lost leave)."""
-    loggers = [logging.getLogger(name) for name in ("livekit", "livekit_lifecycle.loopback")]
+    loggers = [logging.getLogger(name) for name in ("livekit", "livekit_loopback")]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.CRITICAL)

@@ -9,7 +9,7 @@ seconds, or when the room goes away, with a summary.
 
 Credentials come from ``--api-key``/``--api-secret`` or ``LIVEKIT_API_KEY`` /
 ``LIVEKIT_API_SECRET``, the URL from ``--url`` or ``LIVEKIT_URL``. Needs
-``livekit-api`` (in the ``testing`` extra, and a dependency of livekit-agents).
+``livekit-api`` (the ``watch`` extra, or livekit-agents, which depends on it).
 """
 
 from __future__ import annotations
@@ -458,7 +458,7 @@ class Watcher:
         except ImportError:
             raise WatchError(
                 "watch needs livekit-api to sign its token:"
-                " pip install 'livekit-lifecycle[testing]' (or livekit-api)"
+                " pip install 'livekit-lifecycle[watch]' (or livekit-api)"
             ) from None
         grants = api.VideoGrants(
             room_join=True,

@@ -25,7 +25,7 @@ async def main(url: str, token: str, tone_hz: float | None) -> None:
     print("ready", room.local_participant.sid, flush=True)
     async with contextlib.AsyncExitStack() as stack:
         if tone_hz is not None:
-            from livekit_lifecycle.testing.audio import Tone
+            from livekit_loopback.audio import Tone
 
             tone = await stack.enter_async_context(Tone(tone_hz))
             options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE)

@@ -14,7 +14,7 @@ from livekit import rtc
 
 from livekit_lifecycle import PARTICIPANT_CHART, LifecycleConfig, LifecycleManager, Session
 from livekit_lifecycle.session import Transition
-from tests.loopback.support import WAIT, Recorder, no_leaks, webrtc_warmed_up
+from livekit_loopback.support import WAIT, Recorder, no_leaks, webrtc_warmed_up
 
 __all__ = ["ROOM", "Agent", "MakeAgent", "command_env", "no_leaks", "webrtc_warmed_up"]
 

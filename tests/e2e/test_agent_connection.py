@@ -7,10 +7,10 @@ from livekit import rtc
 from livekit.rtc._proto.room_pb2 import SimulateScenarioKind
 
 from livekit_lifecycle import State
-from livekit_lifecycle.testing.loopback import LoopbackServer
+from livekit_loopback import LoopbackServer
+from livekit_loopback.support import WAIT
 from tests.conftest import path
 from tests.e2e.conftest import ROOM, MakeAgent
-from tests.loopback.support import WAIT
 
 pytestmark = pytest.mark.e2e
 

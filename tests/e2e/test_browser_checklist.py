@@ -19,13 +19,13 @@ import pytest
 from livekit import rtc
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
-from livekit_lifecycle.testing.audio import dominant_frequency, record
-from livekit_lifecycle.testing.browser_client import BrowserParticipant, ClientPageServer
-from livekit_lifecycle.testing.loopback import LoopbackServer
+from livekit_loopback import LoopbackServer
+from livekit_loopback.audio import dominant_frequency, record
+from livekit_loopback.browser_client import BrowserParticipant, ClientPageServer
+from livekit_loopback.support import eventually
 from tests.conftest import path
 from tests.e2e.conftest import ROOM, Agent, MakeAgent
 from tests.e2e.test_reconnects import BACK_FROM_GRACE, CLEANED_INTO_GRACE, FIRST_CONNECTION
-from tests.loopback.support import eventually
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

@@ -13,10 +13,10 @@ import pytest
 
 from livekit_lifecycle._watch import WatchError, WatchSettings
 from livekit_lifecycle.inspector import Inspector, RoomSource
-from livekit_lifecycle.testing.loopback import LoopbackServer
+from livekit_loopback import LoopbackServer
+from livekit_loopback.support import WAIT, eventually
 from tests.e2e.conftest import ROOM, command_env
 from tests.e2e.test_watch import _settings as watch_settings
-from tests.loopback.support import WAIT, eventually
 
 pytestmark = pytest.mark.e2e
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from livekit_lifecycle import State
-from livekit_lifecycle.testing.audio import dominant_frequency, record
-from livekit_lifecycle.testing.loopback import LoopbackServer
+from livekit_loopback import LoopbackServer
+from livekit_loopback.audio import dominant_frequency, record
+from livekit_loopback.support import WAIT, eventually
 from tests.e2e.conftest import ROOM, MakeAgent
-from tests.loopback.support import WAIT, eventually
 
 pytestmark = pytest.mark.e2e
 

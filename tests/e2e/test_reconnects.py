@@ -15,10 +15,10 @@ import pytest
 from livekit import rtc
 
 from livekit_lifecycle import State
-from livekit_lifecycle.testing.loopback import LoopbackServer
+from livekit_loopback import LoopbackServer
+from livekit_loopback.support import WAIT, Recorder
 from tests.conftest import path
 from tests.e2e.conftest import ROOM, MakeAgent
-from tests.loopback.support import WAIT, Recorder
 
 pytestmark = pytest.mark.e2e
 

@@ -19,10 +19,10 @@ import pytest
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
 from livekit_lifecycle.stores import RedisStore
-from livekit_lifecycle.testing.loopback import LoopbackServer
-from livekit_lifecycle.testing.redis_server import RedisServer
+from livekit_loopback import LoopbackServer
+from livekit_loopback.redis_server import RedisServer
+from livekit_loopback.support import WAIT
 from tests.e2e.conftest import ROOM
-from tests.loopback.support import WAIT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis]
 

@@ -15,9 +15,9 @@ import pytest
 from livekit_lifecycle import State
 from livekit_lifecycle._watch import JsonRenderer, LineRenderer, Watcher, WatchSettings
 from livekit_lifecycle.cli import main
-from livekit_lifecycle.testing.loopback import LoopbackServer
+from livekit_loopback import LoopbackServer
+from livekit_loopback.support import WAIT
 from tests.e2e.conftest import ROOM, command_env
-from tests.loopback.support import WAIT
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from livekit_lifecycle.stores import MemoryStore, RedisStore, SessionStore
-from livekit_lifecycle.testing.redis_server import RedisServer
+from livekit_loopback.redis_server import RedisServer
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from livekit_lifecycle.cli import main
 from livekit_lifecycle.inspector import Inspector, Source, StoreSource
 from livekit_lifecycle.stores import RedisStore
 from livekit_lifecycle.testing import RoomDriver
-from livekit_lifecycle.testing.redis_server import RedisServer
+from livekit_loopback.redis_server import RedisServer
 from tests.test_inspector import WAIT, next_event
 
 pytestmark = pytest.mark.redis

@@ -24,7 +24,7 @@ from livekit_lifecycle.stores import (
     StoreWrite,
 )
 from livekit_lifecycle.testing import RoomDriver
-from livekit_lifecycle.testing.redis_server import RedisServer
+from livekit_loopback.redis_server import RedisServer
 
 WAIT = 20.0
 ROOM = "test-room"  # the driver fixture's room

@@ -21,7 +21,7 @@ from livekit_lifecycle.stores import (
     open_store,
     process_owner,
 )
-from livekit_lifecycle.testing.redis_server import RedisServer
+from livekit_loopback.redis_server import RedisServer
 
 
 def record(room: str, key: str, **changes: Any) -> SessionRecord:

@@ -11,7 +11,7 @@ import pytest
 
 from livekit_lifecycle.stores import MemoryStore, RedisStore, SessionRecord
 from livekit_lifecycle.stores._writer import STORE_STATS, StoreWriter
-from livekit_lifecycle.testing.redis_server import RedisServer
+from livekit_loopback.redis_server import RedisServer
 
 WAIT = 20.0
 

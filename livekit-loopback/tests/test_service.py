@@ -18,9 +18,9 @@ pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' ex
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
-from livekit_lifecycle.testing.loopback._service import RoomService, ServiceSettings
-from livekit_lifecycle.testing.loopback._signal import JoinParams
-from livekit_lifecycle.testing.loopback._tokens import TokenAuthority
+from livekit_loopback._service import RoomService, ServiceSettings
+from livekit_loopback._signal import JoinParams
+from livekit_loopback._tokens import TokenAuthority
 
 REASON = models.DisconnectReason
 ROOM = "room"

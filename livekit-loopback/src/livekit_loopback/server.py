@@ -16,8 +16,7 @@ from livekit import rtc
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
-from livekit_lifecycle.log import get_logger
-
+from ._log import get_logger
 from ._net import require_ice_address
 from ._room import ParticipantView, SignalLink
 from ._service import RoomService, ServiceSettings
@@ -61,7 +60,7 @@ class LoopbackServer:
 
     The machine needs a non-loopback network interface: libwebrtc ignores
     loopback ones. :meth:`start` raises
-    :class:`~livekit_lifecycle.testing.loopback.LoopbackUnavailable` otherwise.
+    :class:`~livekit_loopback.LoopbackUnavailable` otherwise.
 
     Args:
         host: Address the HTTP/WebSocket endpoint listens on. Signalling is
@@ -115,7 +114,7 @@ class LoopbackServer:
         self._url: str | None = None
         self._state: Literal["new", "running", "stopping", "stopped"] = "new"
         self._stopped: asyncio.Event | None = None
-        self._log = get_logger("livekit_lifecycle.loopback")
+        self._log = get_logger()
 
     # ------------------------------------------------------------------ identity
 

@@ -23,7 +23,7 @@ from typing import Any
 from aiohttp import web
 from livekit.protocol import rtc as signal
 
-from livekit_lifecycle.log import get_logger
+from ._log import get_logger
 
 __all__ = ["JoinParams", "JoinRequestError", "SignalConnection", "parse_join"]
 
@@ -126,7 +126,7 @@ class SignalConnection:
         self.label = label
         self._outbox: asyncio.Queue[signal.SignalResponse | None] = asyncio.Queue()
         self._closing = False
-        self._log = get_logger("livekit_lifecycle.loopback").bind(connection=label)
+        self._log = get_logger().bind(connection=label)
         self._writer = spawn(self._write(), f"loopback-signal-writer:{label}")
 
     @property

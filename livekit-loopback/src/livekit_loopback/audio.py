@@ -1,6 +1,6 @@
 """Audio you can recognise at the other end: publish a sine tone, measure what arrives.
 
-For end-to-end tests of media paths (a :class:`~livekit_lifecycle.testing.loopback.LoopbackServer`
+For end-to-end tests of media paths (a :class:`~livekit_loopback.LoopbackServer`
 forwards published tracks): a :class:`Tone` is a real ``rtc.LocalAudioTrack``
 fed with a sine wave in real time; :func:`record` reads a received track
 through ``rtc.AudioStream``; :func:`dominant_frequency` says which frequency

@@ -21,9 +21,9 @@ pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' ex
 from livekit import rtc
 from livekit.rtc._proto.room_pb2 import SimulateScenarioKind
 
-from livekit_lifecycle.testing.audio import Tone, dominant_frequency, record
-from livekit_lifecycle.testing.loopback import LoopbackServer
-from tests.loopback.support import WAIT, Recorder, eventually
+from livekit_loopback import LoopbackServer
+from livekit_loopback.audio import Tone, dominant_frequency, record
+from livekit_loopback.support import WAIT, Recorder, eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -304,7 +304,7 @@ async def test_full_reconnect_republishes_and_peers_resubscribe(
 async def test_grants_without_subscribe_or_data_forward_nothing(
     loopback_server: LoopbackServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "livekit_lifecycle.loopback")
+    caplog.set_level(logging.INFO, "livekit_loopback")
     deaf = await loopback_server.connect("deaf", ROOM, can_subscribe=False)
     deaf_events = Recorder.on(deaf)
     quiet = await loopback_server.connect("quiet", ROOM, can_publish_data=False)

@@ -1,17 +1,14 @@
 """pytest fixtures for end-to-end tests of LiveKit agents against a :class:`LoopbackServer`.
 
-Enable it in your top-level ``conftest.py``::
-
-    pytest_plugins = ["livekit_lifecycle.testing.pytest_plugin"]
-
-and install the extra: ``pip install 'livekit-lifecycle[testing]'``. It needs
-pytest-asyncio (the fixture is async; it works in both ``strict`` and ``auto``
-mode, with a function-scoped event loop).
+Installing ``livekit-loopback`` registers this plugin (a ``pytest11`` entry
+point): nothing to add to ``conftest.py`` (``-p no:livekit_loopback.pytest_plugin``
+turns it off). The fixtures are async and work in pytest-asyncio's ``strict``
+and ``auto`` modes, with a function-scoped event loop.
 
 Fixtures:
 
 ``loopback_server``
-    A running :class:`~livekit_lifecycle.testing.loopback.LoopbackServer`,
+    A running :class:`~livekit_loopback.LoopbackServer`,
     one per test. Configure it with the ``loopback`` marker, whose keyword
     arguments go to the server::
 
@@ -28,13 +25,13 @@ Fixtures:
 
 ``chromium``
     A headless Chromium (a Playwright ``Browser``, see
-    :mod:`livekit_lifecycle.testing.browser`), one per test. Mark such tests
+    :mod:`livekit_loopback.browser`), one per test. Mark such tests
     ``browser``. Without Playwright or a Chromium the test is skipped with the
     reason, unless ``LIVEKIT_LIFECYCLE_REQUIRE_BROWSER=1`` is set (CI sets it):
     then it fails, so a machine that lost its browser cannot pass by skipping.
 
 ``browser_client``
-    A :class:`~livekit_lifecycle.testing.browser_client.ClientPageServer` on
+    A :class:`~livekit_loopback.browser_client.ClientPageServer` on
     the ``chromium`` browser: ``await browser_client.open(server.url, token)``
     opens a tab in which livekit-client joins the room and publishes the fake
     microphone. livekit-client is looked for in ``$LIVEKIT_LIFECYCLE_LIVEKIT_CLIENT``,
@@ -45,7 +42,7 @@ Fixtures:
 
 ``redis_server``
     A real ``redis-server`` of its own (a
-    :class:`~livekit_lifecycle.testing.redis_server.RedisServer`) on a free
+    :class:`~livekit_loopback.redis_server.RedisServer`) on a free
     loopback port with its files in ``tmp_path``, stopped at teardown. Mark
     such tests ``redis``. Without a ``redis-server`` the test is skipped with
     the reason, unless ``LIVEKIT_LIFECYCLE_REQUIRE_REDIS=1`` is set (CI sets it).
@@ -64,8 +61,9 @@ import pytest_asyncio
 if TYPE_CHECKING:
     from playwright.async_api import Browser
 
+    from livekit_loopback import LoopbackServer
+
     from .browser_client import ClientPageServer
-    from .loopback import LoopbackServer
     from .redis_server import RedisServer
 
 __all__ = [
@@ -103,7 +101,7 @@ def pytest_configure(config: pytest.Config) -> None:
 async def loopback_server(request: pytest.FixtureRequest) -> AsyncIterator[LoopbackServer]:
     """A running LoopbackServer for this test (see the module docstring)."""
     try:
-        from .loopback import LoopbackServer, LoopbackUnavailable
+        from livekit_loopback import LoopbackServer, LoopbackUnavailable
     except ImportError as exc:
         pytest.skip(f"LoopbackServer unavailable: {exc}")
     options: dict[str, Any] = {}

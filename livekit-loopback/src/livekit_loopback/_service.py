@@ -32,9 +32,8 @@ from aiortc.mediastreams import MediaStreamTrack
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
-from livekit_lifecycle.log import get_logger
-
 from ._downlink import Downlink
+from ._log import get_logger
 from ._media import TrackFeed
 from ._peer import Peer, sending_tracks
 from ._room import (
@@ -91,7 +90,7 @@ class RoomService:
         self._dropped: set[str] = set()
         self._waiters: set[asyncio.Future[None]] = set()
         self._peers: set[Peer] = set()
-        self._log = get_logger("livekit_lifecycle.loopback")
+        self._log = get_logger()
 
     # ------------------------------------------------------------------ observation
 

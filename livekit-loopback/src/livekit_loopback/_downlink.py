@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from aiortc import RTCRtpTransceiver
 from livekit.protocol import rtc as signal
 
-from livekit_lifecycle.log import get_logger
-
+from ._log import get_logger
 from ._media import ForwardedTrack, Spawn
 from ._peer import Peer
 
@@ -70,7 +69,7 @@ class Downlink:
         self._label = label
         self._tracks: dict[str, _Outgoing] = {}
         self._retired: set[RTCRtpTransceiver] = set()
-        self._log = get_logger("livekit_lifecycle.loopback").bind(downlink=label)
+        self._log = get_logger().bind(downlink=label)
         # /rtc/v1: sections asked for and not yet seen in an offer, per kind.
         self._requested = {"audio": 0, "video": 0}
         self._answered_once = False

@@ -6,7 +6,7 @@ import importlib.util
 
 import pytest
 
-from tests.loopback.support import no_leaks, webrtc_warmed_up
+from livekit_loopback.support import no_leaks, webrtc_warmed_up
 
 __all__ = ["no_leaks", "webrtc_warmed_up"]
 

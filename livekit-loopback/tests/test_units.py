@@ -15,14 +15,14 @@ from livekit import api
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
-from livekit_lifecycle.testing.loopback import ice_addresses
-from livekit_lifecycle.testing.loopback._peer import sending_tracks
-from livekit_lifecycle.testing.loopback._signal import (
+from livekit_loopback import ice_addresses
+from livekit_loopback._peer import sending_tracks
+from livekit_loopback._signal import (
     JoinRequestError,
     decode_join_request,
     parse_join,
 )
-from livekit_lifecycle.testing.loopback._tokens import (
+from livekit_loopback._tokens import (
     AuthError,
     TokenAuthority,
     bearer_token,

@@ -1,4 +1,4 @@
-"""``python -m livekit_lifecycle.testing.browser_client install [--prefix DIR]``."""
+"""``python -m livekit_loopback.browser_client install [--prefix DIR]``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from . import DEFAULT_PREFIX, LIVEKIT_CLIENT_ENV, LivekitClientUnavailable, inst
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m livekit_lifecycle.testing.browser_client",
+        prog="python -m livekit_loopback.browser_client",
         description="Install the pinned livekit-client the browser test page serves.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

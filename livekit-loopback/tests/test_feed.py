@@ -16,8 +16,8 @@ pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' ex
 
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
-from livekit_lifecycle.testing.loopback._media import ForwardedTrack, TrackFeed
-from tests.loopback.support import WAIT, eventually
+from livekit_loopback._media import ForwardedTrack, TrackFeed
+from livekit_loopback.support import WAIT, eventually
 
 
 async def _drain(track: ForwardedTrack) -> int:

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from livekit import rtc
 
-from livekit_lifecycle.testing.audio import Tone
-from livekit_lifecycle.testing.browser_client import (
+from livekit_loopback import LoopbackServer
+from livekit_loopback.audio import Tone
+from livekit_loopback.browser_client import (
     LIVEKIT_CLIENT_VERSION,
     BrowserClientError,
     BrowserParticipant,
@@ -27,8 +28,7 @@ from livekit_lifecycle.testing.browser_client import (
     find_livekit_client,
     install_livekit_client,
 )
-from livekit_lifecycle.testing.loopback import LoopbackServer
-from tests.loopback.support import Recorder, eventually
+from livekit_loopback.support import Recorder, eventually
 
 ROOM = "browser-room"
 REASON = rtc.DisconnectReason
@@ -274,4 +274,4 @@ def test_the_pinned_version_is_the_shipped_lock(tmp_path: Path) -> None:
 
 
 def _shipped(name: str) -> str:
-    return resources.files("livekit_lifecycle.testing.browser_client").joinpath(name).read_text()
+    return resources.files("livekit_loopback.browser_client").joinpath(name).read_text()

@@ -10,9 +10,8 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from livekit_lifecycle.testing.browser import CHROMIUM_ENV, ConsoleLog, find_chromium
-
-from .loopback.support import eventually
+from livekit_loopback.browser import CHROMIUM_ENV, ConsoleLog, find_chromium
+from livekit_loopback.support import eventually
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser

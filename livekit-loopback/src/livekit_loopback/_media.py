@@ -20,7 +20,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.frame import Frame
 from av.packet import Packet
 
-from livekit_lifecycle.log import get_logger
+from ._log import get_logger
 
 __all__ = ["ForwardedTrack", "TrackFeed"]
 
@@ -83,7 +83,7 @@ class TrackFeed:
         self.kind = source.kind
         self._source = source
         self._sinks: dict[str, ForwardedTrack] = {}
-        self._log = get_logger("livekit_lifecycle.loopback").bind(feed=label)
+        self._log = get_logger().bind(feed=label)
         self._task = spawn(self._run(), f"loopback-feed:{label}")
         self.frames = 0
         """Frames read so far (for tests and benchmarks)."""

@@ -15,7 +15,7 @@ which brings ``playwright``); ``playwright install`` is never needed.
         ...
         console.raise_for_errors()
 
-The pytest plugin (:mod:`livekit_lifecycle.testing.pytest_plugin`) offers the
+The pytest plugin (:mod:`livekit_loopback.pytest_plugin`) offers the
 same as the ``chromium`` fixture, for tests marked ``browser``.
 """
 

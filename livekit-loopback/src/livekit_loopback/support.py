@@ -1,4 +1,10 @@
-"""Shared by the loopback server tests and the end-to-end tests: event recording, leak checks."""
+"""For tests against a :class:`~livekit_loopback.LoopbackServer`: event recording, leak checks.
+
+:class:`Recorder` keeps every event a real ``rtc.Room`` emits and waits on the
+ones a test expects; :func:`no_leaks` is a fixture that fails a test leaving a
+task, a socket or a Python thread behind. Used by this package's own tests and
+by livekit-lifecycle's end-to-end tests.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,17 @@ from typing import Any
 import pytest
 from livekit import rtc
 from livekit.rtc.room import EventTypes
+
+__all__ = [
+    "WAIT",
+    "Event",
+    "Recorder",
+    "eventually",
+    "needs_network",
+    "no_leaks",
+    "open_sockets",
+    "webrtc_warmed_up",
+]
 
 WAIT = 10.0
 """Upper bound for anything that should happen within a second or two."""
@@ -36,6 +53,8 @@ _ROOM_EVENTS: tuple[EventTypes, ...] = (
 
 @dataclass(frozen=True)
 class Event:
+    """One room event as a :class:`Recorder` saw it: its name and whom it was about."""
+
     name: str
     identity: str | None = None
     sid: str | None = None
@@ -114,7 +133,7 @@ class Recorder:
 
 def _has_ice_address() -> bool:
     try:
-        from livekit_lifecycle.testing.loopback import ice_addresses
+        from livekit_loopback import ice_addresses
     except ImportError:  # no `testing` extra: the tests using this are not collected
         return False
     return bool(ice_addresses())
@@ -169,7 +188,7 @@ def _warm_up() -> None:
     """Connect one room once, so libwebrtc's one-time sockets exist before any test counts."""
 
     async def connect_once() -> None:
-        from livekit_lifecycle.testing.loopback import LoopbackServer, LoopbackUnavailable
+        from livekit_loopback import LoopbackServer, LoopbackUnavailable
 
         try:
             async with LoopbackServer() as server:
@@ -183,6 +202,7 @@ def _warm_up() -> None:
 
 @pytest.fixture(scope="session")
 def webrtc_warmed_up() -> Iterator[None]:
+    """Once per session: libwebrtc's one-time sockets and threads exist before tests count."""
     try:
         import aiortc  # noqa: F401
     except ImportError:

@@ -28,8 +28,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import rtc as signal
 
-from livekit_lifecycle._callbacks import describe
-from livekit_lifecycle.log import get_logger
+from ._log import describe, get_logger
 
 __all__ = ["Peer", "msid_track_ids", "sending_tracks"]
 
@@ -81,7 +80,7 @@ class Peer:
         self._early: list[signal.TrickleRequest] = []
         self._connected_once = False
         self._closed = False
-        self._log = get_logger("livekit_lifecycle.loopback").bind(peer=label)
+        self._log = get_logger().bind(peer=label)
         self._pc.on("connectionstatechange", self._state_changed)
         self._pc.on("track", self._track)
         self._pc.on("datachannel", self._datachannel)

@@ -14,15 +14,14 @@ import aiohttp
 from livekit import rtc
 from livekit.rtc._proto.room_pb2 import SimulateScenarioKind
 
-from livekit_lifecycle.testing import LoopbackServer as LazyLoopbackServer
-from livekit_lifecycle.testing.loopback import LoopbackServer
-from tests.loopback.support import WAIT, Recorder, needs_network
+from livekit_loopback import LoopbackServer
+from livekit_loopback.support import WAIT, Recorder, needs_network
 
 pytestmark = pytest.mark.e2e
 
 REASON = rtc.DisconnectReason
 ROOM = "room"
-LOGGER = "livekit_lifecycle.loopback"
+LOGGER = "livekit_loopback"
 # The SDK's resume waits a few seconds for its PeerConnection to settle.
 RESUME_WAIT = 20.0
 
@@ -38,10 +37,6 @@ async def microphone() -> AsyncIterator[rtc.LocalAudioTrack]:
         yield rtc.LocalAudioTrack.create_audio_track("microphone", source)
     finally:
         await source.aclose()
-
-
-def test_testing_package_exposes_the_server_lazily() -> None:
-    assert LazyLoopbackServer is LoopbackServer
 
 
 @pytest.mark.parametrize("single_pc", [True, False], ids=["rtc-v1", "rtc-v0"])

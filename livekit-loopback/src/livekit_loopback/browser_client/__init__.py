@@ -12,7 +12,7 @@ it in a browser as a :class:`BrowserParticipant`::
             await alice.reload()                   # a browser refresh
             alice.console.raise_for_errors("removeTrack")
 
-The SDK is installed once with npm (``python -m livekit_lifecycle.testing.browser_client
+The SDK is installed once with npm (``python -m livekit_loopback.browser_client
 install``, or :func:`install_livekit_client`) into ``.cache/npm-livekit-client`` (or
 the folder ``$LIVEKIT_LIFECYCLE_LIVEKIT_CLIENT`` names). See ``docs/testing.md``.
 """
@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from livekit_lifecycle.testing.browser import BrowserUnavailable, ConsoleLog
+from livekit_loopback.browser import BrowserUnavailable, ConsoleLog
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -115,7 +115,7 @@ def find_livekit_client(prefix: str | os.PathLike[str] | None = None) -> Path:
     found = "nothing" if version is None else f"livekit-client {version}"
     raise LivekitClientUnavailable(
         f"livekit-client {LIVEKIT_CLIENT_VERSION} is not installed in {where} (found {found}):"
-        f" run `python -m livekit_lifecycle.testing.browser_client install --prefix {where}`"
+        f" run `python -m livekit_loopback.browser_client install --prefix {where}`"
         f" (needs npm), or set {LIVEKIT_CLIENT_ENV} to where it is installed"
     )
 
@@ -316,7 +316,7 @@ class ClientPageServer:
 
     Args:
         browser: The Playwright browser :meth:`open` uses (e.g. from
-            :func:`~livekit_lifecycle.testing.browser.headless_chromium`).
+            :func:`~livekit_loopback.browser.headless_chromium`).
         livekit_client: npm prefix folder livekit-client is installed in
             (see :func:`find_livekit_client`).
         host: Address to listen on (``port`` 0 picks a free one).

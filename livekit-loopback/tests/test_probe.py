@@ -18,8 +18,8 @@ pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' ex
 from livekit import rtc
 from livekit.rtc._proto.room_pb2 import SimulateScenarioKind
 
-from livekit_lifecycle.testing.loopback import LoopbackServer
-from tests.loopback.support import Recorder
+from livekit_loopback import LoopbackServer
+from livekit_loopback.support import Recorder
 
 pytestmark = pytest.mark.e2e
 
@@ -81,7 +81,7 @@ def _explain(expected: object, got: object) -> str:
 async def test_v1_join_and_resume_requests_have_the_expected_shape(
     loopback_server: LoopbackServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, "livekit_lifecycle.loopback")
+    caplog.set_level(logging.DEBUG, "livekit_loopback")
     room = await loopback_server.connect(
         "alice", ROOM, options=rtc.RoomOptions(single_peer_connection=True)
     )
@@ -112,7 +112,7 @@ async def test_v1_join_and_resume_requests_have_the_expected_shape(
 async def test_v0_join_request_has_the_expected_shape(
     loopback_server: LoopbackServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, "livekit_lifecycle.loopback")
+    caplog.set_level(logging.DEBUG, "livekit_loopback")
     await loopback_server.connect(
         "alice", ROOM, options=rtc.RoomOptions(single_peer_connection=False)
     )
@@ -133,6 +133,6 @@ async def test_the_default_room_options_use_rtc_v1(
     loopback_server: LoopbackServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The e2e tests connect with default options: they exercise /rtc/v1.
-    caplog.set_level(logging.DEBUG, "livekit_lifecycle.loopback")
+    caplog.set_level(logging.DEBUG, "livekit_loopback")
     await loopback_server.connect("alice", ROOM)
     assert [r["path"] for r in _join_requests(caplog)] == ["/rtc/v1"]

@@ -1,4 +1,5 @@
-"""The pytest plugin as a user enables it: in a separate pytest run, from a fresh conftest."""
+"""The pytest plugin as a user gets it: installed (a ``pytest11`` entry point), in a separate
+pytest run of a project with no conftest."""
 
 from __future__ import annotations
 
@@ -11,11 +12,10 @@ import pytest
 
 pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' extra")
 
-from tests.loopback.support import needs_network
+from livekit_loopback.support import needs_network
 
 pytestmark = pytest.mark.e2e
 
-CONFTEST = 'pytest_plugins = ["livekit_lifecycle.testing.pytest_plugin"]\n'
 USER_TEST = """
 import pytest
 
@@ -38,7 +38,6 @@ RUN_TIMEOUT = 120
 
 
 def _write_project(root: Path) -> None:
-    (root / "conftest.py").write_text(CONFTEST)
     (root / "test_user.py").write_text(USER_TEST)
 
 
