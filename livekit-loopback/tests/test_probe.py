@@ -74,7 +74,7 @@ def _explain(expected: object, got: object) -> str:
         "the SDK's join request changed shape: the LoopbackServer was built for the"
         f" requests of {TESTED_WITH}, this is livekit {rtc.__version__}."
         f"\nexpected: {expected}\n     got: {got}\n"
-        "Re-check the server against this SDK, then update tests/loopback/test_probe.py."
+        "Re-check the server against this SDK, then update livekit-loopback/tests/test_probe.py."
     )
 
 
