@@ -21,7 +21,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from livekit import rtc
 
@@ -68,6 +68,9 @@ class Persistence:
             grace_period=manager._config.grace_period,
             stats=manager._stats,
         )
+        self.conversations: dict[str, dict[str, Any]] = {}
+        """Session key -> the conversation written with that session's record (the
+        linked AgentSession's, kept by :mod:`._conversation`; restored records' too)."""
         self._restore_task: asyncio.Task[None] | None = None
         self._held: list[Callable[[], None]] | None = None
         self._restored = False
@@ -101,6 +104,14 @@ class Persistence:
             )
             self._manager._track(self._restore_task)
         return True
+
+    async def restored(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until the stored sessions are loaded and rebuilt."""
+        if self._restore_task is None and not self._restored:
+            await asyncio.sleep(0)  # an adoption deferred to the loop's next turn starts it
+        task = self._restore_task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=timeout)
 
     async def _restore(self) -> None:
         manager = self._manager
@@ -204,6 +215,8 @@ class Persistence:
             grace_remaining = min(max(deadline - now, 0.0), manager._config.grace_period)
             if grace_remaining == 0.0:
                 manager._stats["sessions_expired_while_away"] += 1
+        if record.conversation is not None:
+            self.conversations[record.key] = record.conversation
         self._register(session)
         if then is not None:
             then.append(session)
@@ -249,10 +262,16 @@ class Persistence:
     def mark(self, session: Session) -> None:
         self.writer.mark(session._key)
 
+    def set_conversation(self, key: str, conversation: dict[str, Any]) -> None:
+        """Write ``conversation`` (JSON) with session ``key``'s record from now on."""
+        self.conversations[key] = conversation
+        self.writer.mark(key)
+
     def _render(self, key: str) -> SessionRecord | None:
         manager = self._manager
         session = manager._sessions.get(key)
         if session is None or session._state is State.REMOVED:
+            self.conversations.pop(key, None)
             return None
         deadline = None
         timer = session._grace_timer
@@ -273,6 +292,7 @@ class Persistence:
             grace_deadline=deadline,
             history=tuple(t.as_dict() for t in session._history),
             owner=self.owner,
+            conversation=self.conversations.get(key),
         )
 
     # ------------------------------------------------------------------ claims

@@ -21,7 +21,12 @@ What it does for a job (see ``docs/agents.md``):
   *different* identity mapped to the same session key, the integration
   re-links RoomIO to the new connection; when the linked user's session is
   ``removed`` (window expired, ``PARTICIPANT_REMOVED``, ``ROOM_DELETED``...)
-  the ``AgentSession`` is closed, once.
+  the ``AgentSession`` is closed, once;
+- with a durable store (``LifecycleConfig(store=RedisStore(...))``): the
+  AgentSession's conversation is written with its user's session, and a new
+  job that restores that session gives it back before the AgentSession starts
+  (:meth:`JobLifecycleManager.start_session`, or
+  :meth:`JobLifecycleManager.restore_conversation` when you start it yourself).
 
 RoomIO closes the ``AgentSession`` itself when the linked participant leaves
 with ``CLIENT_INITIATED`` (what a refresh sends) unless it was started with
@@ -41,6 +46,7 @@ from livekit import rtc
 from livekit.agents import Agent, AgentSession, CloseEvent, CloseReason, JobContext
 from livekit.agents.voice.room_io import RoomIO, RoomOptions
 
+from ._conversation import ConversationKeeper
 from ._intake import session_key
 from .config import LifecycleConfig
 from .log import LOGGER_NAME, get_logger
@@ -215,6 +221,9 @@ class JobLifecycleManager(LifecycleManager):
             # the AgentSession starts, so the link is seen before RoomIO drops it.
             ctx.room.on("participant_disconnected", self._on_room_participant_disconnected)
         self.on("removed", self._on_any_removed)
+        self._conversation: ConversationKeeper | None = None
+        if session is not None and self._persist is not None:
+            self._conversation = ConversationKeeper(self, self._persist, session)
         ctx.add_shutdown_callback(self._on_job_shutdown)
         self._check_departure_timeout()
         self._check_shutdown_budget()
@@ -271,10 +280,35 @@ class JobLifecycleManager(LifecycleManager):
             self._agent_closed = False
             self._agent_close_task = None
             self._linked_key = self._linked_identity = None
+        elif self._conversation is not None and self._conversation.restored_key is None:
+            await self._conversation.restore(
+                agent, participant_identity=_identity_option(room_options)
+            )
         await agent_session.start(
             agent, room=self._job.room, room_options=refresh_safe_room_options(room_options)
         )
         self._observe_link()
+
+    async def restore_conversation(
+        self, agent: Agent, *, participant_identity: str | None = None
+    ) -> bool:
+        """Give a crashed job's conversation back to ``agent`` and the AgentSession.
+
+        :meth:`start_session` does this by itself; call it before
+        ``AgentSession.start`` when you start the session yourself. It waits
+        (at most 6 s) until the store's sessions are restored, then takes the
+        conversation stored with ``participant_identity``'s session, or by
+        default with the restored session saved last. The chat items go into
+        ``agent``'s chat context (after its instructions) and the
+        AgentSession's history; JSON userdata is given back when the
+        AgentSession has none. Needs a durable store.
+
+        Returns:
+            Whether a conversation was restored.
+        """
+        if self._conversation is None:
+            return False
+        return await self._conversation.restore(agent, participant_identity=participant_identity)
 
     def _check_departure_timeout(self) -> None:
         # The server sends the room's departure_timeout with the job (0: unknown,
@@ -520,3 +554,8 @@ class JobLifecycleManager(LifecycleManager):
     def _job_info(self, event: str, category: str, **fields: Any) -> None:
         if self._job_stdlog.isEnabledFor(logging.INFO):
             self._job_log.info(event, category=category, room=self._job.room.name, **fields)
+
+
+def _identity_option(options: RoomOptions | None) -> str | None:
+    identity = None if options is None else options.participant_identity
+    return identity if isinstance(identity, str) and identity else None

@@ -53,6 +53,9 @@ class SessionRecord:
             first: bounded by the manager's ``history_limit``.
         owner: The process (manager) that wrote the record: ``host:pid:nonce``.
         updated_at: Wall-clock time of the write.
+        conversation: The linked ``AgentSession``'s conversation (chat history
+            and JSON userdata, bounded), for the session a job's agent talks
+            to; ``None`` for every other session (see ``docs/stores.md``).
     """
 
     room: str
@@ -70,10 +73,11 @@ class SessionRecord:
     history: tuple[dict[str, Any], ...] = ()
     owner: str = ""
     updated_at: float = field(default_factory=time.time)
+    conversation: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (the one :meth:`to_json` writes, less the version)."""
-        return {
+        fields: dict[str, Any] = {
             "room": self.room,
             "key": self.key,
             "state": self.state,
@@ -90,6 +94,9 @@ class SessionRecord:
             "owner": self.owner,
             "updated_at": self.updated_at,
         }
+        if self.conversation is not None:  # one session per job has one: no bytes for the rest
+            fields["conversation"] = self.conversation
+        return fields
 
     def to_json(self) -> str:
         """The stored form.
@@ -99,6 +106,8 @@ class SessionRecord:
                 (possible only through in-place mutation of a nested value).
         """
         check_json(self.data, "session data")
+        if self.conversation is not None:
+            check_json(self.conversation, "conversation")
         fields = self.as_dict()
         fields["v"] = RECORD_VERSION
         return json.dumps(fields, separators=(",", ":"), allow_nan=False)
@@ -202,6 +211,7 @@ def parse_record(
             history=_history(_typed(raw, "history", list)),
             owner=_typed(raw, "owner", str),
             updated_at=_time(raw, "updated_at"),
+            conversation=_conversation(raw.get("conversation")),
         )
     except KeyError as exc:
         raise UnreadableRecord(f"no field {exc}") from None
@@ -261,6 +271,18 @@ def _time(raw: dict[str, Any], name: str) -> float:
 
 def _optional_time(raw: dict[str, Any], name: str) -> float | None:
     return None if raw.get(name) is None else _time(raw, name)
+
+
+def _conversation(value: Any) -> dict[str, Any] | None:
+    # The agent's conversation rides along: one that is not JSON is dropped, never the
+    # session (the job restoring it logs what livekit-agents cannot read).
+    if not isinstance(value, dict):
+        return None
+    try:
+        check_json(value, "conversation")
+    except TypeError:
+        return None
+    return value
 
 
 def _history(entries: list[Any]) -> tuple[dict[str, Any], ...]:
