@@ -28,7 +28,7 @@ from livekit_lifecycle._conversation import MAX_BYTES, MAX_ITEMS
 from livekit_lifecycle.agents import JobLifecycleManager, for_job
 from livekit_lifecycle.stores import RedisStore, SessionRecord
 from livekit_lifecycle.testing import RoomDriver
-from livekit_lifecycle.testing.redis_server import RedisServer
+from livekit_loopback.redis_server import RedisServer
 
 from .test_manager_store import crash
 
@@ -97,16 +97,33 @@ async def stored(store: RedisStore, key: str) -> SessionRecord | None:
     return {r.key: r for r in await store.load(ROOM)}.get(key)
 
 
-async def stored_conversation(store: RedisStore, key: str, items: int) -> dict[str, Any]:
-    """The conversation stored with ``key`` once it has ``items`` chat items."""
+async def stored_conversation(
+    store: RedisStore, key: str, done: Callable[[list[dict[str, Any]]], bool]
+) -> dict[str, Any]:
+    """The conversation stored with ``key`` once its chat items are ``done``."""
     deadline = time.monotonic() + WAIT
     while True:
         record = await stored(store, key)
         conversation = None if record is None else record.conversation
-        if conversation is not None and len(conversation["items"]) >= items:
+        if conversation is not None and done(conversation["items"]):
             return conversation
-        assert time.monotonic() < deadline, f"{key}'s conversation never reached {items} items"
+        assert time.monotonic() < deadline, f"{key}'s conversation never got there"
         await asyncio.sleep(0.02)
+
+
+def said(items: list[dict[str, Any]]) -> list[str]:
+    """The user's messages among stored chat items."""
+    return ["".join(i["content"]) for i in items if i["type"] == "message" and i["role"] == "user"]
+
+
+def answered(*user: str) -> Callable[[list[dict[str, Any]]], bool]:
+    """Done once the user said exactly ``user`` and the last message is the agent's answer."""
+
+    def done(items: list[dict[str, Any]]) -> bool:
+        messages = [i for i in items if i["type"] == "message"]
+        return said(items) == list(user) and messages[-1]["role"] == "assistant"
+
+    return done
 
 
 def user_texts(session: AgentSession[Any]) -> list[str]:
@@ -139,7 +156,9 @@ async def test_a_new_job_answers_knowing_the_conversation_before_the_crash(
         await first_session.run(user_input="my name is Zed")
         await first_session.run(user_input="I like cats")
         assert first_model.seen[-1] == ["my name is Zed", "I like cats"]
-        conversation = await stored_conversation(stores(), "alice", items=4)
+        conversation = await stored_conversation(
+            stores(), "alice", answered("my name is Zed", "I like cats")
+        )
         assert conversation["userdata"] == {"topic": "cats", "turns": 2}
         crash(first)
 
@@ -162,12 +181,9 @@ async def test_a_new_job_answers_knowing_the_conversation_before_the_crash(
         assert instructions.text_content == "be brief"
 
         # The new job goes on writing the same conversation, now longer.
-        conversation = await stored_conversation(stores(), "alice", items=6)
-        assert [i["content"] for i in conversation["items"] if i.get("role") == "user"] == [
-            ["my name is Zed"],
-            ["I like cats"],
-            ["what is my name?"],
-        ]
+        await stored_conversation(
+            stores(), "alice", answered("my name is Zed", "I like cats", "what is my name?")
+        )
         assert (await stored(stores(), "alice")).owner == second._persist.owner  # type: ignore[union-attr]
         await second.aclose()
         await second_session.aclose()
@@ -187,7 +203,13 @@ async def test_the_stored_conversation_is_bounded_and_only_json_userdata_is_kept
             session.history.add_message(role="user", content=f"{turn} {big}")
             session.history.add_message(role="assistant", content="ok")
         await session.run(user_input="last")
-        items = (await stored_conversation(stores(), "alice", items=2))["items"]
+        items = (
+            await stored_conversation(
+                stores(),
+                "alice",
+                lambda items: said(items)[-1:] == ["last"] and items[-1].get("role") == "assistant",
+            )
+        )["items"]
         record = await stored(stores(), "alice")
         assert record is not None and record.conversation is not None
         assert "userdata" not in record.conversation
