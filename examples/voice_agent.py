@@ -19,10 +19,15 @@ LiveKit Cloud project; swap ``inference_pipeline`` for plugins otherwise)::
 then join a room from a frontend (Agents Playground, a starter app) with an
 identity such as ``user-4e3efa3d-d8fe-431e-9a1b-2c3d4e5f6a7b``, refresh the page
 and keep talking. See ``docs/agents.md``.
+
+With ``VOICE_AGENT_MODELS=none`` the jobs use no models (and need no cloud
+credentials): the lifecycle runs as above with a silent agent, against any
+server, the test's loopback server included.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,6 +91,34 @@ def inference_pipeline() -> Pipeline:
     return Pipeline(session, voice)
 
 
+def models_free_pipeline() -> Pipeline:
+    """No models at all: joins, refreshes, ids and notes work; the agent stays silent.
+
+    For running the worker without cloud credentials (tests, the demo's worker mode).
+    """
+    return Pipeline(AgentSession())
+
+
+PIPELINES: dict[str, PipelineFactory] = {
+    "inference": inference_pipeline,
+    "none": models_free_pipeline,
+}
+MODELS_ENV = "VOICE_AGENT_MODELS"
+"""``inference`` (the default) or ``none``: which pipeline the worker's jobs use."""
+
+
+def pipeline_from_env() -> Pipeline:
+    """The pipeline ``$VOICE_AGENT_MODELS`` names (``inference`` when unset)."""
+    name = os.environ.get(MODELS_ENV, "inference")
+    try:
+        factory = PIPELINES[name]
+    except KeyError:
+        raise ValueError(
+            f"{MODELS_ENV} must be one of {', '.join(PIPELINES)}, got {name!r}"
+        ) from None
+    return factory()
+
+
 class Assistant(Agent):
     """A small assistant that keeps notes about its user in the lifecycle session."""
 
@@ -117,7 +150,7 @@ class Assistant(Agent):
         return f"Noted. Notes so far: {'; '.join(notes)}"
 
 
-async def entrypoint(ctx: JobContext, *, pipeline: PipelineFactory = inference_pipeline) -> None:
+async def entrypoint(ctx: JobContext, *, pipeline: PipelineFactory = pipeline_from_env) -> None:
     """The job: a refresh-safe AgentSession for the user who joins the room."""
     models = pipeline()
     manager = await LifecycleManager.for_job(

@@ -124,3 +124,35 @@ async def test_entrypoint_keeps_the_conversation_through_a_refresh(
     assert manager.closed and manager.sessions == {}
     closed = [r.__dict__["resource"] for r in caplog.records if r.msg == "shutdown.resource_closed"]
     assert closed == ["TTS"]
+
+
+async def test_the_example_runs_as_a_real_worker_without_cloud_credentials(
+    tmp_path: Path,
+) -> None:
+    """``python examples/voice_agent.py start`` with no models: the worker and its job
+    process start (importing the example as their __main__), then Ctrl+C drains it."""
+    from livekit_lifecycle.testing.agent_worker import AgentWorker
+
+    worker = AgentWorker(
+        EXAMPLE,
+        url="ws://127.0.0.1:9",  # no server needed to start and stop
+        api_key="test",
+        api_secret="a-secret-long-enough-for-hs256-32b",
+        log_path=tmp_path / "worker.log",
+        env={voice_agent.MODELS_ENV: "none", "PYTHONPATH": str(EXAMPLE.parent)},
+    )
+    async with worker:
+        await worker.wait_for_line(lambda r: r.get("message") == "process initialized", timeout=30)
+        assert await worker.stop(timeout=30) == 0
+    levels = {r.get("level") for r in worker.lines() if r.get("name") != "livekit.agents"}
+    assert "ERROR" not in levels, worker.tail()
+
+
+async def test_the_models_env_names_a_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(voice_agent.MODELS_ENV, "none")
+    pipeline = voice_agent.pipeline_from_env()
+    assert pipeline.tts is None and pipeline.session.llm is None
+    await pipeline.session.aclose()
+    monkeypatch.setenv(voice_agent.MODELS_ENV, "gpt-17")
+    with pytest.raises(ValueError, match="VOICE_AGENT_MODELS"):
+        voice_agent.pipeline_from_env()
