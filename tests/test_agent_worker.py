@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 pytest.importorskip("livekit.agents", reason="needs livekit-agents (the 'agents' extra)")
-from livekit_lifecycle.testing.agent_worker import AgentWorker, WorkerExited
+from livekit_loopback.agent_worker import AgentWorker, WorkerExited
 
 TINY_AGENT = """
 from livekit.agents import AgentServer, JobContext, cli
@@ -107,3 +107,15 @@ def test_bad_arguments_are_clear_errors(agent_file: Path, tmp_path: Path) -> Non
         worker_for(tmp_path / "missing.py", tmp_path)
     with pytest.raises(ValueError, match="idle_processes"):
         worker_for(agent_file, tmp_path, idle_processes=-1)
+
+
+async def test_the_plugin_fixture_starts_workers_and_kills_them_at_teardown(
+    agent_file: Path, agent_worker: Callable[..., Awaitable[AgentWorker]], tmp_path: Path
+) -> None:
+    worker = await agent_worker(
+        agent_file, url="ws://127.0.0.1:9", api_key="test", api_secret="s" * 32
+    )
+    await worker.wait_for_line(message("process initialized"), timeout=START)
+    assert worker.log_path == tmp_path / "worker-1.log" and worker.returncode is None
+    with pytest.raises(TypeError, match="needs a server"):
+        await agent_worker(agent_file)

@@ -131,7 +131,7 @@ async def test_the_example_runs_as_a_real_worker_without_cloud_credentials(
 ) -> None:
     """``python examples/voice_agent.py start`` with no models: the worker and its job
     process start (importing the example as their __main__), then Ctrl+C drains it."""
-    from livekit_lifecycle.testing.agent_worker import AgentWorker
+    from livekit_loopback.agent_worker import AgentWorker
 
     worker = AgentWorker(
         EXAMPLE,

@@ -139,6 +139,7 @@ EXPORTS: dict[str, list[str]] = {
         "Statechart",
     ],
     "livekit_lifecycle.testing": ["RoomDriver"],
+    "livekit_loopback.agent_worker": ["AgentWorker", "WorkerExited"],
     "livekit_loopback.audio": ["SAMPLE_RATE", "Tone", "dominant_frequency", "record"],
     "livekit_loopback.browser": [
         "BrowserUnavailable",
@@ -168,6 +169,7 @@ EXPORTS: dict[str, list[str]] = {
     ],
     "livekit_loopback.server": ["LoopbackServer"],
     "livekit_loopback.pytest_plugin": [
+        "agent_worker",
         "browser_client",
         "chromium",
         "loopback_server",

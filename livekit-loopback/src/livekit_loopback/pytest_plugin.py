@@ -46,12 +46,31 @@ Fixtures:
     loopback port with its files in ``tmp_path``, stopped at teardown. Mark
     such tests ``redis``. Without a ``redis-server`` the test is skipped with
     the reason, unless ``LIVEKIT_LIFECYCLE_REQUIRE_REDIS=1`` is set (CI sets it).
+
+``agent_worker``
+    Starts your agent file as a real livekit-agents worker
+    (:class:`~livekit_loopback.agent_worker.AgentWorker`: ``python agent.py
+    start`` with the health server on port 0, load 0 and one idle job
+    process)::
+
+        async def test_ctrl_c(loopback_server, agent_worker):
+            worker = await agent_worker("agent.py", loopback_server)
+            await worker.wait_registered()
+            ...
+            assert await worker.stop(signal.SIGINT) == 0
+
+    Give it a server (anything with ``url``, ``api_key`` and ``api_secret``)
+    or ``url=``, ``api_key=``, ``api_secret=``; other keywords go to
+    ``AgentWorker``. Each worker logs to ``<tmp_path>/worker-<n>.log``; workers
+    still running at teardown are killed, and when the test failed each log's
+    tail is added to the report (the files stay in ``tmp_path``). The agent
+    file's environment needs livekit-agents; this package does not.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,10 +82,12 @@ if TYPE_CHECKING:
 
     from livekit_loopback import LoopbackServer
 
+    from .agent_worker import AgentWorker
     from .browser_client import ClientPageServer
     from .redis_server import RedisServer
 
 __all__ = [
+    "agent_worker",
     "browser_client",
     "chromium",
     "loopback_server",
@@ -200,3 +221,47 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await server.stop()
+
+
+@pytest_asyncio.fixture
+async def agent_worker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[AgentWorker]]]:
+    """Start agent files as real workers (see the module docstring)."""
+    from .agent_worker import AgentWorker
+
+    workers: list[AgentWorker] = []
+
+    async def start(
+        agent_file: str | os.PathLike[str],
+        server: Any = None,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        **options: Any,
+    ) -> AgentWorker:
+        if server is not None:
+            url, api_key, api_secret = server.url, server.api_key, server.api_secret
+        if url is None or api_key is None or api_secret is None:
+            raise TypeError("agent_worker() needs a server, or url=, api_key= and api_secret=")
+        worker = AgentWorker(
+            agent_file,
+            url=url,
+            api_key=api_key,
+            api_secret=api_secret,
+            log_path=tmp_path / f"worker-{len(workers) + 1}.log",
+            **options,
+        )
+        workers.append(worker)
+        await worker.start()
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in workers:
+            await worker.kill()
+        if request.node.stash.get(_FAILED, False):
+            for worker in workers:
+                request.node.add_report_section("teardown", "agent worker log", worker.tail(200))

@@ -11,7 +11,7 @@ with the options a test machine needs and a production one does not:
 
 Everything else is the user's file as they run it: its ``AgentServer``, its
 entrypoint, its job processes. The options are applied by running the file
-through a small launcher (``python -m livekit_lifecycle.testing.agent_worker
+through a small launcher (``python -m livekit_loopback.agent_worker
 agent.py start``) that wraps ``livekit.agents.cli.run_app`` for that one
 call; the file must call ``cli.run_app(server)`` under its ``__main__`` guard,
 as livekit-agents' own examples do.
@@ -276,7 +276,7 @@ def _zero_load(*_: object) -> float:
 
 def _launch(argv: list[str]) -> None:
     if len(argv) < 2:
-        raise SystemExit("usage: python -m livekit_lifecycle.testing.agent_worker AGENT.py start")
+        raise SystemExit("usage: python -m livekit_loopback.agent_worker AGENT.py start")
     from livekit.agents import cli
 
     path = argv[0]
