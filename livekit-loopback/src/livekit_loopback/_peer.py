@@ -90,6 +90,12 @@ class Peer:
         """aiortc's ``connectionState``: new, connecting, connected, failed or closed."""
         return str(self._pc.connectionState)
 
+    @property
+    def local_sdp(self) -> str:
+        """The last description this side applied (its answer or offer); empty before one."""
+        local = self._pc.localDescription
+        return "" if local is None else str(local.sdp)
+
     def _state_changed(self) -> None:
         state = self._pc.connectionState
         self._log.debug("peer.state", state=state)

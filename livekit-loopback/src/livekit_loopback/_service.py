@@ -35,7 +35,7 @@ from livekit.protocol import rtc as signal
 from ._downlink import Downlink
 from ._log import get_logger
 from ._media import TrackFeed
-from ._peer import Peer, sending_tracks
+from ._peer import Peer, msid_track_ids, sending_tracks
 from ._room import (
     Participant,
     Room,
@@ -46,6 +46,7 @@ from ._room import (
 )
 from ._signal import JoinParams
 from ._tokens import JoinGrant
+from ._track_info import negotiated, requested, sdp_codecs
 
 __all__ = ["RoomService", "ServiceSettings"]
 
@@ -505,21 +506,7 @@ class RoomService:
                 )
             )
             return
-        track = models.TrackInfo(
-            sid=_sid("TR_"),
-            type=request.type,
-            name=request.name,
-            muted=request.muted,
-            width=request.width,
-            height=request.height,
-            simulcast=len(request.layers) > 1,
-            disable_dtx=request.disable_dtx,
-            source=request.source,
-            layers=list(request.layers),
-            mime_type="audio/opus" if request.type == models.AUDIO else "video/vp8",
-            stream=request.stream,
-            encryption=request.encryption,
-        )
+        track = requested(_sid("TR_"), request)
         participant.send(
             signal.SignalResponse(
                 track_published=signal.TrackPublishedResponse(cid=request.cid, track=track)
@@ -558,8 +545,12 @@ class RoomService:
                 track=track.sid,
             )
         published: list[str] = []
+        mids = {track_id: mid for mid, track_id in msid_track_ids(sdp).items()}
+        codecs = {} if participant.peer is None else sdp_codecs(participant.peer.local_sdp)
         for cid, track_id in added:
             track = participant.pending_tracks.pop(cid)
+            mid = mids.get(track_id, "")
+            negotiated(track, mid=mid, mime_type=codecs.get(mid, ""))
             participant.info.tracks.append(track)
             published.append(track.sid)
             participant.track_cids[track.sid] = track_id
