@@ -39,9 +39,7 @@ async def _camera() -> AsyncIterator[rtc.LocalVideoTrack]:
         await source.aclose()
 
 
-async def _remote(
-    listener: rtc.Room, events: Recorder, sid: str
-) -> rtc.RemoteTrackPublication:
+async def _remote(listener: rtc.Room, events: Recorder, sid: str) -> rtc.RemoteTrackPublication:
     await events.wait_for("track_published", track=sid)
     for participant in listener.remote_participants.values():
         if sid in participant.track_publications:
@@ -58,9 +56,7 @@ async def test_video_publish_options_reach_the_subscriber(
     options = rtc.TrackPublishOptions(
         source=rtc.TrackSource.SOURCE_SCREENSHARE, simulcast=False, stream="slides"
     )
-    options.frame_metadata_features.extend(
-        [track_pb2.FMF_USER_TIMESTAMP, track_pb2.FMF_FRAME_ID]
-    )
+    options.frame_metadata_features.extend([track_pb2.FMF_USER_TIMESTAMP, track_pb2.FMF_FRAME_ID])
     async with _camera() as camera:
         local = await alice.local_participant.publish_track(camera, options)
         remote = await _remote(listener, events, local.sid)
