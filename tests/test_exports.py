@@ -111,6 +111,7 @@ EXPORTS: dict[str, list[str]] = {
         "Claim",
         "MemoryStore",
         "RedisStore",
+        "RoomInfo",
         "SessionData",
         "SessionRecord",
         "SessionStore",

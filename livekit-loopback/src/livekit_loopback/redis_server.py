@@ -80,6 +80,8 @@ class RedisServer:
         arguments = ["--port", str(self._port), "--bind", "127.0.0.1"]
         arguments += ["--dir", str(self._directory), "--logfile", str(log)]
         arguments += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+        # DEBUG POPULATE builds the benchmarks' millions of unrelated keys.
+        arguments += ["--enable-debug-command", "local"]
         self._process = await asyncio.create_subprocess_exec(
             executable,
             *arguments,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import operator
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -70,6 +72,7 @@ class Source(Protocol):
 
 
 HISTORY_SHOWN = 10
+_BY_KEY = operator.attrgetter("key")
 """Transitions of a session sent to the page (the latest ones)."""
 
 
@@ -243,10 +246,11 @@ class RoomSource:
 class StoreSource:
     """Every room's sessions in a session store: the fleet view, across every worker.
 
-    Reads :func:`livekit_lifecycle.stores.fleet_snapshot` every ``interval``
-    seconds and turns what changed into :class:`Change` items: a record that
-    is new or was rewritten (a later ``updated_at``), and a record that is
-    gone (shown as ``removed``). The view lags each worker by its
+    Reads the store's rooms index every ``interval`` seconds and re-reads only
+    the rooms that changed since (a quiet fleet costs one command a poll), then
+    turns what changed into :class:`Change` items: a record that is new or was
+    rewritten (a later ``updated_at``), and a record that is gone (shown as
+    ``removed``). The view lags each worker by its
     write-behind plus ``interval``. The store is the caller's: :meth:`aclose`
     stops polling and leaves the store open.
     """
@@ -266,12 +270,15 @@ class StoreSource:
         return f"session store {self._store!r}, every worker"
 
     async def snapshot(self) -> Snapshot:
-        from livekit_lifecycle.stores import fleet_snapshot
+        return await self._read(sorted(room for room, _ in await self._store.rooms()))
 
-        fleet = await fleet_snapshot(self._store)
+    async def _read(self, rooms: list[str]) -> Snapshot:
+        from livekit_lifecycle.stores._fleet import session_entry
+
+        now = time.time()
         return {
-            room: {key: self._row(record) for key, record in sessions.items()}
-            for room, sessions in fleet["rooms"].items()
+            room: {r.key: self._row(session_entry(r, now)) for r in sorted(records, key=_BY_KEY)}
+            for room, records in (await self._store.load_many(rooms)).items()
         }
 
     def _row(self, record: dict[str, Any]) -> dict[str, Any]:
@@ -284,15 +291,22 @@ class StoreSource:
         return row
 
     async def changes(self) -> AsyncIterator[Change]:
-        seen = await self.snapshot()
+        index = dict(await self._store.rooms())
+        seen = await self._read(list(index))
         while not self._closed.is_set():
             try:
                 await asyncio.wait_for(self._closed.wait(), self._interval)
                 return
             except asyncio.TimeoutError:
                 pass
-            now = await self.snapshot()
-            for room, sessions in now.items():
+            latest = dict(await self._store.rooms())
+            changed = [room for room, at in latest.items() if index.get(room) != at]
+            gone = [room for room in index if room not in latest]
+            index = latest
+            fresh = await self._read(changed)
+            now = {room: seen.get(room, {}) for room in latest}
+            now.update(fresh)
+            for room, sessions in fresh.items():
                 before = seen.get(room, {})
                 for key, row in sessions.items():
                     old = before.get(key)
@@ -300,8 +314,8 @@ class StoreSource:
                         history = row["history"]
                         grew = history and (old is None or old["history"][-1:] != history[-1:])
                         yield Change(room, row, history[-1] if grew else None)
-            for room, sessions in seen.items():
-                for key, row in sessions.items():
+            for room in [*changed, *gone]:
+                for key, row in seen.get(room, {}).items():
                     if key not in now.get(room, {}):
                         yield Change(room, {**row, "state": "removed"})
             seen = now

@@ -16,7 +16,7 @@ from ._data import SessionData
 from ._fleet import fleet_snapshot
 from ._json import check_json
 from ._memory import MemoryStore
-from ._protocol import Claim, SessionStore, StoreWrite, process_owner
+from ._protocol import Claim, RoomInfo, SessionStore, StoreWrite, process_owner
 from ._record import SessionRecord, SkippedRecord, UnreadableRecord, parse_record, record_ttl
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "Claim",
     "MemoryStore",
     "RedisStore",
+    "RoomInfo",
     "SessionData",
     "SessionRecord",
     "SessionStore",
@@ -52,7 +53,8 @@ def __getattr__(name: str) -> Any:
 
 def open_store(url: str, *, namespace: str | None = None) -> SessionStore:
     """A store from a URL: ``redis://``, ``rediss://`` or ``unix://`` for :class:`RedisStore`,
-    ``memory://`` for an empty :class:`MemoryStore`.
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) for a :class:`RedisStore` on a
+    Redis Cluster (any node), ``memory://`` for an empty :class:`MemoryStore`.
 
     Raises:
         ValueError: for another scheme.
@@ -60,10 +62,11 @@ def open_store(url: str, *, namespace: str | None = None) -> SessionStore:
     scheme = url.partition("://")[0].lower()
     if scheme == "memory":
         return MemoryStore()
-    if scheme in ("redis", "rediss", "unix"):
+    if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from ._redis import DEFAULT_NAMESPACE, RedisStore
 
         return RedisStore.from_url(url, namespace=namespace or DEFAULT_NAMESPACE)
     raise ValueError(
-        f"unknown store URL scheme {scheme!r} (redis://, rediss://, unix://, memory://)"
+        f"unknown store URL scheme {scheme!r}"
+        " (redis://, rediss://, unix://, redis+cluster://, memory://)"
     )

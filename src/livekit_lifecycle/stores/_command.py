@@ -50,12 +50,10 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
 def run_store(args: argparse.Namespace) -> int:
     """Print the fleet snapshot of ``args.store`` (only ``args.room`` if set)."""
     try:
-        snapshot = asyncio.run(_snapshot(args.store, args.namespace))
+        snapshot = asyncio.run(_snapshot(args.store, args.namespace, getattr(args, "room", None)))
     except Exception as exc:
         print(f"livekit-lifecycle inspect: {type(exc).__name__}: {exc}", file=sys.stderr)
         return _EXIT_UNREACHABLE
-    if getattr(args, "room", None):
-        snapshot["rooms"] = {k: v for k, v in snapshot["rooms"].items() if k == args.room}
     if args.json:
         json.dump(snapshot, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -64,12 +62,12 @@ def run_store(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _snapshot(url: str, namespace: str | None) -> dict[str, Any]:
+async def _snapshot(url: str, namespace: str | None, room: str | None) -> dict[str, Any]:
     from . import fleet_snapshot, open_store
 
     store = open_store(url, namespace=namespace)
     try:
-        return await fleet_snapshot(store)
+        return await fleet_snapshot(store, room=room or None)
     finally:
         await store.aclose()
 

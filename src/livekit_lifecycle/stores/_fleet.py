@@ -6,12 +6,17 @@ import time
 from typing import Any
 
 from ._protocol import SessionStore
+from ._record import SessionRecord
 
 __all__ = ["fleet_snapshot"]
 
 
-async def fleet_snapshot(store: SessionStore) -> dict[str, Any]:
-    """Every record in ``store`` as plain JSON-ready data.
+async def fleet_snapshot(store: SessionStore, *, room: str | None = None) -> dict[str, Any]:
+    """Every record in ``store`` (or only ``room``'s) as plain JSON-ready data.
+
+    Reads the rooms index, then each room's records in pipelined reads: the cost
+    follows the rooms and sessions there are, never the rest of the database.
+    With ``room``, reads that one room only.
 
     Returns ``{"taken_at": t, "rooms": {room: {key: record}}}``, rooms and
     keys sorted, each record :meth:`SessionRecord.as_dict` plus
@@ -21,13 +26,21 @@ async def fleet_snapshot(store: SessionStore) -> dict[str, Any]:
     manager by its write-behind (normally milliseconds).
     """
     now = time.time()
+    names = [room] if room is not None else [name for name, _ in await store.rooms()]
     rooms: dict[str, dict[str, dict[str, Any]]] = {}
-    async for record in store.scan():
-        entry = record.as_dict()
-        deadline = record.grace_deadline
-        entry["grace_remaining"] = None if deadline is None else round(max(deadline - now, 0), 3)
-        rooms.setdefault(record.room, {})[record.key] = entry
+    for name, records in (await store.load_many(names)).items():
+        for record in records:
+            rooms.setdefault(name, {})[record.key] = session_entry(record, now)
     return {
         "taken_at": now,
         "rooms": {room: dict(sorted(rooms[room].items())) for room in sorted(rooms)},
     }
+
+
+def session_entry(record: SessionRecord, now: float) -> dict[str, Any]:
+    """``record`` as the fleet view shows it: :meth:`SessionRecord.as_dict` plus
+    ``grace_remaining``."""
+    entry = record.as_dict()
+    deadline = record.grace_deadline
+    entry["grace_remaining"] = None if deadline is None else round(max(deadline - now, 0), 3)
+    return entry

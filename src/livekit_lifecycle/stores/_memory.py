@@ -29,6 +29,7 @@ class MemoryStore:
         self._records: dict[tuple[str, str], tuple[SessionRecord, float]] = {}
         self._claims: dict[tuple[str, str, str], tuple[str, int]] = {}
         self._tokens = itertools.count(1)
+        self._changed: dict[str, float] = {}
 
     @property
     def durable(self) -> bool:
@@ -51,9 +52,26 @@ class MemoryStore:
         # Records are kept as objects, checked when written: none can be unreadable.
         return [record for record in self._live() if record.room == room]
 
+    async def load_many(self, rooms: Sequence[str]) -> dict[str, list[SessionRecord]]:
+        wanted = dict.fromkeys(rooms)
+        result: dict[str, list[SessionRecord]] = {room: [] for room in wanted}
+        for record in self._live():
+            if record.room in wanted:
+                result[record.room].append(record)
+        return result
+
+    async def rooms(self, since: float = 0.0) -> list[tuple[str, float]]:
+        held = {record.room for record in self._live()}
+        return sorted(
+            (room, changed)
+            for room, changed in self._changed.items()
+            if room in held and changed >= since
+        )
+
     async def write(self, batch: Sequence[StoreWrite]) -> None:
         now = time.monotonic()
         for entry in batch:
+            self._changed[entry.room] = time.time()
             if entry.record is None:
                 self._records.pop((entry.room, entry.key), None)
             else:

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from ._record import SessionRecord, SkippedRecord
 
-__all__ = ["Claim", "SessionStore", "StoreWrite", "log_skipped", "process_owner"]
+__all__ = ["Claim", "RoomInfo", "SessionStore", "StoreWrite", "log_skipped", "process_owner"]
 
 
 class StoreWrite(NamedTuple):
@@ -20,7 +20,14 @@ class StoreWrite(NamedTuple):
     key: str
     record: SessionRecord | None
     ttl: float
-    """Seconds the record lives unless written again (ignored for a delete)."""
+    """Seconds the record must outlive its writer (a store keeps the records of a live
+    writer regardless: :class:`RedisStore` keeps a room this long after its owner's
+    last lease refresh). Ignored for a delete."""
+    appended: int | None = None
+    """How many entries at the end of ``record.history`` are new since this session's
+    previous write to the store: a store may append them, then keep the last
+    ``len(record.history)`` entries, instead of rewriting the history.
+    ``None``: replace the whole history."""
 
 
 class Claim(NamedTuple):
@@ -31,7 +38,27 @@ class Claim(NamedTuple):
     owner: str
     """The process that owns it (the caller when ``won``)."""
     token: int
-    """Fencing token: increases with every claim made in the store, never reused."""
+    """Fencing token: increases with every claim of the room (a takeover's is higher
+    than the claim it took over); compare tokens of one connection only."""
+    retry: bool = False
+    """True when this claim took over the claim of a process that died (its lease
+    expired) before the cleanup was written as done: the callbacks may have run, in
+    part, there. An idempotent callback dedupes with ``(sid, token)``."""
+    lease: str = ""
+    """The lease of the process holding the claim (``""`` for a store without leases)."""
+
+
+class RoomInfo(NamedTuple):
+    """One room as a store sees it (:meth:`RedisStore.read_room`, :meth:`RedisStore.dead_rooms`)."""
+
+    room: str
+    owner: str
+    """Lease id of the process that wrote the room last."""
+    owner_alive: bool
+    """Whether that lease is still refreshed."""
+    changed_at: float
+    """Wall-clock time of the room's last write."""
+    records: tuple[SessionRecord, ...]
 
 
 @runtime_checkable
@@ -75,8 +102,10 @@ class SessionStore(Protocol):
     async def claim(self, room: str, key: str, sid: str, owner: str) -> Claim:
         """Atomically take the cleanup of connection ``sid`` of session ``key``.
 
-        The first caller wins and keeps winning; every other owner loses,
-        in any process, for as long as the store keeps claims.
+        The first caller wins and keeps winning; every other owner loses, in any
+        process, for as long as the store keeps claims, unless the winner's
+        process died (its lease expired) before the cleanup was written as done:
+        then the next caller takes it over (``retry``, a higher ``token``).
         """
         ...
 
@@ -87,6 +116,14 @@ class SessionStore(Protocol):
 
         ``skipped`` as in :meth:`load`.
         """
+        ...
+
+    async def rooms(self, since: float = 0.0) -> list[tuple[str, float]]:
+        """Rooms holding sessions, ``(room, last change)``, changed at or after ``since``."""
+        ...
+
+    async def load_many(self, rooms: Sequence[str]) -> dict[str, list[SessionRecord]]:
+        """:meth:`load` of several rooms, in as few round trips as the store can."""
         ...
 
     async def ping(self) -> None:

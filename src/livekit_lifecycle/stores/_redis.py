@@ -1,103 +1,237 @@
-""":class:`RedisStore`: sessions in Redis, shared by every agent process of a fleet."""
+""":class:`RedisStore`: sessions in Redis, shared by every agent process of a fleet.
+
+Key layout (``ns`` the namespace; ``R`` the room, ``L`` a lease id, ``K`` a session
+key, ``S`` a participant sid, all percent-encoded so any name is safe). Every key
+of a room carries the room as its Redis Cluster hash tag (``{R}``), so everything
+one room needs is in one slot; the three fleet-wide keys are small indexes::
+
+    ns:{R}                   hash: the room. Fields ``s:K`` (record JSON, history
+                             left out), ``h:K`` (the session's history, one JSON
+                             entry a line, oldest first, capped), ``owner`` (lease
+                             id of the process that wrote last), ``changed`` (ms).
+                             Its TTL is the room's retention (grace + margin),
+                             refreshed by its owner's lease loop: never expires
+                             while the owner lives.
+    ns:{R}:token             the room's fencing-token counter (claims)
+    ns:{R}:claim:K:S         a connection's cleanup claim: "token lease owner"
+    ns:{R}:recovery:L        set-once: who recovers this room from dead lease L
+    ns:rooms                 sorted set: room -> last change (ms): the rooms index
+    ns:leases                sorted set: lease id -> expiry (ms): the leases
+    ns:lease-rooms:L         set: the rooms lease L has written (for the watchdog)
+
+A lease is alive while its score in ``ns:leases`` is in the future. A process
+refreshes it every third of ``lease_ttl`` with one script call; once expired it
+is never revived (the process takes a new lease id), so "dead" is final and
+a claim or room held by a dead lease can be taken over safely.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote
 
 from livekit_lifecycle._numbers import require_seconds
 from livekit_lifecycle.log import get_logger
 
-from ._protocol import Claim, StoreWrite, log_skipped
-from ._record import SessionRecord, SkippedRecord, UnreadableRecord, parse_record
+from ._json import check_json
+from ._protocol import Claim, RoomInfo, StoreWrite, log_skipped, process_owner
+from ._record import RECORD_VERSION, SessionRecord, SkippedRecord, UnreadableRecord, parse_record
+
+_Skipped = Callable[[SkippedRecord], None] | None
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
+    from redis.asyncio import Redis, RedisCluster
 
 __all__ = ["RedisStore"]
 
 DEFAULT_NAMESPACE = "livekit-lifecycle"
+DEFAULT_LEASE_TTL = 5.0
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]+")
 _PER_CALL = 500
-"""Claims (or writes) in one script call at most: a burst goes oldest first, in slices, and
-no call holds Redis for long (a script runs alone)."""
+"""Entries in one script call at most: no call holds Redis for long (a script runs alone)."""
 
-# Claims in one step each, many per call: whoever finds a claim key empty takes
-# it with a fresh fencing token; everyone after reads who holds it. KEYS[1] is
-# the token counter, KEYS[i] (i > 1) a claim whose owner is ARGV[i]; ARGV[1] the
-# claims' TTL. Answers (won, owner, token) per claim, flattened.
+# One room's upserts and deletes in one call, in order. KEYS[1] the room hash.
+# ARGV: lease, now (ms), room TTL (ms), entry count, then per entry
+#   key, 'd'                                         delete
+#   key, 'r'|'a', record, limit, n, entry1..entryn    upsert; replace or append history
+# Answers the room's session count (the room is deleted when none is left).
+_WRITE_SCRIPT = """
+local room = KEYS[1]
+local i = 5
+local delta = 0
+for _ = 1, tonumber(ARGV[4]) do
+  local key = ARGV[i]
+  local op = ARGV[i + 1]
+  if op == 'd' then
+    delta = delta - redis.call('HDEL', room, 's:' .. key)
+    redis.call('HDEL', room, 'h:' .. key)
+    i = i + 2
+  else
+    delta = delta + redis.call('HSET', room, 's:' .. key, ARGV[i + 2])
+    local limit = tonumber(ARGV[i + 3])
+    local n = tonumber(ARGV[i + 4])
+    local parts = {}
+    if op == 'a' then
+      local old = redis.call('HGET', room, 'h:' .. key)
+      if old and old ~= '' then parts[1] = old end
+    end
+    for j = 1, n do parts[#parts + 1] = ARGV[i + 4 + j] end
+    local hist = table.concat(parts, '\\n')
+    if limit > 0 and hist ~= '' then
+      local _, breaks = string.gsub(hist, '\\n', '')
+      local extra = breaks + 1 - limit
+      local at = 1
+      while extra > 0 do
+        at = string.find(hist, '\\n', at, true) + 1
+        extra = extra - 1
+      end
+      if at > 1 then hist = string.sub(hist, at) end
+    end
+    if hist == '' then
+      redis.call('HDEL', room, 'h:' .. key)
+    else
+      redis.call('HSET', room, 'h:' .. key, hist)
+    end
+    i = i + 5 + n
+  end
+end
+local sessions = redis.call('HINCRBY', room, 'n', delta)
+if sessions <= 0 then
+  redis.call('DEL', room)
+  return 0
+end
+redis.call('HSET', room, 'owner', ARGV[1], 'changed', ARGV[2])
+redis.call('PEXPIRE', room, ARGV[3])
+return sessions
+"""
+
+# The lease: alive while its score is in the future; refreshed only while alive.
+# KEYS[1] ns:leases. ARGV: lease, now (ms), new expiry (ms), 'new'|'refresh',
+# forget-before (ms): dead leases older than that are dropped from the index.
+_LEASE_SCRIPT = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[4] == 'refresh' and (not score or tonumber(score) <= tonumber(ARGV[2])) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[5])
+return 1
+"""
+
+# Claims of one room, many per call. KEYS[1] the room's token counter, KEYS[2]
+# the room hash, KEYS[i] (i > 2) a claim. ARGV: claim TTL (ms), this lease,
+# then per claim: owner, session key, sid, takeover-token (0: none).
+# A claim free -> taken with a fresh token. Held -> answered as is, unless the
+# caller names the token it found held by a dead lease (checked by the caller:
+# leases live in another slot) and the cleanup was not done: then taken over.
+# "Done" is read from the session's record: gone, another connection, or past
+# the cleanup (cleaned, grace, reconnected, removed).
+# Answers per claim: won (0/1), holder owner, token, holder lease, retry (0/1).
 _CLAIM_SCRIPT = """
 local answers = {}
-for i = 2, #KEYS do
-  local held = redis.call('GET', KEYS[i])
+for c = 3, #KEYS do
+  local a = 3 + 4 * (c - 3)
+  local owner, key, sid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local over = tonumber(ARGV[a + 3])
+  local held = redis.call('GET', KEYS[c])
+  local take = not held
+  local retry = 0
+  local token, lease, holder = 0, '', ''
   if held then
-    local sep = string.find(held, ' ', 1, true)
-    answers[#answers + 1] = 0
-    answers[#answers + 1] = string.sub(held, sep + 1)
-    answers[#answers + 1] = tonumber(string.sub(held, 1, sep - 1))
-  else
-    local token = redis.call('INCR', KEYS[1])
-    redis.call('SET', KEYS[i], token .. ' ' .. ARGV[i], 'EX', ARGV[1])
+    local first = string.find(held, ' ', 1, true)
+    local second = string.find(held, ' ', first + 1, true)
+    token = tonumber(string.sub(held, 1, first - 1))
+    lease = string.sub(held, first + 1, second - 1)
+    holder = string.sub(held, second + 1)
+    if over > 0 and over == token then
+      local done = true
+      local text = redis.call('HGET', KEYS[2], 's:' .. key)
+      if text then
+        local ok, record = pcall(cjson.decode, text)
+        if ok and type(record) == 'table' and record['sid'] == sid then
+          local state = record['state']
+          done = not (state == 'active' or state == 'connecting' or state == 'disconnecting')
+        end
+      end
+      if not done then take = true; retry = 1 end
+    end
+  end
+  if take then
+    token = redis.call('INCR', KEYS[1])
+    redis.call('PEXPIRE', KEYS[1], ARGV[1])
+    redis.call('SET', KEYS[c], token .. ' ' .. ARGV[2] .. ' ' .. owner, 'PX', ARGV[1])
     answers[#answers + 1] = 1
-    answers[#answers + 1] = ARGV[i]
+    answers[#answers + 1] = owner
     answers[#answers + 1] = token
+    answers[#answers + 1] = ARGV[2]
+    answers[#answers + 1] = retry
+  else
+    answers[#answers + 1] = 0
+    answers[#answers + 1] = holder
+    answers[#answers + 1] = token
+    answers[#answers + 1] = lease
+    answers[#answers + 1] = 0
   end
 end
 return answers
 """
 
-# Upserts and deletes in one call, in order: KEYS[i] gets ARGV[2i] with a TTL of
-# ARGV[2i-1] milliseconds, or is deleted when that TTL is negative.
-_WRITE_SCRIPT = """
-for i = 1, #KEYS do
-  local ttl = tonumber(ARGV[2 * i - 1])
-  if ttl < 0 then
-    redis.call('DEL', KEYS[i])
-  else
-    redis.call('SET', KEYS[i], ARGV[2 * i], 'PX', ttl)
-  end
-end
-return #KEYS
-"""
+
+class _PendingClaim(NamedTuple):
+    key: str
+    sid: str
+    owner: str
+    future: asyncio.Future[Claim]
 
 
 class RedisStore:
-    """Records as JSON strings with a TTL, claims as ``SET``-once keys, under one namespace.
+    """Sessions in Redis: one hash per room, a lease per process, a rooms index.
 
-    Keys (room and session key percent-encoded, so any name is safe)::
-
-        {namespace}:session:{room}:{key}          the record (JSON), expires on its own
-        {namespace}:claim:{room}:{key}:{sid}      the cleanup claim of one connection
-        {namespace}:claim-token                   the fencing-token counter
+    See the module docstring (``livekit_lifecycle.stores._redis``) and
+    ``docs/stores.md`` for the key layout. Accepts a ``redis.asyncio.Redis`` or a
+    ``redis.asyncio.RedisCluster``: every key of a room shares the room's hash tag.
 
     Needs the ``redis`` extra: ``pip install 'livekit-lifecycle[redis]'``.
     """
 
     def __init__(
         self,
-        client: Redis,
+        client: Redis | RedisCluster,
         *,
         namespace: str = DEFAULT_NAMESPACE,
         ttl_margin: float = 60.0,
-        claim_ttl: float = 86400.0,
+        claim_ttl: float = 600.0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
         if not _NAMESPACE.fullmatch(namespace):
             raise ValueError(
                 f"namespace must be letters, digits, '.', '_' or '-' (no ':'), got {namespace!r}"
             )
-        self._client = client
+        self._client: Any = client
         self._namespace = namespace
         self._ttl_margin = require_seconds("ttl_margin", ttl_margin, allow_zero=False)
-        self._claim_ttl = max(1, round(require_seconds("claim_ttl", claim_ttl, allow_zero=False)))
+        claim_ttl = require_seconds("claim_ttl", claim_ttl, allow_zero=False)
+        self._claim_ms = max(1000, round(claim_ttl * 1000))
+        self._lease_ttl = require_seconds("lease_ttl", lease_ttl, allow_zero=False)
         self._claim = client.register_script(_CLAIM_SCRIPT)
         self._write = client.register_script(_WRITE_SCRIPT)
-        self._claims: list[tuple[list[str], asyncio.Future[Claim]]] = []
-        """Claims waiting for the next round trip: one script call carries them all."""
+        self._lease_script = client.register_script(_LEASE_SCRIPT)
+        self._claims: dict[str, list[_PendingClaim]] = {}
+        """Claims waiting for the next round trip, per room: one script call per room."""
         self._claiming: asyncio.Task[None] | None = None
+        self._lease = process_owner()
+        self._lease_task: asyncio.Task[None] | None = None
+        self._lease_started = False
+        self._rooms: dict[str, int] = {}
+        """Rooms this process holds sessions of -> retention (ms): the lease loop refreshes them."""
+        self._indexed: set[str] = set()
+        """Rooms already in this lease's ``lease-rooms`` set."""
         self._log = get_logger()
 
     @classmethod
@@ -107,22 +241,42 @@ class RedisStore:
         *,
         namespace: str = DEFAULT_NAMESPACE,
         ttl_margin: float = 60.0,
-        claim_ttl: float = 86400.0,
+        claim_ttl: float = 600.0,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
         timeout: float = 2.0,
+        cluster: bool = False,
         **client_options: Any,
     ) -> RedisStore:
         """A store on the Redis at ``url`` (``redis://host:port/db``, ``rediss://``, ``unix://``).
 
+        ``cluster=True`` (or a ``redis+cluster://host:port`` URL) connects to a Redis
+        Cluster through any of its nodes (``redis.asyncio.RedisCluster``).
         ``timeout`` bounds connecting and each command; ``client_options`` go
-        to ``redis.asyncio.Redis.from_url``. No connection is made here.
+        to the client's ``from_url``. No connection is made here.
         """
-        from redis.asyncio import Redis
-
         timeout = require_seconds("timeout", timeout, allow_zero=False)
         client_options.setdefault("socket_timeout", timeout)
         client_options.setdefault("socket_connect_timeout", timeout)
-        client = Redis.from_url(url, **client_options)
-        return cls(client, namespace=namespace, ttl_margin=ttl_margin, claim_ttl=claim_ttl)
+        scheme, sep, rest = url.partition("://")
+        if scheme.lower() in ("redis+cluster", "rediss+cluster"):
+            cluster = True
+            url = f"{scheme.lower().partition('+')[0]}{sep}{rest}"
+        client: Redis | RedisCluster
+        if cluster:
+            from redis.asyncio import RedisCluster
+
+            client = RedisCluster.from_url(url, **client_options)
+        else:
+            from redis.asyncio import Redis
+
+            client = Redis.from_url(url, **client_options)
+        return cls(
+            client,
+            namespace=namespace,
+            ttl_margin=ttl_margin,
+            claim_ttl=claim_ttl,
+            lease_ttl=lease_ttl,
+        )
 
     @property
     def durable(self) -> bool:
@@ -137,128 +291,381 @@ class RedisStore:
         return self._namespace
 
     @property
-    def client(self) -> Redis:
+    def lease(self) -> str:
+        """This store's lease id (``host:pid:nonce``): rooms and claims it writes name it."""
+        return self._lease
+
+    @property
+    def lease_ttl(self) -> float:
+        return self._lease_ttl
+
+    @property
+    def client(self) -> Any:
         """The ``redis.asyncio`` client (for the application's own checks)."""
         return self._client
 
-    def _session_key(self, room: str, key: str) -> str:
-        return f"{self._namespace}:session:{_quote(room)}:{_quote(key)}"
+    # ------------------------------------------------------------------ key names
 
-    async def load(
-        self, room: str, *, skipped: Callable[[SkippedRecord], None] | None = None
-    ) -> list[SessionRecord]:
-        pattern = f"{self._namespace}:session:{_quote(room)}:*"
-        names = [name async for name in self._client.scan_iter(match=pattern, count=500)]
-        return await self._read(names, skipped)
+    def _room_key(self, room: str) -> str:
+        return f"{self._namespace}:{{{_quote(room)}}}"
 
-    async def _read(
-        self, names: Sequence[bytes | str], skipped: Callable[[SkippedRecord], None] | None
-    ) -> list[SessionRecord]:
-        if not names:
-            return []
+    def _claim_key(self, room: str, key: str, sid: str) -> str:
+        return f"{self._room_key(room)}:claim:{_quote(key)}:{_quote(sid)}"
+
+    @property
+    def _index(self) -> str:
+        return f"{self._namespace}:rooms"
+
+    @property
+    def _leases(self) -> str:
+        return f"{self._namespace}:leases"
+
+    def _lease_rooms(self, lease: str) -> str:
+        return f"{self._namespace}:lease-rooms:{_quote(lease)}"
+
+    # ------------------------------------------------------------------ reading
+
+    async def load(self, room: str, *, skipped: _Skipped = None) -> list[SessionRecord]:
+        """Every record of ``room``: one ``HGETALL``, whatever else the database holds."""
+        fields = await self._client.hgetall(self._room_key(room))
+        return self._parse(room, fields, skipped)
+
+    async def load_many(
+        self, rooms: Sequence[str], *, skipped: _Skipped = None
+    ) -> dict[str, list[SessionRecord]]:
+        """The records of several rooms, in pipelined ``HGETALL`` calls (the fleet view)."""
+        result: dict[str, list[SessionRecord]] = {}
+        for start in range(0, len(rooms), _PER_CALL):
+            chunk = rooms[start : start + _PER_CALL]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room in chunk:
+                    pipe.hgetall(self._room_key(room))
+                answers = await pipe.execute()
+            for room, fields in zip(chunk, answers, strict=True):
+                result[room] = self._parse(room, fields, skipped)
+        return result
+
+    def _parse(self, room: str, fields: dict[Any, Any], skipped: _Skipped) -> list[SessionRecord]:
+        texts = {_text(k): v for k, v in fields.items()}
         records = []
-        for name, text in zip(names, await self._client.mget(names), strict=True):
-            if text is None:  # expired between the scan and the read
+        for field, text in texts.items():
+            if not field.startswith("s:"):
                 continue
-            where = name.decode(errors="replace") if isinstance(name, bytes) else name
-            room, key = self._location(where)
+            key = unquote(field[2:])
             try:
-                if room is None:
-                    raise UnreadableRecord("not a key this store writes")
-                records.append(parse_record(text, room=room, key=key))
+                records.append(
+                    parse_record(
+                        _with_history(text, texts.get(f"h:{field[2:]}")), room=room, key=key
+                    )
+                )
             except UnreadableRecord as exc:
-                skip = SkippedRecord(where, room, key, exc.reason)
+                skip = SkippedRecord(f"{self._room_key(room)} {field}", room, key, exc.reason)
                 if skipped is None:
                     log_skipped(self._log, skip)
                 else:
                     skipped(skip)
         return records
 
-    def _location(self, name: str) -> tuple[str | None, str | None]:
-        """The (room, key) a record's Redis key names, or (None, None) for a foreign key."""
-        prefix = f"{self._namespace}:session:"
-        room, sep, key = name.removeprefix(prefix).partition(":")
-        if not name.startswith(prefix) or not sep or ":" in key:
-            return None, None
-        return unquote(room), unquote(key)
+    async def rooms(self, since: float = 0.0) -> list[tuple[str, float]]:
+        """Rooms with sessions, as ``(room, last change)`` (wall-clock s), changed at or after
+        ``since``: one ``ZRANGEBYSCORE`` on the rooms index."""
+        entries = await self._client.zrangebyscore(
+            self._index, round(since * 1000), "+inf", withscores=True
+        )
+        return [(unquote(_text(name)), score / 1000) for name, score in entries]
+
+    async def read_room(self, room: str) -> RoomInfo:
+        """One room on its own: its owner (lease), whether that lease is alive, its sessions."""
+        fields = await self._client.hgetall(self._room_key(room))
+        owner = _text(fields.get(b"owner", fields.get("owner", b"")))
+        changed = float(_text(fields.get(b"changed", fields.get("changed", b"0"))) or 0) / 1000
+        records = self._parse(room, fields, None)
+        alive = bool(owner) and await self._lease_alive(owner)
+        return RoomInfo(room, owner, alive, changed, tuple(records))
+
+    async def _lease_alive(self, lease: str) -> bool:
+        score = await self._client.zscore(self._leases, lease)
+        return score is not None and score > time.time() * 1000
+
+    async def dead_rooms(self) -> list[RoomInfo]:
+        """Rooms whose owner's lease expired and that still hold sessions (unfinished
+        sessions or owed cleanups): what a watchdog dispatches again.
+
+        Costs one ``ZRANGEBYSCORE`` when no lease is dead; then, per dead lease, its
+        rooms (one ``SMEMBERS``) and one ``HGETALL`` per such room.
+        """
+        now_ms = round(time.time() * 1000)
+        dead = await self._client.zrangebyscore(self._leases, "-inf", now_ms)
+        found: list[RoomInfo] = []
+        for lease in map(_text, dead):
+            rooms = sorted(
+                unquote(_text(r)) for r in await self._client.smembers(self._lease_rooms(lease))
+            )
+            if not rooms:
+                continue
+            for room, records in (await self.load_many(rooms)).items():
+                info = await self._room_meta(room)
+                if info[0] == lease and records:
+                    found.append(RoomInfo(room, lease, False, info[1], tuple(records)))
+        return found
+
+    async def _room_meta(self, room: str) -> tuple[str, float]:
+        owner, changed = await self._client.hmget(self._room_key(room), ["owner", "changed"])
+        return (_text(owner) if owner else "", float(_text(changed)) / 1000 if changed else 0.0)
+
+    async def claim_recovery(self, room: str, dead_lease: str, claimant: str) -> bool:
+        """Set-once: True for the first ``claimant`` to recover ``room`` from ``dead_lease``.
+
+        Several watchdogs call it for the same dead room; one wins. The claim lives
+        as long as the room's records could (``claim_ttl``).
+        """
+        name = f"{self._room_key(room)}:recovery:{_quote(dead_lease)}"
+        won = await self._client.set(name, claimant, nx=True, px=self._claim_ms)
+        if won:
+            return True
+        holder = await self._client.get(name)
+        return holder is not None and _text(holder) == claimant
+
+    async def scan(self, *, skipped: _Skipped = None) -> AsyncIterator[SessionRecord]:
+        """Every record of every room (through the rooms index, never a keyspace SCAN)."""
+        rooms = [room for room, _ in await self.rooms()]
+        for records in (await self.load_many(rooms, skipped=skipped)).values():
+            for record in records:
+                yield record
+
+    # ------------------------------------------------------------------ writing
 
     async def write(self, batch: Sequence[StoreWrite]) -> None:
-        """See :meth:`SessionStore.write`: one script call per 500 entries."""
-        for start in range(0, len(batch), _PER_CALL):
-            names: list[str] = []
-            args: list[str | int] = []
-            for entry in batch[start : start + _PER_CALL]:
-                names.append(self._session_key(entry.room, entry.key))
-                if entry.record is None:
-                    args += [-1, ""]
-                else:
-                    args += [max(1, round(entry.ttl * 1000)), entry.record.to_json()]
-            await self._write(keys=names, args=args)
+        """See :meth:`SessionStore.write`: one script call per room (and 500 entries),
+        with the rooms-index update sent alongside."""
+        await self._ensure_lease()
+        by_room: dict[str, list[StoreWrite]] = {}
+        for entry in batch:
+            by_room.setdefault(entry.room, []).append(entry)
+        now_ms = round(time.time() * 1000)
+        for room, entries in by_room.items():
+            retention = self._rooms.get(room, 0)
+            for entry in entries:
+                if entry.record is not None:
+                    retention = max(retention, round(entry.ttl * 1000), 1000)
+            retention = retention or round(self._ttl_margin * 1000)
+            for start in range(0, len(entries), _PER_CALL):
+                args: list[str | int] = []
+                chunk = entries[start : start + _PER_CALL]
+                for entry in chunk:
+                    args += _entry_args(entry)
+                args = [self._lease, now_ms, retention, len(chunk), *args]
+                calls: list[Any] = [self._write(keys=[self._room_key(room)], args=args)]
+                if room not in self._indexed:
+                    calls.append(self._index_for_lease(room))
+                calls.append(self._client.zadd(self._index, {_quote(room): now_ms}))
+                sessions, *_ = await asyncio.gather(*calls)
+            if sessions:
+                self._rooms[room] = retention
+            else:
+                self._rooms.pop(room, None)
+                await self._client.zrem(self._index, _quote(room))
+
+    async def _index_for_lease(self, room: str) -> None:
+        name = self._lease_rooms(self._lease)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.sadd(name, _quote(room))
+            pipe.pexpire(name, self._retention_ms())
+            await pipe.execute()
+        self._indexed.add(room)
+
+    def _retention_ms(self) -> int:
+        return max([*self._rooms.values(), round(self._ttl_margin * 1000)]) + round(
+            self._lease_ttl * 1000
+        )
+
+    # ------------------------------------------------------------------ the lease
+
+    async def _ensure_lease(self) -> None:
+        if self._lease_started:
+            return
+        self._lease_started = True
+        await self._renew("new")
+        self._lease_task = asyncio.get_running_loop().create_task(
+            self._keep_lease(), name="livekit-lifecycle:store-lease"
+        )
+
+    async def _renew(self, mode: str) -> bool:
+        now_ms = round(time.time() * 1000)
+        expiry = now_ms + round(self._lease_ttl * 1000)
+        forget = now_ms - self._retention_ms() - round(self._claim_ms)
+        answer = await self._lease_script(
+            keys=[self._leases], args=[self._lease, now_ms, expiry, mode, forget]
+        )
+        return bool(answer)
+
+    async def _keep_lease(self) -> None:
+        """Refresh the lease every third of its TTL (one command), and the TTLs of the
+        rooms held every third of their retention (one pipeline): the steady cost."""
+        period = self._lease_ttl / 3
+        last_rooms = time.monotonic()
+        while True:
+            await asyncio.sleep(period)
+            try:
+                if not await self._renew("refresh"):
+                    self._lost_lease()
+                    await self._renew("new")
+                    await self._reown_rooms()
+                retention = min(self._rooms.values(), default=0) / 1000
+                if self._rooms and time.monotonic() - last_rooms >= retention / 3 - period:
+                    await self._refresh_rooms()
+                    last_rooms = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # The writer reports outages; here only the cost of a retry next period.
+                self._log.debug("store.lease_refresh_failed", category="store", error=str(exc))
+
+    def _lost_lease(self) -> None:
+        old, self._lease = self._lease, process_owner()
+        self._indexed.clear()
+        self._log.warning("store.lease_lost", category="store", lease=old, new_lease=self._lease)
+
+    async def _reown_rooms(self) -> None:
+        for room in list(self._rooms):
+            await self._client.hset(self._room_key(room), "owner", self._lease)
+            await self._index_for_lease(room)
+
+    async def _refresh_rooms(self) -> None:
+        rooms = list(self._rooms.items())
+        for start in range(0, len(rooms), _PER_CALL):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room, retention in rooms[start : start + _PER_CALL]:
+                    pipe.pexpire(self._room_key(room), retention)
+                pipe.pexpire(self._lease_rooms(self._lease), self._retention_ms())
+                await pipe.execute()
+
+    # ------------------------------------------------------------------ claims
 
     async def claim(self, room: str, key: str, sid: str, owner: str) -> Claim:
-        """See :meth:`SessionStore.claim`. Claims made meanwhile share one round trip."""
-        name = f"{self._namespace}:claim:{_quote(room)}:{_quote(key)}:{_quote(sid)}"
+        """See :meth:`SessionStore.claim`. Claims made meanwhile share one round trip per room.
+
+        A claim held by a process whose lease expired before the cleanup was
+        written as done is taken over, with a higher token and ``retry`` set.
+        """
+        await self._ensure_lease()
         future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
-        self._claims.append(([name, owner], future))
+        self._claims.setdefault(room, []).append(_PendingClaim(key, sid, owner, future))
         if self._claiming is None or self._claiming.done():
             self._claiming = asyncio.get_running_loop().create_task(self._send_claims())
-        return await future
+        claim = await future
+        if (
+            not claim.won
+            and claim.lease
+            and claim.lease != self._lease
+            and not await self._lease_alive(claim.lease)
+        ):
+            # Its owner died: take it over unless the cleanup was written as done.
+            pending = _PendingClaim(key, sid, owner, future)
+            return (await self._claim_call(room, [pending], claim.token))[0]
+        return claim
+
+    async def _claim_call(
+        self, room: str, batch: Sequence[_PendingClaim], takeover: int = 0
+    ) -> list[Claim]:
+        keys = [f"{self._room_key(room)}:token", self._room_key(room)]
+        args: list[str | int] = [self._claim_ms, self._lease]
+        for pending in batch:
+            keys.append(self._claim_key(room, pending.key, pending.sid))
+            args += [pending.owner, _quote(pending.key), pending.sid, takeover]
+        answers = await self._claim(keys=keys, args=args)
+        claims = []
+        for index, pending in enumerate(batch):
+            won, holder, token, lease, retry = answers[5 * index : 5 * index + 5]
+            holder_name = _text(holder)
+            claims.append(
+                Claim(
+                    bool(won) or holder_name == pending.owner,
+                    holder_name,
+                    int(token),
+                    retry=bool(retry),
+                    lease=_text(lease),
+                )
+            )
+        return claims
 
     async def _send_claims(self) -> None:
         while self._claims:
-            batch = self._claims[:_PER_CALL]
-            del self._claims[:_PER_CALL]
+            room, pending = next(iter(self._claims.items()))
+            batch = pending[:_PER_CALL]
+            del pending[:_PER_CALL]
+            if not pending:
+                del self._claims[room]
             try:
-                answers = await self._claim(
-                    keys=[f"{self._namespace}:claim-token", *(name for (name, _), _ in batch)],
-                    args=[self._claim_ttl, *(owner for (_, owner), _ in batch)],
-                )
+                claims = await self._claim_call(room, batch)
             except Exception as exc:
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
                 continue
             except BaseException:  # cancelled (aclose): so are the claims in flight
-                for _, future in [*batch, *self._claims]:
-                    future.cancel()
+                for item in [*batch, *(p for ps in self._claims.values() for p in ps)]:
+                    item.future.cancel()
                 raise
-            for index, ((_, owner), future) in enumerate(batch):
-                won, holder, token = answers[3 * index : 3 * index + 3]
-                holder_name = holder.decode() if isinstance(holder, bytes) else str(holder)
-                if not future.done():
-                    future.set_result(
-                        Claim(bool(won) or holder_name == owner, holder_name, int(token))
-                    )
+            for item, claim in zip(batch, claims, strict=True):
+                if not item.future.done():
+                    item.future.set_result(claim)
 
-    async def scan(
-        self, *, skipped: Callable[[SkippedRecord], None] | None = None
-    ) -> AsyncIterator[SessionRecord]:
-        batch: list[bytes | str] = []
-        async for name in self._client.scan_iter(match=f"{self._namespace}:session:*", count=500):
-            batch.append(name)
-            if len(batch) >= 500:
-                for record in await self._read(batch, skipped):
-                    yield record
-                batch = []
-        for record in await self._read(batch, skipped):
-            yield record
+    # ------------------------------------------------------------------ the rest
 
     async def ping(self) -> None:
         await self._client.ping()
 
     async def aclose(self) -> None:
-        claiming = self._claiming
-        if claiming is not None and not claiming.done():
-            claiming.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claiming
+        """Stop the lease loop and release connections. Records stay; the lease is
+        given up only when this process holds no room any more."""
+        for task in (self._claiming, self._lease_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self._lease_started and not self._rooms:
+            with contextlib.suppress(Exception):
+                await self._client.zrem(self._leases, self._lease)
         await self._client.aclose()
 
     def __repr__(self) -> str:
         return f"RedisStore(namespace={self._namespace!r})"
 
 
+def _entry_args(entry: StoreWrite) -> list[str | int]:
+    key = _quote(entry.key)
+    record = entry.record
+    if record is None:
+        return [key, "d"]
+    if record.conversation is not None:
+        check_json(record.conversation, "conversation")
+    fields = record.as_dict()
+    history = fields.pop("history")
+    fields["v"] = RECORD_VERSION
+    text = json.dumps(fields, separators=(",", ":"), allow_nan=False)
+    if entry.appended is None:
+        new, op = history, "r"
+    else:
+        new, op = history[len(history) - entry.appended :] if entry.appended else [], "a"
+    lines = [json.dumps(h, separators=(",", ":"), allow_nan=False) for h in new]
+    return [key, op, text, len(history), len(lines), *lines]
+
+
+def _with_history(text: bytes | str, history: bytes | str | None) -> bytes:
+    """The stored record and its history lines as the one JSON text :func:`parse_record` reads."""
+    body = text.encode() if isinstance(text, str) else text
+    body = body.rstrip()
+    if not body.endswith(b"}"):
+        return body  # not a JSON object: parse_record says why
+    lines = b"" if not history else (history.encode() if isinstance(history, str) else history)
+    return body[:-1] + b',"history":[' + lines.replace(b"\n", b",") + b"]}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _quote(name: str) -> str:
-    # Encodes ':' (the separator) and every glob character, so a pattern built
-    # from a name matches that name only.
+    # Encodes ':' (the separator), the hash-tag braces and every glob character.
     return quote(name, safe="")

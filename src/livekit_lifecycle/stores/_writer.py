@@ -45,8 +45,11 @@ class StoreWriter:
     ``store_errors``), retried with backoff while the manager goes on in
     memory. When the store answers again (``store.recovered``) every live
     session is written back, so what the manager acknowledged is not lost.
-    Every live record is also rewritten every third of its TTL, so the
-    records of a live manager never expire.
+
+    Nothing is rewritten to keep records alive: the store keeps the records of
+    a live process (:class:`RedisStore`: its lease), so the steady cost is the
+    store's, per process and room, not per session. A session's history is
+    sent as what is new since its previous write (``StoreWrite.appended``).
     """
 
     def __init__(
@@ -69,8 +72,11 @@ class StoreWriter:
         self._stats = stats
         self._timeout = timeout
         self._coalesce = coalesce
-        self._refresh_every = (grace_period + store.ttl_margin) / 3
         self._dirty: dict[str, None] = {}
+        self._written: dict[str, dict[str, object]] = {}
+        """Each session's newest history entry the store has: what is new is after it."""
+        self._refused: set[str] = set()
+        """Keys of the batch in flight the store refused (their previous record stays)."""
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()
         self._settled.set()
@@ -163,10 +169,7 @@ class StoreWriter:
                 self._wake.clear()
                 if not self._dirty:
                     self._settled.set()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._refresh_every)
-                except asyncio.TimeoutError:
-                    self.mark_all()  # refresh the TTLs
+                await self._wake.wait()
                 continue
             if self._coalesce:
                 # Changes of the next few ms join this write: a session that moves
@@ -187,8 +190,9 @@ class StoreWriter:
                     retry = min(retry * 2, _RETRY_MAX)
                     continue
             except Exception as exc:
-                for key in keys:  # rendered afresh on the next attempt
+                for key in keys:  # rendered afresh (whole history) on the next attempt
                     self._dirty[key] = None
+                    self._written.pop(key, None)
                 self.failed("write", exc)
                 await asyncio.sleep(retry)
                 retry = min(retry * 2, _RETRY_MAX)
@@ -196,6 +200,15 @@ class StoreWriter:
             else:
                 self._stats["store_writes"] += len(batch)
             retry = _RETRY_FIRST
+            for entry in batch:
+                history = entry.record.history if entry.record is not None else ()
+                if entry.key in self._refused:
+                    continue  # the store has its previous record: appended to that next time
+                if history:
+                    self._written[entry.key] = history[-1]
+                else:
+                    self._written.pop(entry.key, None)
+            self._refused.clear()
             self.succeeded()
 
     async def _write_one_by_one(self, room: str, batch: list[StoreWrite]) -> bool:
@@ -220,6 +233,7 @@ class StoreWriter:
         # That session's previous record stays, and its next change tries again;
         # no other session's write waits for it.
         self._stats["store_unserialisable"] += 1
+        self._refused.add(key)
         self._log.error(
             "store.unserialisable",
             category="store",
@@ -227,6 +241,17 @@ class StoreWriter:
             key=key,
             error=f"{type(exc).__name__}: {exc}",
         )
+
+    def _appended(self, key: str, record: SessionRecord) -> int | None:
+        """Entries of ``record.history`` after the newest one the store has (None: all)."""
+        last = self._written.get(key)
+        if last is None:
+            return None
+        history = record.history
+        for index in range(len(history) - 1, -1, -1):
+            if history[index] == last:
+                return len(history) - 1 - index
+        return None
 
     def _batch(self, room: str, keys: list[str]) -> list[StoreWrite]:
         batch = []
@@ -240,9 +265,10 @@ class StoreWriter:
                     check_json(record.data, "session data")
                     ttl = record_ttl(record, self._grace_period, margin, now)
                 else:
-                    ttl = 0.0
+                    batch.append(StoreWrite(room, key, None, 0.0))
+                    continue
             except Exception as exc:
                 self._unserialisable(room, key, exc)
                 continue
-            batch.append(StoreWrite(room, key, record, ttl))
+            batch.append(StoreWrite(room, key, record, ttl, self._appended(key, record)))
         return batch

@@ -1,0 +1,208 @@
+"""RedisStore's layout on a real redis-server: per-room hashes, the lease, the indexes.
+
+What issue 20 asks of it: a live process's records never expire, whatever the room's
+activity; the steady cost is per process and room; history is appended; restore
+and the fleet view read rooms, not the keyspace; a dead process's rooms are found
+(and claimed once); a cleanup claim of a dead process is taken over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import pytest
+
+from livekit_lifecycle.stores import RedisStore, SessionRecord, StoreWrite, fleet_snapshot
+from livekit_lifecycle.stores._writer import STORE_STATS, StoreWriter
+from livekit_loopback.redis_server import RedisServer
+
+pytestmark = pytest.mark.redis
+
+WAIT = 20.0
+
+
+def record(room: str, key: str, **changes: Any) -> SessionRecord:
+    fields: dict[str, Any] = {"state": "active", "identity": key, "sid": f"PA_{key}"}
+    fields.update(changes)
+    return SessionRecord(room=room, key=key, **fields)
+
+
+def history(*numbers: int) -> tuple[dict[str, Any], ...]:
+    return tuple({"n": n, "trigger": "t", "at": float(n)} for n in numbers)
+
+
+async def crash(store: RedisStore) -> None:
+    """What SIGKILL leaves of a store's process: no lease refresh, no goodbye."""
+    for task in (store._lease_task, store._claiming):
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    await store.client.aclose()
+
+
+async def test_a_busy_room_keeps_its_idle_sessions_across_refresh_periods(
+    redis_server: RedisServer,
+) -> None:
+    # Retention 0.6 s (grace 0.3 + margin 0.3), lease 0.3 s: 3 s is five retention periods.
+    store = RedisStore.from_url(redis_server.url, namespace="busy", ttl_margin=0.3, lease_ttl=0.3)
+    records = {f"idle-{n}": record("r", f"idle-{n}") for n in range(50)}
+    records["busy"] = record("r", "busy")
+    stats = dict.fromkeys(STORE_STATS, 0)
+    writer = StoreWriter(
+        store,
+        room=lambda: "r",
+        render=records.get,
+        live_keys=lambda: list(records),
+        grace_period=0.3,
+        stats=stats,
+    )
+    writer.start()
+    writer.mark_all()
+    try:
+        end = time.monotonic() + 3.0
+        n = 0
+        while time.monotonic() < end:
+            n += 1
+            records["busy"] = record("r", "busy", reconnects=n)
+            writer.mark("busy")
+            await asyncio.sleep(0.05)
+            assert len(await store.load("r")) == 51, "a live process lost a record"
+        assert await writer.flush(WAIT)
+        # Idle sessions were written once: the room is kept by the lease loop.
+        assert stats["store_writes"] < 51 + n + 5
+    finally:
+        await writer.aclose(WAIT)
+    await crash(store)
+    reader = RedisStore.from_url(redis_server.url, namespace="busy")
+    try:
+        deadline = time.monotonic() + WAIT
+        while await reader.load("r"):
+            assert time.monotonic() < deadline, "a dead process's room never expired"
+            await asyncio.sleep(0.05)
+    finally:
+        await reader.aclose()
+
+
+async def test_history_is_appended_and_capped(redis_store: RedisStore) -> None:
+    await redis_store.write([StoreWrite("r", "k", record("r", "k", history=history(1, 2, 3)), 60)])
+    await redis_store.write(
+        [StoreWrite("r", "k", record("r", "k", history=history(1, 2, 3, 4)), 60, appended=1)]
+    )
+    (loaded,) = await redis_store.load("r")
+    assert [h["n"] for h in loaded.history] == [1, 2, 3, 4]
+    # A capped history (limit 4 in memory): the stored one keeps the same last four.
+    await redis_store.write(
+        [StoreWrite("r", "k", record("r", "k", history=history(3, 4, 5, 6)), 60, appended=2)]
+    )
+    (loaded,) = await redis_store.load("r")
+    assert [h["n"] for h in loaded.history] == [3, 4, 5, 6]
+    await redis_store.write([StoreWrite("r", "k", record("r", "k", history=history(9)), 60)])
+    (loaded,) = await redis_store.load("r")
+    assert [h["n"] for h in loaded.history] == [9]
+
+
+async def test_every_key_of_a_room_shares_its_hash_tag(redis_store: RedisStore) -> None:
+    room = "a:{b}*"
+    await redis_store.write([StoreWrite(room, "k", record(room, "k"), 60)])
+    await redis_store.claim(room, "k", "PA_k", "me")
+    names = [n.decode() for n in await redis_store.client.keys(f"{redis_store.namespace}:*")]
+    tagged = [n for n in names if "{" in n]
+    assert len(tagged) == 3  # the room, its token counter, the claim
+    assert {n[n.index("{") : n.index("}") + 1] for n in tagged} == {"{a%3A%7Bb%7D%2A}"}
+    ((indexed, changed),) = await redis_store.rooms()
+    assert indexed == room and abs(changed - time.time()) < 5
+
+
+async def test_restore_and_the_fleet_view_read_rooms_not_the_keyspace(
+    redis_store: RedisStore,
+) -> None:
+    await redis_store.client.execute_command("DEBUG", "POPULATE", 20000, "unrelated")
+    await redis_store.write(
+        [
+            StoreWrite(f"room-{n % 3}", f"k{n}", record(f"room-{n % 3}", f"k{n}"), 60)
+            for n in range(9)
+        ]
+    )
+    before = (await redis_store.client.info("commandstats")).get("cmdstat_scan")
+    assert len(await redis_store.load("room-1")) == 3
+    one = await fleet_snapshot(redis_store, room="room-2")
+    assert list(one["rooms"]) == ["room-2"] and len(one["rooms"]["room-2"]) == 3
+    everything = await fleet_snapshot(redis_store)
+    assert sum(len(s) for s in everything["rooms"].values()) == 9
+    assert (await redis_store.client.info("commandstats")).get("cmdstat_scan") == before
+    since = time.time()
+    await asyncio.sleep(0.01)
+    await redis_store.write([StoreWrite("room-0", "k0", None, 0)])
+    await redis_store.write([StoreWrite("room-1", "k1", record("room-1", "k1", reconnects=1), 60)])
+    assert [room for room, _ in await redis_store.rooms(since)] == ["room-0", "room-1"]
+
+
+async def test_a_dead_process_is_found_by_its_lease_and_recovered_once(
+    redis_server: RedisServer,
+) -> None:
+    dead = RedisStore.from_url(redis_server.url, namespace="lease", lease_ttl=0.3)
+    alive = RedisStore.from_url(redis_server.url, namespace="lease", lease_ttl=0.3)
+    watchdogs = [RedisStore.from_url(redis_server.url, namespace="lease") for _ in range(3)]
+    try:
+        await dead.write([StoreWrite("lost", "k", record("lost", "k"), 60)])
+        await alive.write([StoreWrite("kept", "k", record("kept", "k"), 60)])
+        info = await alive.read_room("lost")
+        assert info.owner == dead.lease and info.owner_alive
+        await crash(dead)
+        deadline = time.monotonic() + WAIT
+        while not (found := await watchdogs[0].dead_rooms()):
+            assert time.monotonic() < deadline, "the dead lease was never seen"
+            await asyncio.sleep(0.05)
+        assert [(r.room, r.owner, [s.key for s in r.records]) for r in found] == [
+            ("lost", dead.lease, ["k"])
+        ]
+        assert not (await alive.read_room("lost")).owner_alive
+        assert (await alive.read_room("kept")).owner_alive
+        wins = await asyncio.gather(
+            *(
+                w.claim_recovery("lost", dead.lease, f"watchdog-{i}")
+                for i, w in enumerate(watchdogs)
+            )
+        )
+        assert sum(wins) == 1
+    finally:
+        await alive.aclose()
+        for watchdog in watchdogs:
+            await watchdog.aclose()
+
+
+async def test_a_claim_of_a_dead_process_is_taken_over_with_a_higher_token(
+    redis_server: RedisServer,
+) -> None:
+    first = RedisStore.from_url(redis_server.url, namespace="takeover", lease_ttl=0.3)
+    second = RedisStore.from_url(redis_server.url, namespace="takeover", lease_ttl=0.3)
+    try:
+        # Mid-cleanup when it died: the record still shows the connection before cleanup.
+        await first.write([StoreWrite("r", "a", record("r", "a", state="disconnecting"), 60)])
+        await first.write([StoreWrite("r", "b", record("r", "b", state="disconnecting"), 60)])
+        held = await first.claim("r", "a", "PA_a", "first")
+        done = await first.claim("r", "b", "PA_b", "first")
+        assert held.won and not held.retry and held.lease == first.lease
+        # b's cleanup was done and written (grace) before the crash.
+        await first.write([StoreWrite("r", "b", record("r", "b", state="grace"), 60)])
+        lost = await second.claim("r", "a", "PA_a", "second")
+        assert not lost.won and lost.owner == "first"  # the owner lives: never two owners
+        await crash(first)
+        deadline = time.monotonic() + WAIT
+        while (taken := await second.claim("r", "a", "PA_a", "second")).owner == "first":
+            assert time.monotonic() < deadline, "the claim was never taken over"
+            await asyncio.sleep(0.05)
+        assert taken.won and taken.retry and taken.token > held.token
+        assert taken.lease == second.lease
+        again = await second.claim("r", "a", "PA_a", "second")
+        assert again.won and again.token == taken.token
+        kept = await second.claim("r", "b", "PA_b", "second")
+        assert not kept.won and kept.owner == "first" and kept.token == done.token
+        ttl = await second.client.pttl("takeover:{r}:claim:a:PA_a")
+        assert 0 < ttl <= 600_000
+    finally:
+        await second.aclose()
