@@ -6,6 +6,16 @@ I/O, nothing survives the process. :class:`RedisStore` (extra
 process, so a restarted or replacement process picks up the sessions of its
 room, and two processes on one room clean each connection once in total.
 See ``docs/stores.md``.
+
+:class:`RedisStore`'s layout (details in its module, ``stores._redis``): one hash
+per room, ``ns:{room}``, with the room as the Redis Cluster hash tag of every
+key of the room (records, history, claims, token counter); a lease per process
+in ``ns:leases`` (lease id -> expiry), refreshed every third of ``lease_ttl``;
+the rooms index ``ns:rooms`` (room -> last change) and ``ns:lease-rooms:L``
+(rooms of lease L). A room whose owner's lease lives never expires; a dead
+owner's rooms stay for their retention (grace + margin), for a replacement or a
+watchdog: :meth:`RedisStore.dead_rooms`, :meth:`RedisStore.claim_recovery`,
+:meth:`RedisStore.read_room`, :meth:`RedisStore.rooms`.
 """
 
 from __future__ import annotations

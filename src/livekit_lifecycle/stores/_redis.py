@@ -641,7 +641,8 @@ def _entry_args(entry: StoreWrite) -> list[str | int]:
     if record.conversation is not None:
         check_json(record.conversation, "conversation")
     fields = record.as_dict()
-    history = fields.pop("history")
+    history = fields["history"]
+    fields["history"] = []  # the h:K field's lines replace it when read (_with_history)
     fields["v"] = RECORD_VERSION
     text = json.dumps(fields, separators=(",", ":"), allow_nan=False)
     if entry.appended is None:
@@ -655,11 +656,11 @@ def _entry_args(entry: StoreWrite) -> list[str | int]:
 def _with_history(text: bytes | str, history: bytes | str | None) -> bytes:
     """The stored record and its history lines as the one JSON text :func:`parse_record` reads."""
     body = text.encode() if isinstance(text, str) else text
-    body = body.rstrip()
-    if not body.endswith(b"}"):
-        return body  # not a JSON object: parse_record says why
-    lines = b"" if not history else (history.encode() if isinstance(history, str) else history)
-    return body[:-1] + b',"history":[' + lines.replace(b"\n", b",") + b"]}"
+    if not history or not body.rstrip().endswith(b"}"):
+        return body  # no history lines, or not a JSON object (parse_record says why)
+    lines = history.encode() if isinstance(history, str) else history
+    # A later key wins in JSON: these lines replace the record's empty "history".
+    return body.rstrip()[:-1] + b',"history":[' + lines.replace(b"\n", b",") + b"]}"
 
 
 def _text(value: Any) -> str:
