@@ -61,7 +61,7 @@ def message(text: str) -> Callable[[dict[str, Any]], bool]:
 async def test_the_worker_starts_with_test_options_and_drains_on_a_signal(
     agent_file: Path, tmp_path: Path, sig: int
 ) -> None:
-    async with worker_for(agent_file, tmp_path, idle_processes=1) as worker:
+    async with worker_for(agent_file, tmp_path, idle_processes=1, drain_timeout=7) as worker:
         listening = await worker.wait_for_line(
             lambda r: str(r.get("message", "")).startswith("HTTP server listening on"),
             timeout=START,
@@ -72,6 +72,8 @@ async def test_the_worker_starts_with_test_options_and_drains_on_a_signal(
         assert await worker.stop(sig, timeout=START) == 0
         messages = [r.get("message") for r in worker.lines()]
         assert "draining worker" in messages and "shutting down worker" in messages
+        [draining] = [r for r in worker.lines() if r.get("message") == "draining worker"]
+        assert draining["timeout"] == 7
         assert messages.count("initializing process") == 1  # the small idle pool
     assert worker.log_path.exists()  # the log outlives the worker
 
@@ -107,6 +109,8 @@ def test_bad_arguments_are_clear_errors(agent_file: Path, tmp_path: Path) -> Non
         worker_for(tmp_path / "missing.py", tmp_path)
     with pytest.raises(ValueError, match="idle_processes"):
         worker_for(agent_file, tmp_path, idle_processes=-1)
+    with pytest.raises(ValueError, match="drain_timeout"):
+        worker_for(agent_file, tmp_path, drain_timeout=-1)
 
 
 async def test_the_plugin_fixture_starts_workers_and_kills_them_at_teardown(

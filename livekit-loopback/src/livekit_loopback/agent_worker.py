@@ -42,7 +42,8 @@ __all__ = ["AgentWorker", "WorkerExited"]
 _REGISTERED = "registered worker"
 """livekit-agents' log message once the server accepted the worker's registration."""
 
-_ENV_IDLE = "LIVEKIT_LIFECYCLE_WORKER_IDLE_PROCESSES"
+_ENV_IDLE = "LIVEKIT_LOOPBACK_WORKER_IDLE_PROCESSES"
+_ENV_DRAIN = "LIVEKIT_LOOPBACK_WORKER_DRAIN_TIMEOUT"
 
 
 class WorkerExited(RuntimeError):
@@ -72,6 +73,7 @@ class AgentWorker:
         api_secret: str,
         log_path: str | os.PathLike[str],
         idle_processes: int = 1,
+        drain_timeout: int | None = None,
         env: Mapping[str, str] | None = None,
         args: tuple[str, ...] = (),
     ) -> None:
@@ -82,6 +84,8 @@ class AgentWorker:
             url, api_key, api_secret: The server (``LIVEKIT_URL``... for the worker).
             log_path: Where the worker's stdout and stderr go.
             idle_processes: Job processes kept warm (``num_idle_processes``).
+            drain_timeout: Seconds a Ctrl+C waits for running jobs before it
+                shuts them down (``None``: the agent's own, 1 h by default).
             env: Extra environment variables for the worker and its jobs.
             args: Extra arguments after ``start`` (``--log-level DEBUG``...).
         """
@@ -90,6 +94,8 @@ class AgentWorker:
             raise FileNotFoundError(f"no agent file at {self.agent_file}")
         if idle_processes < 0:
             raise ValueError(f"idle_processes must be >= 0, got {idle_processes}")
+        if drain_timeout is not None and drain_timeout < 0:
+            raise ValueError(f"drain_timeout must be >= 0, got {drain_timeout}")
         self.log_path = Path(log_path)
         self._env = {
             **os.environ,
@@ -99,6 +105,8 @@ class AgentWorker:
             _ENV_IDLE: str(idle_processes),
             **(env or {}),
         }
+        if drain_timeout is not None:
+            self._env[_ENV_DRAIN] = str(drain_timeout)
         # Cloud-only settings of the caller's shell must not reach a local test worker.
         for name in ("LIVEKIT_WORKER_TOKEN", "LIVEKIT_AGENT_DEPLOYMENT"):
             self._env.pop(name, None)
@@ -258,14 +266,19 @@ def _configure(server: Any) -> None:
     from livekit.agents import AgentServer
 
     idle = int(os.environ.get(_ENV_IDLE, "1"))
+    drain = os.environ.get(_ENV_DRAIN)
     if isinstance(server, AgentServer):
         server.update_options(num_idle_processes=idle, load_threshold=math.inf)
+        if drain is not None:
+            server.update_options(drain_timeout=int(drain))
         server.load_fnc = _zero_load
         # No public option moves the health server off 8081 after construction.
         server._port = 0
     else:  # WorkerOptions, a plain dataclass
         server.num_idle_processes = idle
         server.load_threshold = math.inf
+        if drain is not None:
+            server.drain_timeout = int(drain)
         server.load_fnc = _zero_load
         server.port = 0
 
