@@ -163,9 +163,12 @@ EXPORTS: dict[str, list[str]] = {
         "install_livekit_client",
     ],
     "livekit_loopback": [
+        "DispatchView",
+        "JobView",
         "LoopbackServer",
         "LoopbackUnavailable",
         "ParticipantView",
+        "WorkerView",
         "ice_addresses",
     ],
     "livekit_loopback.server": ["LoopbackServer"],

@@ -12,8 +12,17 @@ browser) connect to it. Also here: a pytest plugin (registered on install;
 
 from __future__ import annotations
 
+from ._agent_views import DispatchView, JobView, WorkerView
 from ._net import LoopbackUnavailable, ice_addresses
 from ._room import ParticipantView
 from .server import LoopbackServer
 
-__all__ = ["LoopbackServer", "LoopbackUnavailable", "ParticipantView", "ice_addresses"]
+__all__ = [
+    "DispatchView",
+    "JobView",
+    "LoopbackServer",
+    "LoopbackUnavailable",
+    "ParticipantView",
+    "WorkerView",
+    "ice_addresses",
+]

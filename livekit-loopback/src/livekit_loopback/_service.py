@@ -24,13 +24,15 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc.mediastreams import MediaStreamTrack
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
+from livekit.protocol.agent_dispatch import RoomAgentDispatch
+from livekit.protocol.room import RoomConfiguration
 
 from ._downlink import Downlink
 from ._log import get_logger
@@ -48,7 +50,7 @@ from ._signal import JoinParams
 from ._tokens import JoinGrant
 from ._track_info import negotiated, requested, sdp_codecs
 
-__all__ = ["RoomService", "ServiceSettings"]
+__all__ = ["RoomObserver", "RoomService", "ServiceSettings"]
 
 Reason = int
 _REASON = models.DisconnectReason
@@ -79,6 +81,16 @@ def _reason_name(reason: Reason) -> str:
         return str(reason)
 
 
+class RoomObserver(Protocol):
+    """Hears of rooms made and closed and of agents leaving (the agent dispatcher)."""
+
+    def room_created(self, room: Room, agents: Iterable[RoomAgentDispatch] | None) -> None: ...
+
+    def participant_left(self, room: str, identity: str) -> None: ...
+
+    def room_closed(self, room: str) -> None: ...
+
+
 class RoomService:
     """Rooms and participants of one server, and every change that can happen to them."""
 
@@ -91,6 +103,7 @@ class RoomService:
         self._dropped: set[str] = set()
         self._waiters: set[asyncio.Future[None]] = set()
         self._peers: set[Peer] = set()
+        self.observer: RoomObserver | None = None
         self._log = get_logger()
 
     # ------------------------------------------------------------------ observation
@@ -133,7 +146,7 @@ class RoomService:
             finally:
                 self._waiters.discard(future)
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
         for future in list(self._waiters):
             if not future.done():
                 future.set_result(None)
@@ -142,10 +155,7 @@ class RoomService:
 
     def join(self, grant: JoinGrant, params: JoinParams, link: SignalLink) -> Participant:
         """A new connection: replace any participant with that identity, announce the new one."""
-        room = self.rooms.get(grant.room)
-        if room is None:
-            room = self.rooms[grant.room] = Room(grant.room, _sid("RM_"))
-            self._log.info("room.created", room=room.name, room_sid=room.sid)
+        room = self.rooms.get(grant.room) or self.create_room(grant.room, grant.room_config)
         old = room.participants.get(grant.identity)
         if old is not None:
             self.remove(old, _REASON.DUPLICATE_IDENTITY, tell_participant=True)
@@ -195,8 +205,19 @@ class RoomService:
             protocol="v1" if params.single_pc else "v0",
             hidden=participant.hidden or None,
         )
-        self._changed()
+        self.changed()
         return participant
+
+    def create_room(self, name: str, config: RoomConfiguration | None = None) -> Room:
+        """A new, empty room; the observer hears of it (agents are dispatched to it)."""
+        if name in self.rooms:
+            raise ValueError(f"room {name!r} exists")
+        room = self.rooms[name] = Room(name, _sid("RM_"))
+        self._log.info("room.created", room=room.name, room_sid=room.sid)
+        if self.observer is not None:
+            self.observer.room_created(room, None if config is None else config.agents)
+        self.changed()
+        return room
 
     def resume(self, grant: JoinGrant, params: JoinParams, link: SignalLink) -> Participant | None:
         """A client reconnects its signalling for participant ``params.participant_sid``.
@@ -244,7 +265,7 @@ class RoomService:
         self._log.info(
             "participant.resumed", room=current.room.name, identity=current.identity, sid=sid
         )
-        self._changed()
+        self.changed()
         return current
 
     def _refuse(self, link: SignalLink, sid: str, reason: Reason, action: int) -> None:
@@ -315,7 +336,7 @@ class RoomService:
             leave_timeout=self.settings.leave_timeout,
         )
         self._arm_timer(participant, self.settings.leave_timeout)
-        self._changed()
+        self.changed()
 
     def drop_signal(self, participant: Participant, timeout: float) -> None:
         """Cut ``participant``'s connection as if its machine vanished: no leave, no resume."""
@@ -334,7 +355,7 @@ class RoomService:
             sid=participant.sid,
             leave_timeout=timeout,
         )
-        self._changed()
+        self.changed()
 
     def _arm_timer(self, participant: Participant, delay: float) -> None:
         self._cancel_timer(participant)
@@ -378,6 +399,13 @@ class RoomService:
             link.close()
         room.broadcast(participant, disconnected_info(participant, reason))
         self._stop_media(participant)
+        if (
+            self.observer is not None
+            and participant.info.kind == models.ParticipantInfo.AGENT
+            # A full reconnect replaces the agent; its job goes on.
+            and reason != _REASON.DUPLICATE_IDENTITY
+        ):
+            self.observer.participant_left(room.name, participant.identity)
         for peer in _peers_of(participant):
             self._spawn(self._close_peer(peer, link), f"loopback-peer-close:{participant.sid}")
         self._log.info(
@@ -387,7 +415,7 @@ class RoomService:
             sid=participant.sid,
             reason=_reason_name(reason),
         )
-        self._changed()
+        self.changed()
 
     async def _close_peer(self, peer: Peer, link: SignalLink | None) -> None:
         # The leave goes out first, so the client closes its side on purpose
@@ -409,10 +437,13 @@ class RoomService:
         room = self.rooms.pop(name, None)
         if room is None:
             raise LookupError(f"no room named {name!r} (rooms: {sorted(self.rooms)})")
+        if self.observer is not None:
+            # First: its jobs end because the room closed, not because their agents left.
+            self.observer.room_closed(name)
         for participant in room:
             self.remove(participant, reason, tell_participant=True)
         self._log.info("room.closed", room=name, reason=_reason_name(reason))
-        self._changed()
+        self.changed()
 
     async def shutdown(self, reason: Reason = _REASON.SERVER_SHUTDOWN) -> None:
         """Tell every participant the server is going away, then close every peer."""
@@ -436,7 +467,7 @@ class RoomService:
             identity=participant.identity,
             sid=participant.sid,
         )
-        self._changed()
+        self.changed()
 
     async def handle(self, participant: Participant, request: signal.SignalRequest) -> None:
         """Act on one message from the participant's client."""
@@ -525,7 +556,7 @@ class RoomService:
                 track.muted = request.muted
                 participant.changed()
                 participant.room.broadcast(participant)
-                self._changed()
+                self.changed()
 
     def _sync_tracks(self, participant: Participant, sdp: str) -> None:
         """Publish pending tracks the client's offer now sends; drop those it stopped sending."""
@@ -566,7 +597,7 @@ class RoomService:
         # After the broadcast: a client must know of a track before its media comes.
         for track_sid in published:
             self._forward_to_room(participant, track_sid)
-        self._changed()
+        self.changed()
 
     # ------------------------------------------------------------------ media
 
@@ -692,7 +723,7 @@ class RoomService:
                 self._forward(publisher, track_sid, subscriber)
             elif not request.subscribe:
                 self._unforward(publisher, track_sid, subscriber)
-        self._changed()
+        self.changed()
 
     def _relay_data(self, sender: Participant, label: str, payload: bytes) -> None:
         """A data packet from ``sender``: to everyone else, or to the identities it names."""
@@ -742,7 +773,7 @@ class RoomService:
                     info.attributes.pop(key, None)
             participant.changed()
             participant.room.broadcast(participant, include_self=True)
-            self._changed()
+            self.changed()
             reason, message = signal.RequestResponse.OK, ""
         participant.send(
             signal.SignalResponse(

@@ -18,9 +18,10 @@ import contextlib
 import gzip
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
+from google.protobuf.message import Message
 from livekit.protocol import rtc as signal
 
 from ._log import get_logger
@@ -28,6 +29,7 @@ from ._log import get_logger
 __all__ = ["JoinParams", "JoinRequestError", "SignalConnection", "parse_join"]
 
 _CLOSE_TIMEOUT = 2.0
+OutMessage = TypeVar("OutMessage", bound=Message)
 
 
 class JoinRequestError(ValueError):
@@ -105,8 +107,8 @@ def decode_join_request(raw: str) -> signal.JoinRequest:
         raise JoinRequestError(f"undecodable join_request: {type(exc).__name__}: {exc}") from None
 
 
-class SignalConnection:
-    """One client's signalling WebSocket with an ordered outbox.
+class SignalConnection(Generic[OutMessage]):
+    """One WebSocket with an ordered outbox: a client's signalling, or an agent worker's.
 
     :meth:`send` never blocks: messages queue and a writer task sends them
     in order, so room changes stay synchronous. :meth:`close` closes the
@@ -124,7 +126,7 @@ class SignalConnection:
         self._request = request
         self.ws = ws
         self.label = label
-        self._outbox: asyncio.Queue[signal.SignalResponse | None] = asyncio.Queue()
+        self._outbox: asyncio.Queue[OutMessage | None] = asyncio.Queue()
         self._closing = False
         self._log = get_logger().bind(connection=label)
         self._writer = spawn(self._write(), f"loopback-signal-writer:{label}")
@@ -133,9 +135,10 @@ class SignalConnection:
     def closed(self) -> bool:
         return self._closing or self.ws.closed
 
-    def send(self, message: signal.SignalResponse) -> None:
+    def send(self, message: OutMessage) -> None:
         if self.closed:
             return
+        # SignalResponse and the agent protocol's ServerMessage both name their oneof "message".
         self._log.debug("signal.send", signal=message.WhichOneof("message"))
         self._outbox.put_nowait(message)
 

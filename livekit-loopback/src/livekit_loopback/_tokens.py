@@ -10,6 +10,7 @@ from typing import Any
 
 from livekit import api
 from livekit.protocol import models
+from livekit.protocol.room import RoomConfiguration
 
 __all__ = ["AuthError", "JoinGrant", "TokenAuthority"]
 
@@ -48,6 +49,8 @@ class JoinGrant:
     can_subscribe: bool
     can_publish_data: bool
     can_update_metadata: bool
+    room_config: RoomConfiguration | None = None
+    """The token's ``roomConfig``: it configures the room when this join creates it."""
 
     def permission(self) -> models.ParticipantPermission:
         """The ``ParticipantPermission`` the server reports for this participant."""
@@ -80,6 +83,7 @@ class TokenAuthority:
         attributes: Mapping[str, str] | None = None,
         kind: str = "standard",
         ttl: datetime.timedelta = datetime.timedelta(hours=1),
+        room_config: RoomConfiguration | None = None,
         **grants: Any,
     ) -> str:
         """A signed JWT that lets ``identity`` join ``room``.
@@ -115,6 +119,8 @@ class TokenAuthority:
             token = token.with_metadata(metadata)
         if attributes:
             token = token.with_attributes(dict(attributes))
+        if room_config is not None:
+            token = token.with_room_config(room_config)
         return token.to_jwt()
 
     def verify(self, token: str) -> api.access_token.Claims:
@@ -154,7 +160,23 @@ class TokenAuthority:
             can_subscribe=video.can_subscribe,
             can_publish_data=video.can_publish_data,
             can_update_metadata=bool(video.can_update_own_metadata),
+            room_config=claims.room_config,
         )
+
+    def verify_grant(self, token: str, grant: str, *, room: str | None = None) -> api.VideoGrants:
+        """The video grant of ``token``, which must hold ``grant`` (a ``VideoGrants`` field).
+
+        With ``room``, the grant must be for that room too (``roomAdmin`` is per room).
+
+        Raises:
+            AuthError: 401 for a bad token, 403 when it lacks ``grant`` (for ``room``).
+        """
+        video = self.verify(token).video
+        if video is None or not getattr(video, grant, False):
+            raise AuthError(403, f"the token does not grant {grant}")
+        if room is not None and video.room != room:
+            raise AuthError(403, f"the token grants {grant} for room {video.room!r}, not {room!r}")
+        return video
 
 
 def bearer_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:

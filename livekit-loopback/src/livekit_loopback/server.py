@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import datetime
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Literal
 
@@ -15,7 +15,11 @@ from google.protobuf.message import Message
 from livekit import rtc
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
+from livekit.protocol.room import RoomConfiguration
 
+from ._agent_socket import WorkerConnection, serve_worker
+from ._agent_views import DispatchView, JobView, WorkerView
+from ._dispatch import AgentDispatcher
 from ._log import get_logger
 from ._net import require_ice_address
 from ._room import ParticipantView, SignalLink
@@ -76,6 +80,10 @@ class LoopbackServer:
         ping_timeout: Seconds without a pong after which the client gives up.
         single_pc: Serve ``/rtc/v1`` (single PeerConnection). With ``False``
             it answers 404 there, and SDKs fall back to ``/rtc``.
+        register_timeout: Seconds an agent worker has, once its ``/agent``
+            socket is open, to send ``register`` (livekit-server: 10).
+        availability_timeout: Seconds a worker has to accept or refuse a job
+            before the next worker is tried (livekit-server: 10).
     """
 
     def __init__(
@@ -89,6 +97,8 @@ class LoopbackServer:
         ping_interval: int = 5,
         ping_timeout: int = 15,
         single_pc: bool = True,
+        register_timeout: float = 10.0,
+        availability_timeout: float = 10.0,
     ) -> None:
         if leave_timeout < 0:
             raise ValueError(f"leave_timeout must be >= 0 seconds, got {leave_timeout!r}")
@@ -98,8 +108,9 @@ class LoopbackServer:
         self._port = port
         self._auth = TokenAuthority(api_key, api_secret or secrets.token_urlsafe(32))
         self._single_pc = single_pc
+        self._register_timeout = register_timeout
         self._tasks: set[asyncio.Task[None]] = set()
-        self._links: set[SignalConnection] = set()
+        self._links: set[SignalConnection[Any]] = set()
         self._clients: list[rtc.Room] = []
         self._service = RoomService(
             ServiceSettings(
@@ -110,6 +121,14 @@ class LoopbackServer:
             ),
             self._spawn,
         )
+        self._agents = AgentDispatcher(
+            self._auth,
+            self._service.rooms,
+            self._spawn,
+            self._service.changed,
+            availability_timeout=availability_timeout,
+        )
+        self._service.observer = self._agents
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
         self._state: Literal["new", "running", "stopping", "stopped"] = "new"
@@ -147,13 +166,16 @@ class LoopbackServer:
         attributes: Mapping[str, str] | None = None,
         kind: str = "standard",
         ttl: datetime.timedelta = datetime.timedelta(hours=1),
+        room_config: RoomConfiguration | None = None,
         **grants: Any,
     ) -> str:
         """A join token for ``identity`` in ``room``, signed with this server's key pair.
 
         ``kind`` is ``"standard"``, ``"agent"``, ``"sip"``, ``"ingress"``,
         ``"egress"`` or ``"connector"``. ``grants`` are ``livekit.api.VideoGrants``
-        fields, e.g. ``hidden=True`` or ``can_publish=False``.
+        fields, e.g. ``hidden=True`` or ``can_publish=False``. ``room_config``
+        configures the room when this join creates it: its ``agents`` are the
+        agents dispatched to it (none given: the automatic dispatch, agent name ``""``).
         """
         return self._auth.issue(
             identity,
@@ -163,6 +185,7 @@ class LoopbackServer:
             attributes=attributes,
             kind=kind,
             ttl=ttl,
+            room_config=room_config,
             **grants,
         )
 
@@ -183,6 +206,7 @@ class LoopbackServer:
         app.router.add_get("/rtc/v1", self._rtc_v1)
         app.router.add_get("/rtc/validate", self._validate)
         app.router.add_get("/rtc/v1/validate", self._validate)
+        app.router.add_get("/agent", self._agent)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=_RUNNER_SHUTDOWN_TIMEOUT
@@ -228,6 +252,8 @@ class LoopbackServer:
             clients, self._clients = self._clients, []
             await asyncio.gather(*(self._disconnect_client(room) for room in clients))
             await self._service.shutdown()
+            for worker_link in self._agents.shutdown():
+                worker_link.close()
             await _wait_all([link.wait_closed() for link in self._links], _DISCONNECT_TIMEOUT)
             if self._runner is not None:
                 await self._runner.cleanup()
@@ -414,6 +440,15 @@ class LoopbackServer:
                 f" (now: {self.participant(room, identity)})"
             ) from None
 
+    async def wait_until(self, predicate: Callable[[], bool], *, timeout: float = 10.0) -> None:
+        """Wait until ``predicate()`` holds; it is checked again after every change on the
+        server (rooms, participants, tracks, workers, jobs).
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+        """
+        await self._service.wait_until(predicate, timeout)
+
     # ------------------------------------------------------------------ server-side controls
 
     async def remove_participant(
@@ -489,6 +524,158 @@ class LoopbackServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(link.wait_closed(), _DISCONNECT_TIMEOUT)
 
+    # ------------------------------------------------------------------ agents
+
+    @property
+    def workers(self) -> tuple[WorkerView, ...]:
+        """The agent workers registered now, in registration order."""
+        return tuple(WorkerView.of(worker) for worker in self._agents.workers.values())
+
+    @property
+    def jobs(self) -> tuple[JobView, ...]:
+        """Every job given to a worker since the server started, ended ones too, oldest first."""
+        return tuple(JobView.of(job) for job in self._agents.jobs.values())
+
+    def dispatches(self, room: str) -> tuple[DispatchView, ...]:
+        """The dispatches of ``room`` (what ``ListDispatch`` returns)."""
+        return tuple(DispatchView.of(d) for d in self._agents.dispatches.get(room, ()))
+
+    async def wait_for_worker(
+        self, agent_name: str = "", *, exclude: Collection[str] = (), timeout: float = 30.0
+    ) -> WorkerView:
+        """Wait until a worker with ``agent_name`` is registered (ids in ``exclude`` aside).
+
+        Pass the ids of the workers you know in ``exclude`` to wait for a new
+        registration (a worker that lost its socket registers again under a new id).
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+        """
+
+        def found() -> WorkerView | None:
+            return next(
+                (w for w in self.workers if w.agent_name == agent_name and w.id not in exclude),
+                None,
+            )
+
+        try:
+            await self._service.wait_until(lambda: found() is not None, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no agent worker {agent_name!r} registered within {timeout}s"
+                f" (workers: {self.workers})"
+            ) from None
+        view = found()
+        assert view is not None
+        return view
+
+    async def wait_for_job(
+        self,
+        room: str,
+        *,
+        agent_name: str | None = None,
+        status: str = "running",
+        timeout: float = 30.0,
+    ) -> JobView:
+        """Wait until a job in ``room`` (for ``agent_name``, if given) has ``status``.
+
+        ``status`` is ``"running"`` (assigned to a worker), ``"success"`` or
+        ``"failed"``; the first job found wins, oldest first.
+
+        Raises:
+            TimeoutError: after ``timeout`` seconds.
+        """
+
+        def found() -> JobView | None:
+            return next(
+                (
+                    job
+                    for job in self.jobs
+                    if job.room == room
+                    and job.status == status
+                    and (agent_name is None or job.agent_name == agent_name)
+                ),
+                None,
+            )
+
+        try:
+            await self._service.wait_until(lambda: found() is not None, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"no {status} job in room {room!r} within {timeout}s (jobs: {self.jobs})"
+            ) from None
+        view = found()
+        assert view is not None
+        return view
+
+    def dispatch(
+        self,
+        room: str,
+        agent_name: str = "",
+        *,
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+    ) -> DispatchView:
+        """Dispatch ``agent_name`` to ``room``, like ``AgentDispatchService.CreateDispatch``.
+
+        The room is created if it does not exist (then it also gets its
+        default dispatch, as with livekit-server). The job is offered to the
+        workers at once; :meth:`wait_for_job` waits for it to be assigned.
+        """
+        if self._state != "running":
+            raise RuntimeError("the LoopbackServer is not running")
+        found = self._service.rooms.get(room) or self._service.create_room(room)
+        return DispatchView.of(
+            self._agents.create_dispatch(
+                found, agent_name, metadata=metadata, attributes=attributes
+            )
+        )
+
+    def delete_dispatch(self, room: str, dispatch_id: str) -> DispatchView:
+        """Delete a dispatch, like ``AgentDispatchService.DeleteDispatch``: its jobs are terminated.
+
+        Raises:
+            LookupError: when ``room`` has no such dispatch.
+        """
+        return DispatchView.of(self._agents.delete_dispatch(room, dispatch_id))
+
+    def drop_worker(self, worker_id: str) -> None:
+        """Cut a worker's ``/agent`` socket, as a network failure would.
+
+        livekit-agents registers again at once, under a new worker id, and
+        sends ``migrate_job`` for the jobs it still runs: they move to the new
+        registration (see :meth:`wait_for_worker` with ``exclude``).
+
+        Raises:
+            LookupError: when no worker has that id.
+        """
+        worker = self._agents.workers.get(worker_id)
+        if worker is None:
+            raise LookupError(
+                f"no agent worker {worker_id!r} (workers: {sorted(self._agents.workers)})"
+            )
+        worker.link.abort()
+
+    async def _agent(self, request: web.Request) -> web.StreamResponse:
+        if self._state != "running":
+            return web.Response(status=503, text="the server is shutting down")
+        try:
+            self._auth.verify_grant(bearer_token(request.headers, request.query), "agent")
+        except AuthError as exc:
+            self._log.warning("agent.unauthorized", status=exc.status, error=str(exc))
+            return web.Response(status=exc.status, text=str(exc))
+        ws = web.WebSocketResponse(max_msg_size=0, timeout=2.0)
+        await ws.prepare(request)
+        link = WorkerConnection(request, ws, f"agent/{id(ws):x}", self._spawn)
+        self._links.add(link)
+        try:
+            await serve_worker(ws, link, self._agents, self._register_timeout)
+        finally:
+            link.close()
+            await link.wait_closed()
+            self._links.discard(link)
+        return ws
+
     # ------------------------------------------------------------------ HTTP
 
     async def _not_found(self, request: web.Request) -> web.Response:
@@ -534,7 +721,9 @@ class LoopbackServer:
         )
         ws = web.WebSocketResponse(max_msg_size=0, timeout=2.0)
         await ws.prepare(request)
-        link = SignalConnection(request, ws, f"{grant.room}/{grant.identity}", self._spawn)
+        link = SignalConnection[signal.SignalResponse](
+            request, ws, f"{grant.room}/{grant.identity}", self._spawn
+        )
         self._links.add(link)
         try:
             if params.reconnect:
