@@ -1,4 +1,4 @@
-"""Agent dispatch with a real livekit-agents worker in ``start`` mode, its job in its own process."""
+"""Agent dispatch with a real livekit-agents worker (`start` mode), its job in its own process."""
 
 from __future__ import annotations
 
