@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,8 +12,21 @@ import pytest
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session
 from livekit_lifecycle.invariants import InvariantChecker, check_closed
 from livekit_lifecycle.testing import RoomDriver
+from livekit_loopback.pytest_plugin import OptionalPackage, skip_missing
 
 MakeManager = Callable[..., LifecycleManager]
+
+GRAPHVIZ = OptionalPackage(
+    "graphviz", ("graphviz", "fonts-liberation2"), require_env="LIVEKIT_LIFECYCLE_REQUIRE_GRAPHVIZ"
+)
+"""Graphviz's ``dot`` lays out the SVG/PNG charts; the committed SVG used the Liberation fonts."""
+
+
+@pytest.fixture
+def graphviz(request: pytest.FixtureRequest) -> None:
+    """Skips the test (one line naming Graphviz) where ``dot`` is not installed."""
+    if shutil.which("dot") is None:
+        skip_missing(request, [GRAPHVIZ], "Graphviz's `dot` is not on PATH")
 
 
 @pytest.fixture

@@ -38,7 +38,17 @@ from pathlib import Path
 import pytest
 
 from livekit_lifecycle.cli import build_parser
+from livekit_loopback.browser_client import DEFAULT_PREFIX, LIVEKIT_CLIENT_ENV
+from livekit_loopback.pytest_plugin import (
+    CHROMIUM,
+    LIVEKIT_CLIENT,
+    REDIS_SERVER,
+    OptionalPackage,
+    skip_missing,
+)
 from livekit_loopback.support import needs_network
+
+from .conftest import GRAPHVIZ
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -48,6 +58,9 @@ MARKER_KINDS = {"fragment"}
 SHELLS = {"bash", "sh", "shell", "console"}
 HAS_AGENTS = importlib.util.find_spec("livekit.agents") is not None
 TIMEOUT = 180
+KNOWN_PACKAGES: dict[str, OptionalPackage] = {
+    package.name: package for package in (CHROMIUM, GRAPHVIZ, LIVEKIT_CLIENT, REDIS_SERVER)
+}
 
 
 @dataclass(frozen=True)
@@ -248,6 +261,9 @@ def nested_run(tmp_path_factory: pytest.TempPathFactory) -> NestedRun:
             (project / f"{snippet.module}.py").write_text(snippet.code, encoding="utf-8")
     report = project / "report.xml"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "examples"), str(ROOT)]))
+    # livekit-client installed in this checkout serves the nested session too.
+    if (ROOT / DEFAULT_PREFIX).is_dir():
+        env.setdefault(LIVEKIT_CLIENT_ENV, str(ROOT / DEFAULT_PREFIX))
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}"],
         cwd=project,
@@ -271,7 +287,9 @@ def nested_run(tmp_path_factory: pytest.TempPathFactory) -> NestedRun:
 
 
 @pytest.mark.parametrize("snippet", [_param(s) for s in PYTHON if s.kind == "test"])
-def test_test_snippet_passes_under_pytest(snippet: Snippet, nested_run: NestedRun) -> None:
+def test_test_snippet_passes_under_pytest(
+    snippet: Snippet, nested_run: NestedRun, request: pytest.FixtureRequest
+) -> None:
     _skip_without_agents(snippet)
     cases = nested_run.results.get(snippet.module)
     assert cases, f"{snippet.name}: no test ran\n{nested_run.output}"
@@ -281,7 +299,14 @@ def test_test_snippet_passes_under_pytest(snippet: Snippet, nested_run: NestedRu
     assert failed == [], f"{snippet.name}:\n" + "\n".join(failed)
     skipped = [detail for _, outcome, detail in cases if outcome == "skipped"]
     if skipped:
-        pytest.skip(f"{snippet.name} skipped: {skipped[0].strip()}")
+        reason = skipped[0].strip()
+        # A snippet skipped for want of a system package counts in the run's summary of those.
+        needs = re.match(r"needs ([^:]+): (.*)", reason, re.S)
+        names = needs.group(1).split(", ") if needs else []
+        if needs and all(name in KNOWN_PACKAGES for name in names):
+            packages = [KNOWN_PACKAGES[name] for name in names]
+            skip_missing(request, packages, f"{snippet.name}: {needs.group(2)}")
+        pytest.skip(f"{snippet.name} skipped: {reason}")
 
 
 # --------------------------------------------------------------------------- shell blocks

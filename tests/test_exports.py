@@ -174,12 +174,18 @@ EXPORTS: dict[str, list[str]] = {
     "livekit_loopback.server": ["LoopbackServer"],
     "livekit_loopback.pytest_plugin": [
         "agent_worker",
+        "CHROMIUM",
+        "LIVEKIT_CLIENT",
+        "REDIS_SERVER",
+        "OptionalPackage",
         "browser_client",
         "chromium",
         "loopback_server",
         "pytest_configure",
         "pytest_runtest_makereport",
+        "pytest_terminal_summary",
         "redis_server",
+        "skip_missing",
     ],
     "livekit_loopback.redis_server": [
         "RedisServer",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import json
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from livekit_lifecycle import LifecycleConfig, LifecycleManager, State
+from livekit_lifecycle import PARTICIPANT_CHART, LifecycleConfig, LifecycleManager, State
 from livekit_lifecycle.cli import main
 from livekit_lifecycle.inspector import Inspector, ManagerSource, Source
 from livekit_lifecycle.testing import RoomDriver
@@ -131,6 +132,27 @@ async def test_rows_stay_after_removal_and_the_source_protocol_holds(
     finally:
         await inspector.aclose()
     assert not manager._listening["state_changed"]  # the source let go of the manager
+
+
+async def test_the_default_chart_is_shown_without_graphviz(
+    manager: LifecycleManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A PATH with no `dot` on it: a machine without Graphviz.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    async with await manager.serve_inspector() as inspector:
+        status, svg = await get(inspector.url + "chart.svg")
+        assert status == 200 and svg.startswith("<svg")
+        assert all(f"<title>{state.value}</title>" in svg for state in State)
+    # Any other chart is laid out when the inspector starts, and needs Graphviz.
+    other = dataclasses.replace(PARTICIPANT_CHART, name="other")
+    inspector = await Inspector.start(ManagerSource(manager), chart=other)
+    try:
+        status, text = await get(inspector.url + "chart.svg")
+        assert status == 503 and "Graphviz" in text
+        status, text = await get(inspector.url + "api/snapshot")
+        assert "Graphviz" in json.loads(text)["svg_error"]
+    finally:
+        await inspector.aclose()
 
 
 def test_inspect_command_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

@@ -45,10 +45,7 @@ REGENERATE = (
     " `livekit-lifecycle render --out statecharts --embed README.md` and commit the result"
 )
 HAS_DOT = shutil.which("dot") is not None
-needs_dot = pytest.mark.skipif(
-    not HAS_DOT,
-    reason="Graphviz's `dot` is not installed (apt-get install graphviz); CI installs it",
-)
+needs_dot = pytest.mark.usefixtures("graphviz")
 SVG = "{http://www.w3.org/2000/svg}"
 CHART = PARTICIPANT_CHART
 STATES = [state.value for state in CHART.states]
@@ -551,6 +548,16 @@ def test_committed_svg_is_what_graphviz_renders_now(tmp_path: Path) -> None:
             f" this machine has {graphviz_version()}: compared everything but coordinates"
         )
     assert committed == fresh, REGENERATE
+
+
+def test_the_inspector_ships_the_committed_svg() -> None:
+    # The live page shows the default chart from this copy where Graphviz is
+    # not installed; the tests above check the committed SVG against the chart
+    # (its DOT stamp) and, where Graphviz exists, against what it lays out now.
+    shipped = ROOT / "src" / "livekit_lifecycle" / "inspector" / "static" / "chart.svg"
+    assert shipped.read_bytes() == (STATECHARTS / "participant.svg").read_bytes(), (
+        f"{REGENERATE}; then cp statecharts/participant.svg {shipped.relative_to(ROOT)}"
+    )
 
 
 def test_readme_embeds_the_current_chart() -> None:

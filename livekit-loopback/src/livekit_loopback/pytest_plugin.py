@@ -65,14 +65,23 @@ Fixtures:
     still running at teardown are killed, and when the test failed each log's
     tail is added to the report (the files stay in ``tmp_path``). The agent
     file's environment needs livekit-agents; this package does not.
+
+Missing system packages: a test skipped because redis-server, Chromium or
+livekit-client (npm) is missing gets a short-summary line naming the
+package, and the end of the run lists, in one section, what was skipped for
+want of which package and the one command that installs them all. :func:`skip_missing` does the same for your
+own optional packages (this repository uses it for Graphviz).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import shlex
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 import pytest_asyncio
@@ -88,18 +97,105 @@ if TYPE_CHECKING:
 
 __all__ = [
     "agent_worker",
+    "CHROMIUM",
+    "LIVEKIT_CLIENT",
+    "REDIS_SERVER",
+    "OptionalPackage",
     "browser_client",
     "chromium",
     "loopback_server",
     "pytest_configure",
     "pytest_runtest_makereport",
+    "pytest_terminal_summary",
     "redis_server",
+    "skip_missing",
 ]
 
 _MARKER = "loopback"
 REQUIRE_BROWSER_ENV = "LIVEKIT_LIFECYCLE_REQUIRE_BROWSER"
 REQUIRE_REDIS_ENV = "LIVEKIT_LIFECYCLE_REQUIRE_REDIS"
 _FAILED = pytest.StashKey[bool]()
+
+
+@dataclass(frozen=True)
+class OptionalPackage:
+    """Something a test needs that a plain ``pip install`` does not bring."""
+
+    name: str
+    """As the user installs it (``redis-server``, ``chromium``...)."""
+    apt: tuple[str, ...] = ()
+    """The Debian packages that provide it."""
+    then: str = ""
+    """A command to run after those are installed (``{python}`` is this interpreter)."""
+    require_env: str = ""
+    """When this variable is ``1``, a missing package fails the test instead (CI sets it)."""
+
+
+REDIS_SERVER = OptionalPackage("redis-server", ("redis-server",), require_env=REQUIRE_REDIS_ENV)
+CHROMIUM = OptionalPackage("chromium", ("chromium",), require_env=REQUIRE_BROWSER_ENV)
+LIVEKIT_CLIENT = OptionalPackage(
+    "livekit-client (npm)",
+    ("npm",),
+    then="{python} -m livekit_loopback.browser_client install",
+    require_env=REQUIRE_BROWSER_ENV,
+)
+_MISSING = pytest.StashKey[dict[OptionalPackage, list[str]]]()
+
+
+def skip_missing(
+    request: pytest.FixtureRequest, packages: Sequence[OptionalPackage], detail: str
+) -> NoReturn:
+    """Skip this test for want of ``packages``, or fail it where one's ``require_env`` is 1.
+
+    The skip reason names the packages and is the same for every test skipped
+    for them, so pytest's short summary shows one line per package; the end of
+    the run lists them with the command that installs them.
+    """
+    names = ", ".join(package.name for package in packages)
+    required = [
+        p.require_env for p in packages if p.require_env and os.environ.get(p.require_env) == "1"
+    ]
+    if required:
+        pytest.fail(f"{required[0]}=1 but this machine lacks {names}: {detail}")
+    missing = request.config.stash.setdefault(_MISSING, {})
+    for package in packages:
+        missing.setdefault(package, []).append(request.node.nodeid)
+    pytest.skip(f"needs {names}: {detail}")
+
+
+def _python() -> str:
+    """This interpreter as a user would type it: relative to the working directory if inside."""
+    executable = Path(sys.executable)
+    try:
+        return shlex.quote(str(executable.relative_to(Path.cwd())))
+    except ValueError:
+        return shlex.quote(str(executable))
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_terminal_summary(
+    terminalreporter: Any, exitstatus: int, config: pytest.Config
+) -> Iterator[None]:
+    """One section: what was skipped for want of which package, and the command to install them.
+
+    Written after pytest's own summaries (the short one included), so it is the
+    last thing before the counts.
+    """
+    yield
+    missing = config.stash.get(_MISSING, {})
+    if not missing:
+        return
+    terminalreporter.section("skipped for want of optional system packages", sep="=")
+    for package, nodeids in missing.items():
+        files = sorted({nodeid.split("::")[0] for nodeid in nodeids})
+        count = len(set(nodeids))
+        terminalreporter.write_line(
+            f"{package.name}: {count} test{'' if count == 1 else 's'} skipped ({', '.join(files)})"
+        )
+    apt = sorted({name for package in missing for name in package.apt})
+    steps = [f"sudo apt-get install -y {' '.join(apt)}"] if apt else []
+    steps += [p.then.format(python=_python()) for p in missing if p.then]
+    terminalreporter.write_line(f"to run them too: {' && '.join(dict.fromkeys(steps))}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -147,10 +243,24 @@ async def loopback_server(request: pytest.FixtureRequest) -> AsyncIterator[Loopb
 
 
 @pytest_asyncio.fixture
-async def chromium() -> AsyncIterator[Browser]:
+async def chromium(request: pytest.FixtureRequest) -> AsyncIterator[Browser]:
     """A headless Chromium for this test (see the module docstring)."""
-    from .browser import BrowserUnavailable, headless_chromium
+    from .browser import CHROMIUM_ENV, BrowserUnavailable, find_chromium, headless_chromium
 
+    # Everything the test lacks, in one skip: a test of the browser client
+    # needs livekit-client too, and should not name one package per run.
+    missing: list[tuple[OptionalPackage, str]] = []
+    if find_chromium() is None:
+        missing.append((CHROMIUM, f"no Chromium on PATH (nor in ${CHROMIUM_ENV})"))
+    if "browser_client" in request.fixturenames:
+        from .browser_client import LivekitClientUnavailable, find_livekit_client
+
+        try:
+            find_livekit_client(_livekit_client_prefix(request))
+        except LivekitClientUnavailable as exc:
+            missing.append((LIVEKIT_CLIENT, str(exc)))
+    if missing:
+        skip_missing(request, [p for p, _ in missing], "; ".join(d for _, d in missing))
     try:
         async with headless_chromium() as browser:
             yield browser
@@ -173,23 +283,24 @@ def _browser_unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def _livekit_client_prefix(request: pytest.FixtureRequest) -> Path | None:
+    """Where livekit-client is: the default (variable, working directory), else the pytest root."""
+    from .browser_client import DEFAULT_PREFIX, LIVEKIT_CLIENT_ENV
+
+    rooted = request.config.rootpath / DEFAULT_PREFIX
+    if not os.environ.get(LIVEKIT_CLIENT_ENV) and not DEFAULT_PREFIX.exists() and rooted.exists():
+        return rooted
+    return None
+
+
 @pytest_asyncio.fixture
 async def browser_client(
     chromium: Browser, request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[ClientPageServer]:
     """The test page on ``chromium`` (see the module docstring)."""
-    from .browser_client import (
-        DEFAULT_PREFIX,
-        LIVEKIT_CLIENT_ENV,
-        ClientPageServer,
-        LivekitClientUnavailable,
-    )
+    from .browser_client import ClientPageServer, LivekitClientUnavailable
 
-    prefix: Path | None = None
-    rooted = request.config.rootpath / DEFAULT_PREFIX
-    if not os.environ.get(LIVEKIT_CLIENT_ENV) and not DEFAULT_PREFIX.exists() and rooted.exists():
-        prefix = rooted
-    pages = ClientPageServer(chromium, livekit_client=prefix)
+    pages = ClientPageServer(chromium, livekit_client=_livekit_client_prefix(request))
     try:
         await pages.start()
     except LivekitClientUnavailable as exc:
@@ -206,10 +317,16 @@ async def browser_client(
 
 
 @pytest_asyncio.fixture
-async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
+async def redis_server(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[RedisServer]:
     """A redis-server of this test's own (see the module docstring)."""
-    from .redis_server import RedisServer, RedisUnavailable
+    from .redis_server import RedisServer, RedisUnavailable, find_redis_server
 
+    try:
+        find_redis_server()
+    except RedisUnavailable as exc:
+        skip_missing(request, [REDIS_SERVER], str(exc))
     server = RedisServer(tmp_path / "redis")
     try:
         await server.start()
