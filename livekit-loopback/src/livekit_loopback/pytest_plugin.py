@@ -69,8 +69,9 @@ Fixtures:
 Missing system packages: a test skipped because redis-server, Chromium or
 livekit-client (npm) is missing gets a short-summary line naming the
 package, and the end of the run lists, in one section, what was skipped for
-want of which package and the one command that installs them all. :func:`skip_missing` does the same for your
-own optional packages (this repository uses it for Graphviz).
+want of which package and the one command that installs them all.
+:func:`skip_missing` does the same for your own optional packages (this
+repository uses it for Graphviz).
 """
 
 from __future__ import annotations
