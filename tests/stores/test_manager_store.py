@@ -87,8 +87,8 @@ class Fleet:
 
 
 @pytest.fixture
-async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
-    fleet = Fleet(redis_server.url)
+async def fleet(fleet_url: str) -> AsyncIterator[Fleet]:
+    fleet = Fleet(fleet_url)
     yield fleet
     for manager in fleet.managers:
         if not manager.closed:
@@ -317,6 +317,7 @@ async def test_two_managers_on_one_room_clean_each_connection_once(fleet: Fleet)
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("fleet_url", ["redis"], indirect=True)
 async def test_redis_down_at_start_then_back(
     redis_server: RedisServer, fleet: Fleet, driver: RoomDriver, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -347,6 +348,7 @@ async def test_redis_down_at_start_then_back(
 
 
 @pytest.mark.redis
+@pytest.mark.parametrize("fleet_url", ["redis"], indirect=True)
 async def test_redis_killed_and_restarted_mid_run(
     redis_server: RedisServer, fleet: Fleet, driver: RoomDriver
 ) -> None:

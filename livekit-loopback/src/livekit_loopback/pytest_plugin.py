@@ -47,6 +47,13 @@ Fixtures:
     such tests ``redis``. Without a ``redis-server`` the test is skipped with
     the reason, unless ``LIVEKIT_LIFECYCLE_REQUIRE_REDIS=1`` is set (CI sets it).
 
+``redis_cluster``
+    A real 3-master Redis Cluster of its own (a
+    :class:`~livekit_loopback.redis_cluster.RedisClusterServer`: three
+    ``redis-server`` in cluster mode on free loopback ports, slots assigned
+    with ``redis-cli --cluster create``); ``.url`` is
+    ``redis+cluster://127.0.0.1:PORT``. Skipped or failed like ``redis_server``.
+
 ``agent_worker``
     Starts your agent file as a real livekit-agents worker
     (:class:`~livekit_loopback.agent_worker.AgentWorker`: ``python agent.py
@@ -94,6 +101,7 @@ if TYPE_CHECKING:
 
     from .agent_worker import AgentWorker
     from .browser_client import ClientPageServer
+    from .redis_cluster import RedisClusterServer
     from .redis_server import RedisServer
 
 __all__ = [
@@ -108,6 +116,7 @@ __all__ = [
     "pytest_configure",
     "pytest_runtest_makereport",
     "pytest_terminal_summary",
+    "redis_cluster",
     "redis_server",
     "skip_missing",
 ]
@@ -339,6 +348,25 @@ async def redis_server(
         yield server
     finally:
         await server.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_cluster(tmp_path: Path) -> AsyncIterator[RedisClusterServer]:
+    """A 3-master Redis Cluster of this test's own (``redis-server`` and ``redis-cli``)."""
+    from .redis_cluster import RedisClusterServer
+    from .redis_server import RedisUnavailable
+
+    cluster = RedisClusterServer(tmp_path / "redis-cluster")
+    try:
+        await cluster.start()
+    except RedisUnavailable as exc:
+        if os.environ.get(REQUIRE_REDIS_ENV) == "1":
+            pytest.fail(f"{REQUIRE_REDIS_ENV}=1 but {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield cluster
+    finally:
+        await cluster.stop()
 
 
 @pytest_asyncio.fixture

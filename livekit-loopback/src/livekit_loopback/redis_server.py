@@ -19,10 +19,11 @@ import os
 import shutil
 import signal
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "RedisUnavailable", "find_redis_server"]
+__all__ = ["RedisServer", "RedisUnavailable", "find_redis_server", "free_port"]
 
 _READY_TIMEOUT = 10.0
 
@@ -44,9 +45,17 @@ def find_redis_server() -> str:
 class RedisServer:
     """One ``redis-server`` process on ``127.0.0.1`` (see the module docstring)."""
 
-    def __init__(self, directory: Path | str, *, executable: str | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path | str,
+        *,
+        executable: str | None = None,
+        arguments: Sequence[str] = (),
+    ) -> None:
         self._directory = Path(directory)
         self._executable = executable
+        self._arguments = list(arguments)
+        """More ``redis-server`` options (``--cluster-enabled yes``...)."""
         self._process: asyncio.subprocess.Process | None = None
         self._port = 0
 
@@ -81,7 +90,7 @@ class RedisServer:
         arguments += ["--dir", str(self._directory), "--logfile", str(log)]
         arguments += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
         # DEBUG POPULATE builds the benchmarks' millions of unrelated keys.
-        arguments += ["--enable-debug-command", "local"]
+        arguments += ["--enable-debug-command", "local", *self._arguments]
         self._process = await asyncio.create_subprocess_exec(
             executable,
             *arguments,
@@ -128,6 +137,11 @@ class RedisServer:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (the kernel's pick)."""
+    return _free_port()
 
 
 def _free_port() -> int:
