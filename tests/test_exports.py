@@ -184,13 +184,16 @@ EXPORTS: dict[str, list[str]] = {
         "pytest_configure",
         "pytest_runtest_makereport",
         "pytest_terminal_summary",
+        "redis_cluster",
         "redis_server",
         "skip_missing",
     ],
+    "livekit_loopback.redis_cluster": ["RedisClusterServer", "find_redis_cli"],
     "livekit_loopback.redis_server": [
         "RedisServer",
         "RedisUnavailable",
         "find_redis_server",
+        "free_port",
     ],
     "livekit_loopback.support": [
         "WAIT",
