@@ -351,11 +351,18 @@ async def redis_server(
 
 
 @pytest_asyncio.fixture
-async def redis_cluster(tmp_path: Path) -> AsyncIterator[RedisClusterServer]:
+async def redis_cluster(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[RedisClusterServer]:
     """A 3-master Redis Cluster of this test's own (``redis-server`` and ``redis-cli``)."""
-    from .redis_cluster import RedisClusterServer
-    from .redis_server import RedisUnavailable
+    from .redis_cluster import RedisClusterServer, find_redis_cli
+    from .redis_server import RedisUnavailable, find_redis_server
 
+    try:
+        find_redis_server()
+        find_redis_cli()
+    except RedisUnavailable as exc:
+        skip_missing(request, [REDIS_SERVER], str(exc))
     cluster = RedisClusterServer(tmp_path / "redis-cluster")
     try:
         await cluster.start()
