@@ -322,3 +322,85 @@ async def test_the_agent_socket_needs_an_agent_grant_and_a_register(
     closed = await ws.receive(timeout=WAIT)
     assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert loopback_server.workers == ()
+
+
+# ---------------------------------------------------------------- Twirp AgentDispatchService
+
+
+@pytest.fixture
+async def lkapi(loopback_server: LoopbackServer) -> AsyncIterator[api.LiveKitAPI]:
+    client = api.LiveKitAPI(
+        loopback_server.url, loopback_server.api_key, loopback_server.api_secret
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+async def test_create_dispatch_on_a_missing_room_creates_it(
+    loopback_server: LoopbackServer, session: aiohttp.ClientSession, lkapi: api.LiveKitAPI
+) -> None:
+    named = ScriptedWorker(loopback_server, session)
+    await named.register("named")
+    await loopback_server.wait_for_worker("named", timeout=WAIT)
+
+    created = await lkapi.agent_dispatch.create_dispatch(
+        api.CreateAgentDispatchRequest(
+            agent_name="named", room=ROOM, metadata="from-api", attributes={"k": "v"}
+        )
+    )
+
+    assert created.id.startswith("AD_") and created.room == ROOM and created.metadata == "from-api"
+    assert loopback_server.rooms == (ROOM,)
+    assignment = await named.accept_next()
+    assert assignment.job.dispatch_id == created.id and dict(assignment.job.attributes) == {
+        "k": "v"
+    }
+    listed = await lkapi.agent_dispatch.list_dispatch(ROOM)
+    # The new room's default dispatch (no worker takes it here), then the named one.
+    assert [d.agent_name for d in listed] == ["", "named"]
+    assert [job.id for job in listed[1].state.jobs] == [assignment.job.id]
+
+    deleted = await lkapi.agent_dispatch.delete_dispatch(created.id, ROOM)
+    assert deleted.id == created.id and deleted.state.deleted_at > 0
+    assert (await named.receive("termination")).termination.job_id == assignment.job.id
+    assert [d.agent_name for d in await lkapi.agent_dispatch.list_dispatch(ROOM)] == [""]
+    with pytest.raises(api.TwirpError) as missing:
+        await lkapi.agent_dispatch.delete_dispatch(created.id, ROOM)
+    assert missing.value.code == "not_found" and missing.value.status == 404
+
+
+async def test_twirp_speaks_json_and_needs_room_admin(
+    loopback_server: LoopbackServer, session: aiohttp.ClientSession
+) -> None:
+    loopback_server.dispatch(ROOM, "named", metadata="m")
+    url = loopback_server.url.replace("ws://", "http://")
+    route = f"{url}/twirp/livekit.AgentDispatchService/ListDispatch"
+
+    def bearer(**grants: object) -> dict[str, str]:
+        token = (
+            api.AccessToken(loopback_server.api_key, loopback_server.api_secret)
+            .with_grants(api.VideoGrants(**grants))  # type: ignore[arg-type]
+            .to_jwt()
+        )
+        return {"Authorization": f"Bearer {token}"}
+
+    async with session.post(
+        route, json={"room": ROOM}, headers=bearer(room_admin=True, room=ROOM)
+    ) as answer:
+        assert answer.status == 200 and answer.content_type == "application/json"
+        body = await answer.json()
+    assert [d["agent_name"] for d in body["agent_dispatches"]] == ["", "named"]
+
+    async with session.post(
+        route, json={"room": ROOM}, headers=bearer(room_admin=True, room="elsewhere")
+    ) as answer:
+        assert answer.status == 403
+        assert (await answer.json())["code"] == "permission_denied"
+    async with session.post(route, json={"room": ROOM}) as answer:
+        assert answer.status == 401 and (await answer.json())["code"] == "unauthenticated"
+    async with session.post(
+        f"{url}/twirp/livekit.AgentDispatchService/Nope", json={}, headers=bearer(room_admin=True)
+    ) as answer:
+        assert answer.status == 404 and (await answer.json())["code"] == "bad_route"

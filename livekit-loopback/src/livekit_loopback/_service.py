@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -155,7 +156,7 @@ class RoomService:
 
     def join(self, grant: JoinGrant, params: JoinParams, link: SignalLink) -> Participant:
         """A new connection: replace any participant with that identity, announce the new one."""
-        room = self.rooms.get(grant.room) or self.create_room(grant.room, grant.room_config)
+        room = self.room(grant.room, grant.room_config)
         old = room.participants.get(grant.identity)
         if old is not None:
             self.remove(old, _REASON.DUPLICATE_IDENTITY, tell_participant=True)
@@ -208,10 +209,14 @@ class RoomService:
         self.changed()
         return participant
 
-    def create_room(self, name: str, config: RoomConfiguration | None = None) -> Room:
-        """A new, empty room; the observer hears of it (agents are dispatched to it)."""
-        if name in self.rooms:
-            raise ValueError(f"room {name!r} exists")
+    def room(self, name: str, config: RoomConfiguration | None = None) -> Room:
+        """Room ``name``, created (with ``config``) if it does not exist.
+
+        The observer hears of a new room (agents are dispatched to it).
+        """
+        found = self.rooms.get(name)
+        if found is not None:
+            return found
         room = self.rooms[name] = Room(name, _sid("RM_"))
         self._log.info("room.created", room=room.name, room_sid=room.sid)
         if self.observer is not None:
@@ -552,11 +557,33 @@ class RoomService:
             if track.sid == request.sid:
                 track.muted = request.muted
         for track in participant.info.tracks:
-            if track.sid == request.sid and track.muted != request.muted:
-                track.muted = request.muted
-                participant.changed()
-                participant.room.broadcast(participant)
-                self.changed()
+            if track.sid == request.sid:
+                self._set_muted(participant, track, request.muted)
+
+    def mute_track(self, participant: Participant, track_sid: str, muted: bool) -> models.TrackInfo:
+        """The server mutes (or unmutes) a published track: its publisher is told, the room hears.
+
+        Raises:
+            LookupError: when ``participant`` publishes no such track.
+        """
+        track = next((t for t in participant.info.tracks if t.sid == track_sid), None)
+        if track is None:
+            raise LookupError(f"{participant.identity!r} publishes no track {track_sid!r}")
+        participant.send(
+            signal.SignalResponse(mute=signal.MuteTrackRequest(sid=track_sid, muted=muted))
+        )
+        self._set_muted(participant, track, muted)
+        copy = models.TrackInfo()
+        copy.CopyFrom(track)
+        return copy
+
+    def _set_muted(self, participant: Participant, track: models.TrackInfo, muted: bool) -> None:
+        if track.muted == muted:
+            return
+        track.muted = muted
+        participant.changed()
+        participant.room.broadcast(participant)
+        self.changed()
 
     def _sync_tracks(self, participant: Participant, sdp: str) -> None:
         """Publish pending tracks the client's offer now sends; drop those it stopped sending."""
@@ -740,19 +767,59 @@ class RoomService:
         # The server, not the sender, says who sent it.
         packet.participant_sid = sender.sid
         packet.participant_identity = sender.identity
-        destinations = set(packet.destination_identities)
         if packet.HasField("user"):
             packet.user.participant_sid = sender.sid
             packet.user.participant_identity = sender.identity
+        self.deliver_data(sender.room, packet, label, sender=sender)
+
+    def deliver_data(
+        self, room: Room, packet: models.DataPacket, label: str, *, sender: Participant | None
+    ) -> None:
+        """``packet`` to everyone in ``room`` but its sender, or to the identities it names."""
+        destinations = set(packet.destination_identities)
+        if packet.HasField("user"):
             destinations.update(packet.user.destination_identities)
         data = packet.SerializeToString()
-        for member in sender.room:
+        for member in room:
             if member is sender or member.downlink is None:
                 continue
             if destinations and member.identity not in destinations:
                 continue
             if not member.downlink.peer.send_data(label, data):
                 self._log.debug("data.not_delivered", identity=member.identity, label=label)
+
+    def update_participant(
+        self,
+        participant: Participant,
+        *,
+        name: str = "",
+        metadata: str = "",
+        attributes: Mapping[str, str] | None = None,
+        permission: models.ParticipantPermission | None = None,
+    ) -> None:
+        """Change what is set (an empty attribute value deletes it); everyone hears, itself too."""
+        info = participant.info
+        if name:
+            info.name = name
+        if metadata:
+            info.metadata = metadata
+        for key, value in (attributes or {}).items():
+            if value:
+                info.attributes[key] = value
+            else:
+                info.attributes.pop(key, None)
+        if permission is not None:
+            info.permission.CopyFrom(permission)
+            participant.grant = dataclasses.replace(
+                participant.grant,
+                can_publish=permission.can_publish,
+                can_subscribe=permission.can_subscribe,
+                can_publish_data=permission.can_publish_data,
+                can_update_metadata=permission.can_update_metadata,
+            )
+        participant.changed()
+        participant.room.broadcast(participant, include_self=True)
+        self.changed()
 
     def _update_metadata(
         self, participant: Participant, request: signal.UpdateParticipantMetadata
@@ -761,19 +828,12 @@ class RoomService:
             reason = signal.RequestResponse.NOT_ALLOWED
             message = "the token does not grant can_update_own_metadata"
         else:
-            info = participant.info
-            if request.name:
-                info.name = request.name
-            if request.metadata:
-                info.metadata = request.metadata
-            for key, value in request.attributes.items():
-                if value:
-                    info.attributes[key] = value
-                else:
-                    info.attributes.pop(key, None)
-            participant.changed()
-            participant.room.broadcast(participant, include_self=True)
-            self.changed()
+            self.update_participant(
+                participant,
+                name=request.name,
+                metadata=request.metadata,
+                attributes=request.attributes,
+            )
             reason, message = signal.RequestResponse.OK, ""
         participant.send(
             signal.SignalResponse(

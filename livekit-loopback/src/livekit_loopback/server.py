@@ -20,9 +20,11 @@ from livekit.protocol.room import RoomConfiguration
 from ._agent_socket import WorkerConnection, serve_worker
 from ._agent_views import DispatchView, JobView, WorkerView
 from ._dispatch import AgentDispatcher
+from ._dispatch_api import agent_dispatch_service
 from ._log import get_logger
 from ._net import require_ice_address
 from ._room import ParticipantView, SignalLink
+from ._room_api import room_service
 from ._service import RoomService, ServiceSettings
 from ._signal import JoinRequestError, SignalConnection, parse_join
 from ._tokens import AuthError, TokenAuthority, bearer_token
@@ -207,6 +209,8 @@ class LoopbackServer:
         app.router.add_get("/rtc/validate", self._validate)
         app.router.add_get("/rtc/v1/validate", self._validate)
         app.router.add_get("/agent", self._agent)
+        room_service(self._auth, self._service).mount(app.router)
+        agent_dispatch_service(self._auth, self._service, self._agents).mount(app.router)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         runner = web.AppRunner(
             app, handle_signals=False, access_log=None, shutdown_timeout=_RUNNER_SHUTDOWN_TIMEOUT
@@ -624,7 +628,7 @@ class LoopbackServer:
         """
         if self._state != "running":
             raise RuntimeError("the LoopbackServer is not running")
-        found = self._service.rooms.get(room) or self._service.create_room(room)
+        found = self._service.room(room)
         return DispatchView.of(
             self._agents.create_dispatch(
                 found, agent_name, metadata=metadata, attributes=attributes
