@@ -24,6 +24,9 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, generate_latest
 
+from livekit_lifecycle.metrics import enable_metrics
+from livekit_lifecycle.tracing import enable_tracing
+
 from . import _subjects
 from ._lifecycle import EVENTS_PER_LIFECYCLE, GRACE, _feed
 from ._rooms import lifecycles, real_room
@@ -42,9 +45,9 @@ async def _time(sizes: Sizes, mode: Mode, visits: int | None = None) -> float:
         manager = _subjects.ours(room, countdown.tick, grace_period=GRACE)
         registry = CollectorRegistry()
         if mode == "metrics":
-            manager.enable_metrics(registry)
+            enable_metrics(manager, registry)
         elif mode == "tracing":
-            manager.enable_tracing()
+            enable_tracing(manager)
         gc.collect()
         start = time.process_time()
         await _feed(room, script, sizes.chunk)

@@ -46,8 +46,8 @@ from livekit.agents import (
 )
 from livekit.agents.tts import TTS
 
-from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session
-from livekit_lifecycle.agents import JobLifecycleManager
+from livekit_lifecycle import LifecycleConfig, Session
+from livekit_lifecycle.agents import JobLifecycleManager, for_job
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.IGNORECASE)
 
@@ -153,9 +153,7 @@ class Assistant(Agent):
 async def entrypoint(ctx: JobContext, *, pipeline: PipelineFactory = pipeline_from_env) -> None:
     """The job: a refresh-safe AgentSession for the user who joins the room."""
     models = pipeline()
-    manager = await LifecycleManager.for_job(
-        ctx, session=models.session, config=CONFIG, resources=[models.tts]
-    )
+    manager = await for_job(ctx, session=models.session, config=CONFIG, resources=[models.tts])
 
     @manager.on("created")
     def identify(user: Session) -> None:

@@ -96,7 +96,7 @@ async def start(
     grace_period: float = SHORT,
     **config: object,
 ) -> JobLifecycleManager:
-    manager = await LifecycleManager.for_job(
+    manager = await for_job(
         job,
         session=agent_session,
         config=LifecycleConfig(grace_period=grace_period, **config),  # type: ignore[arg-type]
@@ -131,7 +131,7 @@ async def test_for_job_attaches_and_registers_shutdown(
     job: JobContext, driver: RoomDriver, agent_session: AgentSession[Any]
 ) -> None:
     callbacks = len(job._shutdown_callbacks)
-    manager = await LifecycleManager.for_job(job, session=agent_session)
+    manager = await for_job(job, session=agent_session)
     assert isinstance(manager, JobLifecycleManager) and isinstance(manager, LifecycleManager)
     assert manager.room is driver.room and manager.job is job
     assert manager.agent_session is agent_session
@@ -472,7 +472,7 @@ async def test_job_shutdown_closes_resources_once_in_reverse_order(
     order: list[str] = []
     tts, http = Resource("tts", order), Resource("http", order)
     cleaned: list[str] = []
-    manager = await LifecycleManager.for_job(
+    manager = await for_job(
         job,
         session=agent_session,
         config=LifecycleConfig(grace_period=LONG),

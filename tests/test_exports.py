@@ -62,6 +62,7 @@ EXPORTS: dict[str, list[str]] = {
         "Snapshot",
         "Source",
         "StoreSource",
+        "serve_inspector",
         "session_dict",
     ],
     "livekit_lifecycle.invariants": [

@@ -16,7 +16,7 @@ import pytest_asyncio
 
 from livekit_lifecycle import PARTICIPANT_CHART, LifecycleConfig, LifecycleManager, State
 from livekit_lifecycle.cli import main
-from livekit_lifecycle.inspector import Inspector, ManagerSource, Source
+from livekit_lifecycle.inspector import Inspector, ManagerSource, Source, serve_inspector
 from livekit_lifecycle.testing import RoomDriver
 from livekit_loopback.browser import ConsoleLog
 from livekit_loopback.support import eventually
@@ -50,7 +50,7 @@ async def test_snapshot_then_live_changes_over_server_sent_events(
     manager: LifecycleManager, driver: RoomDriver
 ) -> None:
     driver.connect("alice", active=True)
-    async with await manager.serve_inspector() as inspector:
+    async with await serve_inspector(manager) as inspector:
         assert inspector.url.startswith("http://127.0.0.1:") and inspector.token is None
         async with (
             aiohttp.ClientSession() as http,
@@ -81,7 +81,7 @@ async def test_data_is_hidden_unless_asked_for(
     assert session is not None
     session.data["transcript"] = ["secret words"]
     for show_data in (False, True):
-        async with await manager.serve_inspector(show_data=show_data) as inspector:
+        async with await serve_inspector(manager, show_data=show_data) as inspector:
             status, text = await get(inspector.url + "api/snapshot")
             assert status == 200
             (row,) = json.loads(text)["rows"]
@@ -92,7 +92,7 @@ async def test_data_is_hidden_unless_asked_for(
 
 
 async def test_off_loopback_every_request_needs_the_token(manager: LifecycleManager) -> None:
-    async with await manager.serve_inspector(host="0.0.0.0") as inspector:
+    async with await serve_inspector(manager, host="0.0.0.0") as inspector:
         token = inspector.token
         assert token and len(token) >= 20 and inspector.url.endswith(f"/?token={token}")
         base = f"http://127.0.0.1:{inspector.port}/"
@@ -102,13 +102,13 @@ async def test_off_loopback_every_request_needs_the_token(manager: LifecycleMana
         assert (await get(base + "api/snapshot?token=" + token))[0] == 200
         headers = {"Authorization": f"Bearer {token}"}
         assert (await get(base + "api/snapshot", headers=headers))[0] == 200
-    async with await manager.serve_inspector(token="chosen") as inspector:
+    async with await serve_inspector(manager, token="chosen") as inspector:
         assert inspector.url.endswith("/?token=chosen")  # a token can be asked for on loopback
 
 
 async def test_on_loopback_a_foreign_host_name_is_refused(manager: LifecycleManager) -> None:
     # A page on another site that resolves its own name to 127.0.0.1 (DNS rebinding).
-    async with await manager.serve_inspector() as inspector:
+    async with await serve_inspector(manager) as inspector:
         status, _ = await get(inspector.url, headers={"Host": f"evil.example:{inspector.port}"})
         assert status == 403
         assert (await get(inspector.url, headers={"Host": f"localhost:{inspector.port}"}))[0] == 200
@@ -139,7 +139,7 @@ async def test_the_default_chart_is_shown_without_graphviz(
 ) -> None:
     # A PATH with no `dot` on it: a machine without Graphviz.
     monkeypatch.setenv("PATH", str(tmp_path))
-    async with await manager.serve_inspector() as inspector:
+    async with await serve_inspector(manager) as inspector:
         status, svg = await get(inspector.url + "chart.svg")
         assert status == 200 and svg.startswith("<svg")
         assert all(f"<title>{state.value}</title>" in svg for state in State)
@@ -191,7 +191,7 @@ async def _until(page: Page, key: str, state: str) -> None:
 async def test_the_page_follows_a_refresh_live(
     chromium: Browser, manager: LifecycleManager, driver: RoomDriver, tmp_path: Path
 ) -> None:
-    async with await manager.serve_inspector() as inspector:
+    async with await serve_inspector(manager) as inspector:
         page = await chromium.new_page(viewport={"width": 1400, "height": 900})
         console = ConsoleLog.attach(page)
         await page.goto(inspector.url)

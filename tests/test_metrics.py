@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
-from livekit_lifecycle.metrics import IGNORED_REASONS, METRIC_NAMES
+from livekit_lifecycle.metrics import IGNORED_REASONS, METRIC_NAMES, enable_metrics
 from livekit_lifecycle.statechart import PARTICIPANT_CHART
 from livekit_lifecycle.testing import RoomDriver
 from tests.conftest import MakeManager
@@ -44,7 +44,7 @@ def _user_of(participant: rtc.RemoteParticipant) -> str:
 async def test_every_series_with_zeros_before_anything_happens(make_manager: MakeManager) -> None:
     registry = CollectorRegistry()
     manager = make_manager()
-    manager.enable_metrics(registry)
+    enable_metrics(manager, registry)
     samples = scrape(registry)
     names = {name for name, _ in samples}
     for name in METRIC_NAMES:
@@ -67,8 +67,8 @@ async def test_values_follow_a_refresh_a_takeover_an_expiry_and_shutdown(
 ) -> None:
     registry = CollectorRegistry()
     manager = LifecycleManager(LifecycleConfig(grace_period=0.05, session_key=_user_of))
-    manager.enable_metrics(registry)
-    manager.enable_metrics(registry)  # idempotent: counted once
+    enable_metrics(manager, registry)
+    enable_metrics(manager, registry)  # idempotent: counted once
     manager.add_cleanup(lambda session: None)
     manager.attach(driver.room)
 
@@ -114,7 +114,7 @@ async def test_cleanup_outcomes_error_and_timeout(
 ) -> None:
     registry = CollectorRegistry()
     manager = make_manager(grace_period=0, cleanup_timeout=0.05)
-    manager.enable_metrics(registry)
+    enable_metrics(manager, registry)
 
     async def cleanup(session: Session) -> None:
         if session.key == "slow":
@@ -141,7 +141,7 @@ async def test_managers_share_one_registry_and_rooms_label_when_asked() -> None:
         managers = []
         for driver in (a, b):
             manager = LifecycleManager(LifecycleConfig(grace_period=30))
-            manager.enable_metrics(registry, room_label=True)
+            enable_metrics(manager, registry, room_label=True)
             manager.attach(driver.room)
             managers.append(manager)
         a.connect("alice", active=True)
@@ -152,7 +152,7 @@ async def test_managers_share_one_registry_and_rooms_label_when_asked() -> None:
         assert value(samples, "livekit_lifecycle_sessions", room="room-b", state="active") == 1
         assert value(samples, "livekit_lifecycle_sessions", room="room-b", state="connecting") == 1
         with pytest.raises(ValueError, match="room_label"):
-            LifecycleManager().enable_metrics(registry)
+            enable_metrics(LifecycleManager(), registry)
         await managers[0].aclose()
         last = scrape(registry)  # a closed room is reported once more, then dropped
         assert (
@@ -176,17 +176,14 @@ async def test_config_flag_uses_the_default_registry(
         return found or 0.0
 
     before = activations()
-    manager = make_manager(metrics=True)
-    other = make_manager(metrics=True, attach=False)  # a second manager adds to the same series
+    manager = make_manager()
+    enable_metrics(manager)
+    other = make_manager(attach=False)  # a second manager adds to the same series
+    enable_metrics(other)
     driver.connect("alice", active=True)
     assert manager.state_of("alice") is State.ACTIVE and other.sessions == {}
     assert activations() == before + 1
     assert REGISTRY.get_sample_value("livekit_lifecycle_sessions", {"state": "active"}) == 1
-
-
-def test_metrics_flag_is_validated() -> None:
-    with pytest.raises(ValueError, match="metrics must be a bool"):
-        LifecycleConfig(metrics="yes")  # type: ignore[arg-type]
 
 
 async def test_the_livekit_agents_worker_endpoint_serves_them(
@@ -200,7 +197,7 @@ async def test_the_livekit_agents_worker_endpoint_serves_them(
         "livekit.agents.telemetry.http_server", reason="needs livekit-agents (the 'agents' extra)"
     ).HttpServer
 
-    make_manager(metrics=True)
+    enable_metrics(make_manager())
     driver.connect("alice", active=True)
     server = HttpServer("127.0.0.1", 0)
     await server.start()
@@ -225,7 +222,7 @@ async def test_a_manager_dropped_without_a_shutdown_keeps_its_counts(driver: Roo
 
     registry = CollectorRegistry()
     manager = LifecycleManager()
-    manager.enable_metrics(registry)
+    enable_metrics(manager, registry)
     manager.attach(driver.room)
     driver.connect("alice", active=True)
     assert value(scrape(registry), "livekit_lifecycle_sessions", state="active") == 1
@@ -240,11 +237,13 @@ async def test_a_manager_dropped_without_a_shutdown_keeps_its_counts(driver: Roo
 _JOB_PROCESS = """
 import asyncio, sys
 from livekit_lifecycle import LifecycleConfig, LifecycleManager
+from livekit_lifecycle.metrics import enable_metrics
 from livekit_lifecycle.testing import RoomDriver
 
 async def main():
     async with RoomDriver("job-room") as driver:
-        manager = LifecycleManager(LifecycleConfig(metrics=True, grace_period=0))
+        manager = LifecycleManager(LifecycleConfig(grace_period=0))
+        enable_metrics(manager)
         manager.add_cleanup(lambda session: None)
         manager.attach(driver.room)
         driver.connect("alice", active=True)

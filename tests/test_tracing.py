@@ -13,7 +13,7 @@ from opentelemetry.trace import StatusCode
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
 from livekit_lifecycle.testing import RoomDriver
-from livekit_lifecycle.tracing import CLEANUP_SPAN, SHUTDOWN_SPAN
+from livekit_lifecycle.tracing import CLEANUP_SPAN, SHUTDOWN_SPAN, enable_tracing
 from tests.conftest import MakeManager
 
 WAIT = 5.0
@@ -42,8 +42,8 @@ async def test_a_span_per_cleanup_with_session_attributes_and_outcome(
     exporter: InMemorySpanExporter,
 ) -> None:
     manager = make_manager(grace_period=30, cleanup_timeout=0.05)
-    manager.enable_tracing(provider)
-    manager.enable_tracing(provider)  # idempotent: one span per cleanup
+    enable_tracing(manager, provider)
+    enable_tracing(manager, provider)  # idempotent: one span per cleanup
 
     async def cleanup(session: Session) -> None:
         if session.key == "bob":
@@ -87,7 +87,7 @@ async def test_shutdown_span_parents_its_cleanups(
     driver: RoomDriver, provider: TracerProvider, exporter: InMemorySpanExporter
 ) -> None:
     manager = LifecycleManager(LifecycleConfig())
-    manager.enable_tracing(provider)
+    enable_tracing(manager, provider)
     manager.add_cleanup(lambda session: None)
     manager.attach(driver.room)
     driver.connect("alice", active=True)
@@ -109,7 +109,8 @@ async def test_shutdown_span_parents_its_cleanups(
 
 async def test_no_provider_means_no_op_spans(make_manager: MakeManager, driver: RoomDriver) -> None:
     # opentelemetry-api alone: the global provider is the API's no-op proxy.
-    manager = make_manager(tracing=True, grace_period=0)
+    manager = make_manager(grace_period=0)
+    enable_tracing(manager)
     manager.add_cleanup(lambda session: None)
     driver.connect("alice", active=True)
     driver.disconnect("alice")

@@ -14,6 +14,7 @@ Quick start::
 
 from __future__ import annotations
 
+from ._version import __version__ as __version__
 from .config import DEFAULT_KINDS, DEFAULT_NO_GRACE_REASONS, LifecycleConfig, SessionKey
 from .log import configure_logging
 from .manager import CleanupCallback, LifecycleManager
@@ -35,5 +36,3 @@ __all__ = [
     "configure_logging",
     "render_statechart",
 ]
-
-__version__ = "0.1.0"

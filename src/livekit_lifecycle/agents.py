@@ -5,7 +5,7 @@ the only module of the package that imports ``livekit.agents``.
 
 ::
 
-    manager = await LifecycleManager.for_job(ctx, session=agent_session, config=config)
+    manager = await for_job(ctx, session=agent_session, config=config)
     await manager.start_session(Assistant())   # RoomIO with close_on_disconnect=False
 
 What it does for a job (see ``docs/agents.md``):
@@ -96,7 +96,7 @@ async def for_job(
 ) -> JobLifecycleManager:
     """Connect the job if needed and return a :class:`JobLifecycleManager` attached to its room.
 
-    Also available as ``LifecycleManager.for_job``. Call it in the entrypoint
+    Call it in the entrypoint
     before ``AgentSession.start`` (or use :meth:`JobLifecycleManager.start_session`).
 
     Args:
@@ -145,7 +145,7 @@ async def for_job(
 class JobLifecycleManager(LifecycleManager):
     """A :class:`LifecycleManager` bound to a livekit-agents job and, optionally, its AgentSession.
 
-    Create it with :func:`for_job` (or ``LifecycleManager.for_job``). Everything
+    Create it with :func:`for_job`. Everything
     of :class:`LifecycleManager` works as usual; on top of it:
 
     - :attr:`linked_session` is the lifecycle :class:`Session` of the user the

@@ -70,11 +70,6 @@ class LifecycleConfig:
             (:mod:`livekit_lifecycle.invariants`) after every transition; a
             violation is logged as ``invariant.violated`` and counted in
             ``stats["invariant_violations"]``. Costs a few µs per transition.
-        metrics: Export Prometheus metrics on prometheus-client's default
-            registry (:meth:`LifecycleManager.enable_metrics` for a registry
-            of your own or a room label). Needs the ``metrics`` extra.
-        tracing: Emit an OpenTelemetry span per cleanup run and per shutdown
-            (:meth:`LifecycleManager.enable_tracing`). Needs the ``tracing`` extra.
         store: Where sessions are kept (:mod:`livekit_lifecycle.stores`). The
             default :class:`~livekit_lifecycle.stores.MemoryStore` keeps them in
             the manager only, with no store work at all; a durable store
@@ -92,8 +87,6 @@ class LifecycleConfig:
     kinds: AbstractSet[int] = field(default=DEFAULT_KINDS)
     close_on_room_disconnect: bool = True
     check_invariants: bool = False
-    metrics: bool = False
-    tracing: bool = False
     store: SessionStore = field(default_factory=MemoryStore, compare=False)
 
     def __post_init__(self) -> None:
@@ -119,7 +112,7 @@ class LifecycleConfig:
             raise ValueError("kinds must name at least one rtc.ParticipantKind")
         if not isinstance(self.store, SessionStore):
             raise ValueError(f"store must be a SessionStore, got {self.store!r}")
-        for flag in ("close_on_room_disconnect", "check_invariants", "metrics", "tracing"):
+        for flag in ("close_on_room_disconnect", "check_invariants"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
 

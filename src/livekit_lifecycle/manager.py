@@ -16,7 +16,7 @@ import inspect
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from livekit import rtc
 
@@ -28,15 +28,6 @@ from ._intake import _Intake
 from .config import LifecycleConfig
 from .session import Session
 from .statechart import State
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
-
-    from livekit.agents import AgentSession, JobContext
-    from prometheus_client.registry import CollectorRegistry
-
-    from .agents import JobLifecycleManager, WhenEmpty
-    from .inspector import Inspector
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
 
@@ -61,42 +52,12 @@ class LifecycleManager(_Intake):
 
     def __init__(self, config: LifecycleConfig | None = None) -> None:
         super().__init__(config)
-        if self._config.metrics:
-            self.enable_metrics()
-        if self._config.tracing:
-            self.enable_tracing()
         if self._config.store.durable:
             from ._persistence import Persistence
 
             self._persist = persist = Persistence(self, self._config.store)
             self._add_transition_hook(persist.mark)
             self._set_cleanup_claim(persist.claim)
-
-    @classmethod
-    async def for_job(
-        cls,
-        ctx: JobContext,
-        *,
-        session: AgentSession[Any] | None = None,
-        config: LifecycleConfig | None = None,
-        resources: Iterable[object] = (),
-        when_empty: WhenEmpty = "shutdown",
-        shutdown_budget: float = 10.0,
-    ) -> JobLifecycleManager:
-        """A manager for a livekit-agents job: see :func:`livekit_lifecycle.agents.for_job`.
-
-        Needs the ``agents`` extra (``livekit-lifecycle[agents]``).
-        """
-        from .agents import for_job
-
-        return await for_job(
-            ctx,
-            session=session,
-            config=config,
-            resources=resources,
-            when_empty=when_empty,
-            shutdown_budget=shutdown_budget,
-        )
 
     # ------------------------------------------------------------------ public API
 
@@ -262,53 +223,6 @@ class LifecycleManager(_Intake):
     def off(self, event: NotificationName, callback: Listener) -> None:
         """Remove a listener added with :meth:`on` or :meth:`once`."""
         self._listeners.remove(event, callback)
-
-    def enable_metrics(
-        self, registry: CollectorRegistry | None = None, *, room_label: bool = False
-    ) -> None:
-        """Export this manager's Prometheus metrics (``livekit_lifecycle_*``).
-
-        Registered on prometheus-client's default registry unless ``registry``
-        is given; every manager of the process adds to the same series.
-        ``room_label`` adds a ``room`` label (one series per live room: only
-        where rooms per process stay few). Idempotent. Needs
-        ``prometheus-client`` (the ``metrics`` extra). See ``docs/observability.md``.
-        """
-        from .metrics import enable_metrics
-
-        enable_metrics(self, registry, room_label=room_label)
-
-    def enable_tracing(self, tracer_provider: Any = None) -> None:
-        """Emit an OpenTelemetry span per cleanup run and per shutdown.
-
-        Spans come from ``tracer_provider``, or the globally configured one
-        (a no-op until the application configures one). Needs
-        ``opentelemetry-api`` (the ``tracing`` extra). Idempotent.
-        """
-        from .tracing import enable_tracing
-
-        enable_tracing(self, tracer_provider)
-
-    async def serve_inspector(
-        self,
-        port: int = 0,
-        *,
-        host: str = "127.0.0.1",
-        token: str | None = None,
-        show_data: bool = False,
-    ) -> Inspector:
-        """Serve the live statechart page for this manager; ``await inspector.aclose()`` to stop.
-
-        Binds ``host`` (loopback by default); any other address needs a
-        token, generated unless given, that every request must carry
-        (``inspector.url`` includes it). ``data`` is shown only with
-        ``show_data``. Needs aiohttp (the ``inspector`` extra).
-        """
-        from .inspector import Inspector, ManagerSource
-
-        return await Inspector.start(
-            ManagerSource(self, show_data=show_data), host=host, port=port, token=token
-        )
 
     async def wait_for(self, key: str, state: State | str, timeout: float | None = None) -> Session:
         """Wait until the session under ``key`` is in ``state`` (now or later).

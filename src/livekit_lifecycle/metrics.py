@@ -1,7 +1,6 @@
 """Prometheus metrics of lifecycle managers (``livekit_lifecycle_*``), with prometheus-client.
 
-Opt in per manager with ``LifecycleConfig(metrics=True)`` or
-:meth:`LifecycleManager.enable_metrics` (:func:`enable_metrics` here). Every
+Opt in per manager with :func:`enable_metrics` ``(manager)``. Every
 manager of a process adds to the same series of one registry (the default
 one unless another is given): a worker running one manager per job exports
 one set of series, optionally labelled by room.

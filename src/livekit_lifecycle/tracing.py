@@ -1,7 +1,6 @@
 """OpenTelemetry spans of lifecycle managers: one per cleanup run, one per shutdown.
 
-Opt in per manager with ``LifecycleConfig(tracing=True)`` or
-:meth:`LifecycleManager.enable_tracing`. Only ``opentelemetry-api`` is
+Opt in per manager with :func:`enable_tracing` ``(manager)``. Only ``opentelemetry-api`` is
 needed: without a configured tracer provider its spans are no-ops. Spans:
 
 ``livekit_lifecycle.cleanup``
@@ -58,7 +57,7 @@ def enable_tracing(
         ) from None
     if any(isinstance(member, _Tracing) for member in manager._observer.members()):
         return
-    from . import __version__
+    from ._version import __version__
 
     tracer = trace.get_tracer("livekit_lifecycle", __version__, tracer_provider=tracer_provider)
     manager._add_observer(_Tracing(manager, tracer))

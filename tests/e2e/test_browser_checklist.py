@@ -251,12 +251,14 @@ async def test_refresh_with_a_real_agent_session_relinks_it(
     from livekit.agents.testing import fake_job_context
     from livekit.agents.voice.room_io import RoomOptions
 
+    from livekit_lifecycle.agents import for_job
+
     agent_room = await loopback_server.connect("agent", ROOM, kind="agent")
     agent_session: AgentSession[Any] = AgentSession()
     closes: list[CloseEvent] = []
     agent_session.on("close", closes.append)
     with fake_job_context(room=agent_room, agent_identity="agent") as ctx:
-        manager = await LifecycleManager.for_job(
+        manager = await for_job(
             ctx, session=agent_session, config=LifecycleConfig(grace_period=30.0)
         )
         try:

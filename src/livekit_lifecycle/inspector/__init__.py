@@ -6,7 +6,7 @@ definition, with the selected session's state and last transition
 highlighted. Changes are pushed to the page as server-sent events.
 
 Where the sessions come from is a :class:`Source`: :class:`ManagerSource`
-for a manager in this process (:meth:`LifecycleManager.serve_inspector`),
+for a manager in this process (:func:`serve_inspector`),
 :class:`RoomSource` for a live room joined as a hidden observer (what
 ``livekit-lifecycle watch`` does), :class:`StoreSource` for every room of a
 session store across every worker (``inspect --store URL --web``). The
@@ -20,6 +20,7 @@ See ``docs/observability.md``.
 
 from __future__ import annotations
 
+from ._serve import serve_inspector
 from ._server import Inspector, InspectorError
 from ._source import (
     Change,
@@ -40,5 +41,6 @@ __all__ = [
     "Snapshot",
     "Source",
     "StoreSource",
+    "serve_inspector",
     "session_dict",
 ]

@@ -10,6 +10,7 @@ from typing import TextIO
 from livekit_lifecycle._watch import _stop_on_signals
 from livekit_lifecycle.manager import LifecycleManager
 
+from ._serve import serve_inspector
 from ._server import Inspector
 
 __all__ = ["play_with_web"]
@@ -34,7 +35,7 @@ async def play_with_web(
     served: list[Inspector] = []
 
     async def serve(manager: LifecycleManager) -> None:
-        inspector = await manager.serve_inspector()
+        inspector = await serve_inspector(manager)
         served.append(inspector)
         print(f"inspector: {inspector.url}", file=out, flush=True)
         print(

@@ -36,7 +36,7 @@ class InspectorError(Exception):
 class Inspector:
     """A running inspector page for one :class:`Source`.
 
-    Start it with :meth:`start` (or :meth:`LifecycleManager.serve_inspector`);
+    Start it with :meth:`start` (or :func:`~livekit_lifecycle.inspector.serve_inspector`);
     ``url`` is the address to open (with the token, when there is one);
     :meth:`aclose` stops it. It keeps a row for every session it has seen,
     removed ones included (the latest ``removed_limit`` of those).

@@ -1,0 +1,184 @@
+"""The package's import graph: no cycle, and integrations depend on the core, never the reverse.
+
+Read from the source (``ast``), so function-local imports count as much as
+module-level ones. Imports under ``if TYPE_CHECKING:`` are left out: they
+never run, and annotations naming an integration's type create no
+dependency. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import livekit_lifecycle
+
+PACKAGE = "livekit_lifecycle"
+ROOT = Path(livekit_lifecycle.__file__).parent
+
+INTEGRATIONS = (
+    "agents",
+    "inspector",
+    "render",
+    "metrics",
+    "tracing",
+    "compat",
+    "cli",
+    "testing",
+    "_watch",
+    "_demo",
+    "_demo_common",
+    "_demo_live",
+    "_conversation",
+)
+"""Top-level modules and packages built on the core (a package covers its submodules)."""
+
+STORES = "stores"
+"""The store protocol and stores: the core writes through them, so they sit below it."""
+
+LEAVES = ("log", "_numbers", "_version")
+"""Modules with no package import of their own, which anything may use."""
+
+ENTRY_POINTS = (PACKAGE, f"{PACKAGE}.__main__")
+"""The public namespace and ``python -m``: they import everything, nothing imports them back."""
+
+
+def _modules() -> dict[str, Path]:
+    modules = {}
+    for path in ROOT.rglob("*.py"):
+        parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _type_checking_nodes(tree: ast.AST) -> set[int]:
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for statement in node.body:
+                skipped.update(id(inner) for inner in ast.walk(statement))
+    return skipped
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    tree = ast.parse(path.read_text())
+    skipped = _type_checking_nodes(tree)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # `from . import x` imports the submodule x when there is one, else a name of `.`.
+            submodules = [f"{module}.{alias.name}" for alias in node.names]
+            targets = [m for m in submodules if m in modules] or [module]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target.startswith(PACKAGE) and target != name:
+                found.add(target)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _top(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_graph_is_read() -> None:
+    graph = _graph()
+    # A reading that found nothing would pass every test below.
+    assert f"{PACKAGE}._runner" in graph[f"{PACKAGE}.manager"] or any(
+        target.startswith(f"{PACKAGE}._") for target in graph[f"{PACKAGE}.manager"]
+    )
+    assert f"{PACKAGE}.manager" in graph[f"{PACKAGE}.agents"]
+    assert f"{PACKAGE}.metrics" in graph[PACKAGE] or graph[PACKAGE]
+
+
+def test_no_import_cycle() -> None:
+    assert _cycles(_graph()) == []
+
+
+def test_the_core_never_imports_an_integration() -> None:
+    graph = _graph()
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if module not in ENTRY_POINTS and _top(module) not in INTEGRATIONS
+        for target in targets
+        if _top(target) in INTEGRATIONS
+    )
+    assert wrong == []
+
+
+def test_stores_sit_below_the_core() -> None:
+    graph = _graph()
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        if _top(module) == STORES
+        for target in targets
+        if _top(target) not in (STORES, *LEAVES)
+    )
+    assert wrong == []
+
+
+def test_nothing_imports_the_entry_points() -> None:
+    graph = _graph()
+    wrong = sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if target in ENTRY_POINTS and module not in ENTRY_POINTS
+    )
+    assert wrong == []
