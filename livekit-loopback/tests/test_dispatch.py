@@ -169,6 +169,12 @@ async def test_a_new_room_dispatches_a_job_with_an_agent_token(
     assert (await worker.receive("termination")).termination.job_id == job.id
     ended = await loopback_server.wait_for_job(ROOM, status="failed", timeout=WAIT)
     assert ended.terminated == "agent left the room"
+    assert ended.error == "agent worker left the room"
+    # What the worker says next does not change an ended job (ping: to know it was read).
+    await worker.job_status(job.id, agent.JS_SUCCESS)
+    await worker.send(agent.WorkerMessage(ping=agent.WorkerPing(timestamp=7)))
+    assert (await worker.receive("pong")).pong.last_timestamp == 7
+    assert loopback_server.jobs[0].status == "failed" and not loopback_server.workers[0].jobs
 
 
 async def test_deleting_the_room_terminates_its_jobs(
@@ -325,17 +331,6 @@ async def test_the_agent_socket_needs_an_agent_grant_and_a_register(
 
 
 # ---------------------------------------------------------------- Twirp AgentDispatchService
-
-
-@pytest.fixture
-async def lkapi(loopback_server: LoopbackServer) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(
-        loopback_server.url, loopback_server.api_key, loopback_server.api_secret
-    )
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_create_dispatch_on_a_missing_room_creates_it(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -19,17 +18,6 @@ pytestmark = pytest.mark.e2e
 
 ROOM = "room"
 REASON = rtc.DisconnectReason
-
-
-@pytest.fixture
-async def lkapi(loopback_server: LoopbackServer) -> AsyncIterator[api.LiveKitAPI]:
-    client = api.LiveKitAPI(
-        loopback_server.url, loopback_server.api_key, loopback_server.api_secret
-    )
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_rooms_and_participants_are_listed(

@@ -264,8 +264,14 @@ class AgentDispatcher:
 
     def _update_job(self, worker: Worker, update: agent.UpdateJobStatus) -> None:
         job = self.jobs.get(update.job_id)
-        if job is None:
-            self._log.info("agent.unknown_job", worker_id=worker.id, job_id=update.job_id)
+        if job is None or job.ended:
+            # An ended job stays as it ended (failed at once when its agent left, as in Go).
+            self._log.info(
+                "agent.job_update_ignored",
+                worker_id=worker.id,
+                job_id=update.job_id,
+                why="unknown job" if job is None else "ended",
+            )
             return
         state = job.info.state
         state.status = update.status
