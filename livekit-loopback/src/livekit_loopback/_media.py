@@ -16,11 +16,13 @@ import contextlib
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from aiortc import RTCRtpTransceiver
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av.frame import Frame
 from av.packet import Packet
 
 from ._log import get_logger
+from ._rtp_relay import RtpRelay
 
 __all__ = ["ForwardedTrack", "TrackFeed"]
 
@@ -43,6 +45,8 @@ class ForwardedTrack(MediaStreamTrack):
         self._track_sid = track_sid
         self._queue: asyncio.Queue[Frame | Packet[Any] | None] = asyncio.Queue(_QUEUE_FRAMES)
         self._ended = False
+        self.transceiver: RTCRtpTransceiver | None = None
+        """Where the subscriber's PeerConnection sends it (set by the peer that places it)."""
 
     @property
     def id(self) -> str:
@@ -79,9 +83,13 @@ class ForwardedTrack(MediaStreamTrack):
 class TrackFeed:
     """Reads one incoming track for as long as it lives and copies each frame to every sink."""
 
-    def __init__(self, source: MediaStreamTrack, label: str, spawn: Spawn) -> None:
+    def __init__(
+        self, source: MediaStreamTrack, label: str, spawn: Spawn, relay: RtpRelay | None = None
+    ) -> None:
         self.kind = source.kind
         self._source = source
+        self.relay = relay
+        """Set when RTP is forwarded as received: then ``source`` yields no frames."""
         self._sinks: dict[str, ForwardedTrack] = {}
         self._log = get_logger().bind(feed=label)
         self._task = spawn(self._run(), f"loopback-feed:{label}")
@@ -99,10 +107,14 @@ class TrackFeed:
         if not self.live:
             sink.end()
         self._sinks[key] = sink
+        if self.relay is not None:
+            self.relay.add(key, sink)
         return sink
 
     def unsubscribe(self, key: str) -> None:
         sink = self._sinks.pop(key, None)
+        if self.relay is not None:
+            self.relay.remove(key)
         if sink is not None:
             sink.end()
 
@@ -113,6 +125,8 @@ class TrackFeed:
     def close(self) -> None:
         """Stop reading; every subscriber's track ends."""
         self._task.cancel()
+        if self.relay is not None:
+            self.relay.close()
         self._end_all()
 
     def _end_all(self) -> None:

@@ -20,6 +20,7 @@ from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCRtpSender,
     RTCRtpTransceiver,
     RTCSessionDescription,
@@ -29,6 +30,7 @@ from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import rtc as signal
 
 from ._log import describe, get_logger
+from ._media import ForwardedTrack
 
 __all__ = ["Peer", "msid_track_ids", "sending_tracks"]
 
@@ -119,6 +121,12 @@ class Peer:
         except Exception:
             self._log.exception("peer.callback_failed", callback=describe(self._on_track))
 
+    def receiver_of(self, track: MediaStreamTrack) -> RTCRtpReceiver | None:
+        """The receiver an incoming ``track`` arrives on."""
+        return next(
+            (t.receiver for t in self._pc.getTransceivers() if t.receiver.track is track), None
+        )
+
     def _datachannel(self, channel: RTCDataChannel) -> None:
         on_data = self._on_data
         if on_data is None:
@@ -192,6 +200,7 @@ class Peer:
         """A new sendonly transceiver for ``track`` (goes out with the next offer)."""
         transceiver = self._pc.addTransceiver(track, direction="sendonly")
         _name_stream(transceiver.sender, stream_id)
+        _placed(track, transceiver)
         return transceiver
 
     @staticmethod
@@ -199,6 +208,7 @@ class Peer:
         """Send ``track`` on ``transceiver`` from the next answer on."""
         transceiver.sender.replaceTrack(track)
         _name_stream(transceiver.sender, stream_id)
+        _placed(track, transceiver)
         transceiver.direction = "sendonly"
 
     @staticmethod
@@ -289,6 +299,12 @@ class Peer:
         # client closed DTLS), and cancelling a wait on that close would
         # cancel aiortc's own completion future under it.
         await asyncio.shield(self._pc.close())
+
+
+def _placed(track: MediaStreamTrack, transceiver: RTCRtpTransceiver) -> None:
+    # An RTP relay writes a forwarded track's packets to its sender itself.
+    if isinstance(track, ForwardedTrack):
+        track.transceiver = transceiver
 
 
 def _name_stream(sender: RTCRtpSender, stream_id: str, track_id: str | None = None) -> None:

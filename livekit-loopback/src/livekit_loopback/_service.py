@@ -47,6 +47,7 @@ from ._room import (
     is_active,
     new_participant_info,
 )
+from ._rtp_relay import RtpRelay
 from ._signal import JoinParams
 from ._tokens import JoinGrant
 from ._track_info import negotiated, requested, sdp_codecs
@@ -69,6 +70,7 @@ class ServiceSettings:
     lost_signal_reason: Reason
     ping_interval: int
     ping_timeout: int
+    forward_rtp: bool = False
 
 
 def _sid(prefix: str) -> str:
@@ -635,9 +637,12 @@ class RoomService:
         old = participant.feeds.pop(track_id, None)
         if old is not None:
             old.close()
-        participant.feeds[track_id] = TrackFeed(
-            track, f"{participant.room.name}/{participant.identity}/{track_id}", self._spawn
-        )
+        label = f"{participant.room.name}/{participant.identity}/{track_id}"
+        receiver = None if participant.peer is None else participant.peer.receiver_of(track)
+        relay = None
+        if self.settings.forward_rtp and receiver is not None:
+            relay = RtpRelay(receiver, track.kind, label)
+        participant.feeds[track_id] = TrackFeed(track, label, self._spawn, relay)
 
     def _feed(self, publisher: Participant, track_sid: str) -> TrackFeed | None:
         track_id = publisher.track_cids.get(track_sid)
