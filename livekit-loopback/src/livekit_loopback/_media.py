@@ -1,6 +1,10 @@
 """Media fan-out: one published track read once, copied to every subscriber.
 
-aiortc decodes what a publisher sends into frames (``RemoteStreamTrack``)
+By default the copying is done on RTP packets, by the feed's
+:class:`~._rtp_relay.RtpRelay`: nothing is decoded, and each subscriber's
+:class:`ForwardedTrack` only holds its place on a sender (no frame is ever
+pushed to it). With ``media="transcode"`` there is no relay, and frames flow
+as follows. aiortc decodes what a publisher sends into frames (``RemoteStreamTrack``)
 and encodes frames for each subscriber's sender. Between the two, a
 :class:`TrackFeed` reads the publisher's track all the time, even with no
 subscriber, because aiortc queues decoded frames without bound until someone

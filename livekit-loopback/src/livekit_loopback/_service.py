@@ -70,7 +70,7 @@ class ServiceSettings:
     lost_signal_reason: Reason
     ping_interval: int
     ping_timeout: int
-    forward_rtp: bool = False
+    forward_rtp: bool = True
 
 
 def _sid(prefix: str) -> str:

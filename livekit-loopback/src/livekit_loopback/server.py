@@ -45,8 +45,9 @@ class LoopbackServer:
     connects (aiortc plays the server side), and every participant event a
     room emits — joined, active, tracks published, muted and unpublished,
     disconnected with its reason — comes from what this server tells it.
-    Published tracks are forwarded to subscribers (decoded once, re-encoded
-    for each; ``track_subscribed`` and ``rtc.AudioStream`` work), with
+    Published tracks are forwarded to subscribers as the publisher's RTP,
+    never decoded (``track_subscribed`` and ``rtc.AudioStream`` work; frame
+    metadata and end-to-end-encrypted media get through), with
     auto-subscribe and ``set_subscribed``; data packets are relayed to
     everyone or to their ``destination_identities``.
 
@@ -86,6 +87,10 @@ class LoopbackServer:
             socket is open, to send ``register`` (livekit-server: 10).
         availability_timeout: Seconds a worker has to accept or refuse a job
             before the next worker is tried (livekit-server: 10).
+        media: ``"rtp"`` forwards each publisher's RTP packets as they come;
+            ``"transcode"`` decodes each track once and re-encodes it for each
+            subscriber (Opus, VP8), which also serves a subscriber that did
+            not negotiate the publisher's codec, at a CPU cost.
     """
 
     def __init__(
@@ -101,11 +106,14 @@ class LoopbackServer:
         single_pc: bool = True,
         register_timeout: float = 10.0,
         availability_timeout: float = 10.0,
+        media: Literal["rtp", "transcode"] = "rtp",
     ) -> None:
         if leave_timeout < 0:
             raise ValueError(f"leave_timeout must be >= 0 seconds, got {leave_timeout!r}")
         if ping_interval <= 0 or ping_timeout <= 0:
             raise ValueError("ping_interval and ping_timeout must be > 0 seconds")
+        if media not in ("rtp", "transcode"):
+            raise ValueError(f"media must be 'rtp' or 'transcode', got {media!r}")
         self._host = host
         self._port = port
         self._auth = TokenAuthority(api_key, api_secret or secrets.token_urlsafe(32))
@@ -120,6 +128,7 @@ class LoopbackServer:
                 lost_signal_reason=_REASON.SIGNAL_CLOSE,
                 ping_interval=ping_interval,
                 ping_timeout=ping_timeout,
+                forward_rtp=media == "rtp",
             ),
             self._spawn,
         )
