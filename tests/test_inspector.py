@@ -6,6 +6,10 @@ import asyncio
 import dataclasses
 import io
 import json
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +20,7 @@ import pytest_asyncio
 
 from livekit_lifecycle import PARTICIPANT_CHART, LifecycleConfig, LifecycleManager, State
 from livekit_lifecycle.cli import main
-from livekit_lifecycle.inspector import Inspector, ManagerSource, Source, serve_inspector
+from livekit_lifecycle.inspector import Change, Inspector, ManagerSource, Source, serve_inspector
 from livekit_lifecycle.testing import RoomDriver
 from livekit_loopback.browser import ConsoleLog
 from livekit_loopback.support import eventually
@@ -153,6 +157,209 @@ async def test_the_default_chart_is_shown_without_graphviz(
         assert "Graphviz" in json.loads(text)["svg_error"]
     finally:
         await inspector.aclose()
+
+
+# ------------------------------------------------------------------------- access and load
+
+
+class QueueSource:
+    """A source of the test's own (the Source protocol is ours): what the test puts in
+    ``queue`` reaches the page; an exception put there ends ``changes()`` with it, and while
+    ``down`` is set, ``snapshot()`` fails as a store in an outage does."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[Change | Exception] = asyncio.Queue()
+        self.rows: dict[str, dict[str, dict[str, Any]]] = {}
+        self.down: Exception | None = None
+
+    @property
+    def description(self) -> str:
+        return "a queue"
+
+    async def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        if self.down is not None:
+            raise self.down
+        return self.rows
+
+    async def changes(self) -> AsyncIterator[Change]:
+        while True:
+            item = await self.queue.get()
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    async def aclose(self) -> None:
+        pass
+
+
+def big_row(key: str, size: int = 8000) -> dict[str, Any]:
+    return {"key": key, "state": "active", "identity": "x" * size, "history": []}
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    """``request`` sent as is on a socket; the whole answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), WAIT)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _stalled_client(port: int, path: str) -> socket.socket:
+    """A client that sends ``GET path`` and never reads (a tiny receive buffer)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    return sock
+
+
+async def test_an_empty_token_is_no_token(manager: LifecycleManager) -> None:
+    # `--token "$UNSET"` off loopback must not serve everything to everyone.
+    async with await serve_inspector(manager, host="0.0.0.0", token="") as inspector:
+        assert inspector.token and len(inspector.token) >= 20
+        base = f"http://127.0.0.1:{inspector.port}/"
+        assert (await get(base + "api/snapshot"))[0] == 401
+        assert (await get(base + "api/snapshot?token="))[0] == 401
+        assert (await get(base + "api/snapshot", headers={"Authorization": "Bearer "}))[0] == 401
+        assert (await get(base + f"api/snapshot?token={inspector.token}"))[0] == 200
+    async with await serve_inspector(manager, token="") as inspector:  # on loopback: none
+        assert inspector.token is None and "token" not in inspector.url
+        assert (await get(inspector.url + "api/snapshot"))[0] == 200
+
+
+async def test_undecodable_authorization_bytes_are_a_401(manager: LifecycleManager) -> None:
+    async with await serve_inspector(manager, token="chosen") as inspector:
+        for header in (b"Bearer \xff\xfe\x80", b"\xc3\x28", b"Bearer chosen\xff"):
+            answer = await _raw(
+                inspector.port,
+                b"GET /api/snapshot HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: "
+                + header
+                + b"\r\nConnection: close\r\n\r\n",
+            )
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:100]
+        answer = await _raw(
+            inspector.port,
+            b"GET /api/snapshot?token=%ff%fe HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Connection: close\r\n\r\n",
+        )
+        assert answer.startswith(b"HTTP/1.1 401"), answer[:100]
+
+
+async def test_every_answer_carries_the_security_headers(manager: LifecycleManager) -> None:
+    async with await serve_inspector(manager) as inspector, aiohttp.ClientSession() as http:
+        for path in ("", "chart.svg", "api/snapshot"):
+            async with http.head(inspector.url + path) as response:  # headers, no body
+                assert response.status == 200 and await response.read() == b""
+                assert int(response.headers["Content-Length"]) > 0
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+        async with http.get(inspector.url + "api/events") as response:
+            assert response.headers["Content-Security-Policy"].startswith("default-src 'self'")
+            assert response.headers["Cache-Control"] == "no-store"
+
+
+async def test_a_page_that_never_reads_is_dropped() -> None:
+    source = QueueSource()
+    inspector = await Inspector.start(source, write_timeout=0.5)
+    try:
+        with await _stalled_client(inspector.port, "/api/events") as sock:
+            assert sock.fileno() >= 0
+            assert await eventually(lambda: inspector.viewers == 1, timeout=WAIT)
+            # Far more than the sockets' buffers hold: the server's writes block.
+            for n in range(4000):
+                source.queue.put_nowait(Change("room", {**big_row("alice"), "cleanups": n}))
+                if n % 50 == 0:
+                    await asyncio.sleep(0)
+            # Dropped after the write timeout: no handler left waiting on it.
+            assert await eventually(lambda: inspector.viewers == 0, timeout=WAIT)
+            assert inspector.dropped == 1
+        # A page that reads is served as before.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(inspector.url + "api/events") as response,
+        ):
+            event, snapshot = await next_event(response)
+            assert event == "snapshot" and [r["cleanups"] for r in snapshot["rows"]] == [3999]
+    finally:
+        await inspector.aclose()
+
+
+async def test_a_client_that_never_reads_a_large_answer_is_dropped() -> None:
+    source = QueueSource()
+    source.rows = {"room": {f"k{n}": big_row(f"k{n}") for n in range(1500)}}  # ~12 MB of JSON
+    inspector = await Inspector.start(source, write_timeout=0.5)
+    try:
+        with await _stalled_client(inspector.port, "/api/snapshot"):
+            assert await eventually(lambda: inspector.dropped == 1, timeout=WAIT)
+        status, _ = await get(inspector.url + "chart.svg")
+        assert status == 200
+    finally:
+        await inspector.aclose()
+
+
+async def test_a_failing_source_is_shown_retried_and_never_raised_on_close() -> None:
+    source = QueueSource()
+    source.down = ConnectionError("the store is down")
+    inspector = await Inspector.start(source)  # starts anyway, and says why it is empty
+    try:
+        assert inspector.problem == "ConnectionError: the store is down"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(inspector.url + "api/events") as response,
+        ):
+            event, snapshot = await next_event(response)
+            assert snapshot["problem"] == "ConnectionError: the store is down"
+            source.rows = {"room": {"alice": big_row("alice", 10)}}
+            source.down = None  # the store answers again: the page catches up
+            event, status = await next_event(response)
+            assert (event, status["problem"]) == ("status", "")
+            event, change = await next_event(response)
+            assert event == "change" and change["row"]["key"] == "alice"
+            # A poll fails (changes() ends with the error) while the store is down again.
+            source.down = ConnectionError("down again")
+            source.queue.put_nowait(ConnectionError("poll failed"))
+            event, status = await next_event(response)
+            assert (event, status["problem"]) == ("status", "ConnectionError: poll failed")
+            source.rows = {}  # alice left during the outage
+            source.down = None
+            seen = []
+            while ("change", "removed") not in seen:
+                event, payload = await next_event(response)
+                seen.append((event, payload.get("row", {}).get("state") or payload["problem"]))
+            assert ("status", "") in seen or inspector.problem == ""
+        source.down = ConnectionError("still down")
+        source.queue.put_nowait(RuntimeError("a poll's error"))
+        assert await eventually(
+            lambda: inspector.problem == "ConnectionError: still down", timeout=WAIT
+        )
+    finally:
+        await inspector.aclose()  # must not raise what went wrong before
+
+
+INSPECT = [sys.executable, "-m", "livekit_lifecycle", "inspect"]
+
+
+def test_inspect_prints_the_token_it_generates() -> None:
+    command = subprocess.Popen(
+        [*INSPECT, "--store", "memory://", "--web", "--host", "0.0.0.0", "--token", ""],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert command.stdout is not None
+        line = command.stdout.readline()
+        assert line.startswith("inspector: http://0.0.0.0:"), line
+        token = line.split("?token=", 1)[1].split()[0]
+        assert len(token) >= 20
+    finally:
+        command.send_signal(signal.SIGINT)
+        assert command.wait(timeout=WAIT) == 0, command.stderr.read() if command.stderr else ""
 
 
 def test_inspect_command_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:

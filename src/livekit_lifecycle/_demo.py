@@ -29,6 +29,7 @@ from .testing import RoomDriver
 __all__ = ["configure_parser", "run", "run_demo"]
 
 _WAIT = 5.0
+_MAX_GRACE = 60.0
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +58,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.grace is not None and args.grace <= 0:
-        print("--grace must be > 0 for the reconnect scenarios", file=sys.stderr)
+    if args.grace is not None and not 0 < args.grace <= _MAX_GRACE:  # NaN fails too
+        print(
+            f"livekit-lifecycle demo: --grace must be > 0 and at most {_MAX_GRACE:.0f} seconds"
+            " (the scenarios wait for windows to expire)",
+            file=sys.stderr,
+        )
         return 2
     if args.logs:
         configure_logging(level="DEBUG")

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["COMMANDS", "main"]
 
@@ -33,8 +36,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 """Subcommand name -> (module, one-line help)."""
 
 
+TRACEBACK_ENV = "LIVEKIT_LIFECYCLE_TRACEBACK"
+"""Set to 1 for the full traceback of an unexpected error (one line otherwise)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument reported in one line (not the usage, then the error)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="livekit-lifecycle",
         description="Participant lifecycle state machines for LiveKit agents.",
     )
@@ -47,9 +61,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. Bad arguments and failures are one line on stderr.
+
+    Every command reports what it expects to go wrong itself; anything else
+    is still one line (with ``LIVEKIT_LIFECYCLE_TRACEBACK=1``, the traceback).
+    """
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(args._module)
-    result: int = module.run(args)
+    try:
+        module = importlib.import_module(args._module)
+        result: int = module.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if os.environ.get(TRACEBACK_ENV) == "1":
+            traceback.print_exc()
+        print(
+            f"livekit-lifecycle {args.command}: unexpected error: {type(exc).__name__}: {exc}"
+            f" (set {TRACEBACK_ENV}=1 for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
     return result
 
 

@@ -13,6 +13,7 @@ from livekit_lifecycle.inspector import Inspector, Source, StoreSource
 from livekit_lifecycle.stores import RedisStore
 from livekit_lifecycle.testing import RoomDriver
 from livekit_loopback.redis_server import RedisServer
+from livekit_loopback.support import eventually
 from tests.test_inspector import WAIT, next_event
 
 pytestmark = pytest.mark.redis
@@ -77,3 +78,41 @@ def test_inspect_store_web_with_an_unreachable_store_is_a_clear_error(
     code = main(["inspect", "--store", "redis://127.0.0.1:1/0", "--web"])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("livekit-lifecycle inspect:") and "Traceback" not in err
+
+
+async def test_the_fleet_page_shows_a_store_outage_and_resumes_after_it(
+    driver: RoomDriver, worker: LifecycleManager, redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    driver.connect("alice", active=True)
+    await worker.wait_for("alice", State.ACTIVE, timeout=WAIT)
+    reader = RedisStore.from_url(redis_server.url, namespace=redis_store.namespace, timeout=1.0)
+    inspector = await Inspector.start(StoreSource(reader, interval=0.05))
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(inspector.url + "api/events") as response,
+        ):
+            assert await eventually(
+                lambda: [(r["key"], r["state"]) for r in inspector.rows()] == [("alice", "active")],
+                timeout=WAIT,
+            ), inspector.rows()
+            await redis_server.kill()  # SIGKILL: an outage
+            event, payload = await next_event(response)
+            while event != "status":
+                event, payload = await next_event(response)
+            assert payload["problem"], payload
+            async with http.get(inspector.url + "api/snapshot") as answer:
+                state = await answer.json()
+            assert state["problem"] == payload["problem"]
+            assert [r["key"] for r in state["rows"]] == ["alice"]  # as last seen
+            await redis_server.start()  # back, empty: alice's record is gone
+            seen: list[tuple[str, str]] = []
+            while ("change", "removed") not in seen:
+                event, payload = await next_event(response)
+                what = payload["row"]["state"] if "row" in payload else payload["problem"]
+                seen.append((event, what))
+            assert ("status", "") in seen
+            assert inspector.problem == ""
+    finally:
+        await inspector.aclose()  # never raises the outage's error
+        await reader.aclose()

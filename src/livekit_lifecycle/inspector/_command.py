@@ -50,7 +50,9 @@ def _add_web_options(parser: argparse.ArgumentParser) -> None:
         default="127.0.0.1",
         help="address to bind (default: 127.0.0.1; any other needs a token)",
     )
-    web.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    web.add_argument(
+        "--port", type=_port, default=0, help="port, 0 to 65535 (default 0: any free port)"
+    )
     web.add_argument(
         "--token",
         default=None,
@@ -61,6 +63,17 @@ def _add_web_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also show each session's application data (hidden by default)",
     )
+
+
+def _port(text: str) -> int:
+    """A TCP port number for argparse: 0 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (0 to 65535)")
+    return port
 
 
 def run(args: argparse.Namespace) -> int:

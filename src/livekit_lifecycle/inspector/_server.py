@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import ipaddress
 import json
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from livekit_lifecycle.log import get_logger
 from livekit_lifecycle.statechart import PARTICIPANT_CHART, Statechart
 
 from ._source import Change, Source
@@ -26,6 +26,11 @@ __all__ = ["Inspector", "InspectorError"]
 _CLIENT_QUEUE = 1000
 """Changes buffered per page; a page that falls further behind is dropped (it reconnects)."""
 _HEARTBEAT = 15.0
+_WRITE_TIMEOUT = 10.0
+"""Seconds a write to one client may take; a client that reads no faster is dropped."""
+_RETRY_FIRST = 0.5
+_RETRY_MAX = 5.0
+"""Backoff between attempts to read a source that failed (a store outage), in seconds."""
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 
@@ -50,6 +55,7 @@ class Inspector:
         token: str | None,
         chart: Statechart,
         removed_limit: int,
+        write_timeout: float,
     ) -> None:
         self.source = source
         self.host = host
@@ -67,6 +73,12 @@ class Inspector:
         self._pump: asyncio.Task[None] | None = None
         self._viewer = asyncio.Event()
         self._closed = False
+        self._write_timeout = write_timeout
+        self._streams = 0
+        self._dropped = 0
+        self._problem = ""
+        """Why the source cannot be read now (a store outage), or "" when it can."""
+        self._log = get_logger().bind(category="inspector")
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -80,12 +92,21 @@ class Inspector:
         token: str | None = None,
         chart: Statechart = PARTICIPANT_CHART,
         removed_limit: int = 100,
+        write_timeout: float = _WRITE_TIMEOUT,
     ) -> Inspector:
         """Serve ``source`` on ``host:port`` (0: a free port).
 
         Binding anything but a loopback address requires a token: ``token``,
         or one generated here; every request must carry it (``?token=`` or
-        ``Authorization: Bearer``), and :attr:`url` includes it.
+        ``Authorization: Bearer``), and :attr:`url` includes it. An empty
+        ``token`` is no token (``--token "$UNSET"`` must not open the door).
+
+        A client that takes longer than ``write_timeout`` seconds to accept
+        one write (it stopped reading) is dropped, so a stalled page holds
+        neither a handler nor more than a bounded buffer. When the source
+        cannot be read (a store outage), the page says so and the rows stay
+        as last seen; reading is retried with backoff and the page catches
+        up when the source answers.
 
         Raises:
             InspectorError: aiohttp missing, or Graphviz's failure is not the cause.
@@ -97,17 +118,29 @@ class Inspector:
             raise InspectorError(
                 "the inspector needs aiohttp: pip install 'livekit-lifecycle[inspector]'"
             ) from None
+        if not write_timeout > 0:
+            raise ValueError(f"write_timeout must be > 0 seconds, got {write_timeout!r}")
+        token = token or None
         if token is None and not _is_loopback(host):
             token = secrets.token_urlsafe(18)
-        self = cls(source, host=host, token=token, chart=chart, removed_limit=removed_limit)
+        self = cls(
+            source,
+            host=host,
+            token=token,
+            chart=chart,
+            removed_limit=removed_limit,
+            write_timeout=write_timeout,
+        )
         await self._render_chart()
-        for room, sessions in (await source.snapshot()).items():
-            for session in sessions.values():
-                self._apply(Change(room, session))
+        try:
+            self._reconcile(await source.snapshot())
+        except Exception as exc:  # the page starts anyway, and says why it is empty
+            self._set_problem(exc)
         self._pump = asyncio.get_running_loop().create_task(
             self._follow(), name="livekit-lifecycle:inspector"
         )
         app = web.Application(middlewares=[self._guard])
+        app.on_response_prepare.append(_security_headers)
         app.router.add_get("/", self._page)
         app.router.add_get("/inspector.js", self._static)
         app.router.add_get("/inspector.css", self._static)
@@ -132,6 +165,21 @@ class Inspector:
         query = f"?token={self.token}" if self.token else ""
         return f"http://{host}:{self.port}/{query}"
 
+    @property
+    def viewers(self) -> int:
+        """How many pages are connected to the live stream now."""
+        return self._streams
+
+    @property
+    def dropped(self) -> int:
+        """Clients dropped so far because a write to them timed out (they stopped reading)."""
+        return self._dropped
+
+    @property
+    def problem(self) -> str:
+        """Why the source cannot be read now (shown on the page), or ``""``."""
+        return self._problem
+
     async def wait_for_viewer(self, timeout: float | None = None) -> bool:
         """Wait until a page has connected to the live stream; False on timeout."""
         try:
@@ -141,17 +189,21 @@ class Inspector:
         return True
 
     async def aclose(self) -> None:
-        """Stop serving; the source is closed too."""
+        """Stop serving; the source is closed too. Never raises what went wrong before."""
         if self._closed:
             return
         self._closed = True
         for client in list(self._clients):
             _offer(client, None)
-        await self.source.aclose()
+        try:
+            await self.source.aclose()
+        except Exception:
+            self._log.exception("inspector.source_close_failed", source=self.source.description)
         if self._pump is not None:
             self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+            # The pump keeps going through source errors; whatever ended it
+            # was logged then and is not the closer's to raise.
+            await asyncio.gather(self._pump, return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -181,14 +233,60 @@ class Inspector:
                 del self._rows[oldest]
         return row
 
-    async def _follow(self) -> None:
-        async for change in self.source.changes():
-            row = self._apply(change)
-            self._broadcast(
-                "change",
-                # The description too: a manager attached after the page opened names its room.
-                {"row": row, "transition": change.transition, "source": self.source.description},
+    def _reconcile(self, snapshot: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Make the rows what ``snapshot`` says: rows it no longer holds become ``removed``."""
+        for (room, key), row in list(self._rows.items()):
+            if row.get("state") != "removed" and key not in snapshot.get(room, {}):
+                self._publish(Change(room, {**row, "state": "removed"}))
+        for room, sessions in snapshot.items():
+            for key, session in sessions.items():
+                if self._rows.get((room, key)) != {"room": room, **session}:
+                    self._publish(Change(room, session))
+
+    def _publish(self, change: Change) -> None:
+        row = self._apply(change)
+        self._broadcast(
+            "change",
+            # The description too: a manager attached after the page opened names its room.
+            {"row": row, "transition": change.transition, "source": self.source.description},
+        )
+
+    def _set_problem(self, exc: BaseException | None) -> None:
+        problem = "" if exc is None else f"{type(exc).__name__}: {exc}"[:500]
+        if problem == self._problem:
+            return
+        if exc is not None:
+            self._log.warning(
+                "inspector.source_unavailable", source=self.source.description, error=problem
             )
+        else:
+            self._log.info("inspector.source_recovered", source=self.source.description)
+        self._problem = problem
+        self._broadcast("status", {"problem": problem, "source": self.source.description})
+
+    async def _follow(self) -> None:
+        """Follow the source; through its failures (a store outage), retried with backoff."""
+        delay = _RETRY_FIRST
+        while True:
+            if self._problem:
+                try:
+                    snapshot = await self.source.snapshot()
+                except Exception as exc:
+                    self._set_problem(exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, _RETRY_MAX)
+                    continue
+                self._set_problem(None)
+                self._reconcile(snapshot)  # catch up on what changed while it could not be read
+                delay = _RETRY_FIRST
+            try:
+                async for change in self.source.changes():
+                    self._publish(change)
+                return  # the source has ended (a room that went away)
+            except Exception as exc:
+                self._set_problem(exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
 
     def _broadcast(self, event: str, payload: dict[str, Any]) -> None:
         message = _sse(event, payload)
@@ -203,6 +301,7 @@ class Inspector:
             "states": [state.value for state in self._chart.states],
             "chart": self._chart.name,
             "svg_error": self._svg_error,
+            "problem": self._problem,
             "rows": self.rows(),
             "time": time.time(),
         }
@@ -237,45 +336,58 @@ class Inspector:
                 auth = request.headers.get("Authorization", "")
                 if auth.startswith("Bearer "):
                     given = auth[len("Bearer ") :]
-                if not hmac.compare_digest(given.encode(), self.token.encode()):
+                if not _same_token(given, self.token):
                     return web.Response(status=401, text="a valid token is required\n")
             elif _is_loopback(self.host) and request.host.rsplit(":", 1)[0] not in _LOOPBACK_HOSTS:
                 # A page elsewhere resolving its own name to 127.0.0.1 (DNS rebinding).
                 return web.Response(status=403, text="unexpected Host header\n")
             response: web.StreamResponse = await handler(request)
-            response.headers["Cache-Control"] = "no-store"
-            response.headers["X-Content-Type-Options"] = "nosniff"
-            response.headers["Referrer-Policy"] = "no-referrer"
-            response.headers["Content-Security-Policy"] = (
-                "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
-            )
             return response
 
         return guard
 
     async def _page(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
-        return web.Response(text=_asset("inspector.html"), content_type="text/html")
+        return await self._send(request, _asset("inspector.html"), "text/html")
 
     async def _static(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         name = request.path.lstrip("/")
         kind = "text/javascript" if name.endswith(".js") else "text/css"
-        return web.Response(text=_asset(name), content_type=kind)
+        return await self._send(request, _asset(name), kind)
 
     async def _chart_svg(self, request: web.Request) -> web.StreamResponse:
-        from aiohttp import web
-
         if self._svg is None:
-            return web.Response(status=503, text=self._svg_error + "\n")
-        return web.Response(text=self._svg, content_type="image/svg+xml")
+            return await self._send(request, self._svg_error + "\n", "text/plain", status=503)
+        return await self._send(request, self._svg, "image/svg+xml")
 
     async def _snapshot(self, request: web.Request) -> web.StreamResponse:
+        return await self._send(request, _dumps(self._state()), "application/json")
+
+    def _drop(self, request: web.Request) -> None:
+        """Close a client's connection now, whatever is still buffered for it."""
+        self._dropped += 1
+        self._log.info("inspector.client_dropped", reason="write timeout", path=request.path)
+        if request.transport is not None:
+            request.transport.abort()
+
+    async def _send(
+        self, request: web.Request, text: str, content_type: str, *, status: int = 200
+    ) -> web.StreamResponse:
+        """``text`` as the response, each write bounded by the write timeout."""
         from aiohttp import web
 
-        return web.json_response(self._state(), dumps=_dumps)
+        body = text.encode("utf-8")
+        response = web.StreamResponse(status=status)
+        response.content_type = content_type
+        response.charset = "utf-8"
+        response.content_length = len(body)
+        try:
+            await asyncio.wait_for(response.prepare(request), self._write_timeout)
+            if request.method != "HEAD":  # the headers only, Content-Length included
+                await asyncio.wait_for(response.write(body), self._write_timeout)
+            await asyncio.wait_for(response.write_eof(), self._write_timeout)
+        except asyncio.TimeoutError:
+            self._drop(request)
+        return response
 
     async def _events(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
@@ -287,6 +399,7 @@ class Inspector:
         queue: asyncio.Queue[str | None] = asyncio.Queue(_CLIENT_QUEUE)
         queue.put_nowait(_sse("snapshot", self._state()))
         self._clients.add(queue)
+        self._streams += 1
         self._viewer.set()
         try:
             while True:
@@ -296,11 +409,17 @@ class Inspector:
                     message = ": keep-alive\n\n"
                 if message is None:
                     break
-                await response.write(message.encode("utf-8"))
+                # A page that stopped reading blocks this write once the socket's
+                # buffers are full: bounded, then the page is dropped (its
+                # browser reconnects afresh if it was only slow).
+                await asyncio.wait_for(response.write(message.encode("utf-8")), self._write_timeout)
+        except asyncio.TimeoutError:
+            self._drop(request)
         except ConnectionResetError:
             pass  # the page went away
         finally:
             self._clients.discard(queue)
+            self._streams -= 1
         return response
 
 
@@ -336,6 +455,25 @@ async def _in_thread(fn: Callable[..., bytes], *args: Any) -> bytes:
         return await done
     finally:
         thread.join()
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    # On every response, the event stream included, before its headers are sent.
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
+    )
+
+
+def _same_token(given: str, token: str) -> bool:
+    """Whether ``given`` is the token; bytes that are not text (a bad header) never are."""
+    try:
+        given_bytes = given.encode("utf-8")
+    except UnicodeEncodeError:  # aiohttp keeps undecodable header bytes as surrogates
+        return False
+    return hmac.compare_digest(given_bytes, token.encode("utf-8"))
 
 
 def _offer(queue: asyncio.Queue[str | None], message: str | None, force: bool = False) -> bool:

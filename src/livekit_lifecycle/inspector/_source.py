@@ -253,6 +253,11 @@ class StoreSource:
     ``removed``). The view lags each worker by its
     write-behind plus ``interval``. The store is the caller's: :meth:`aclose`
     stops polling and leaves the store open.
+
+    A poll that fails (the store is down) ends :meth:`changes` with the error;
+    the inspector shows it, takes a :meth:`snapshot` again when the store
+    answers and calls :meth:`changes` again, which follows on from that latest
+    snapshot (or from the last good poll): nothing that changed meanwhile is missed.
     """
 
     def __init__(
@@ -264,13 +269,18 @@ class StoreSource:
         self._interval = interval
         self._show_data = show_data
         self._closed = asyncio.Event()
+        self._baseline: tuple[dict[str, Any], Snapshot] | None = None
+        """The rooms index and the view last read: where :meth:`changes` follows on from."""
 
     @property
     def description(self) -> str:
         return f"session store {self._store!r}, every worker"
 
     async def snapshot(self) -> Snapshot:
-        return await self._read(sorted(room for room, _ in await self._store.rooms()))
+        index = dict(await self._store.rooms())
+        seen = await self._read(sorted(index))
+        self._baseline = (index, seen)
+        return seen
 
     async def _read(self, rooms: list[str]) -> Snapshot:
         from livekit_lifecycle.stores._fleet import session_entry
@@ -291,8 +301,10 @@ class StoreSource:
         return row
 
     async def changes(self) -> AsyncIterator[Change]:
-        index = dict(await self._store.rooms())
-        seen = await self._read(list(index))
+        if self._baseline is None:
+            await self.snapshot()
+        assert self._baseline is not None
+        index, seen = self._baseline
         while not self._closed.is_set():
             try:
                 await asyncio.wait_for(self._closed.wait(), self._interval)
@@ -319,6 +331,7 @@ class StoreSource:
                     if key not in now.get(room, {}):
                         yield Change(room, {**row, "state": "removed"})
             seen = now
+            self._baseline = (index, seen)
 
     async def aclose(self) -> None:
         self._closed.set()

@@ -144,6 +144,10 @@ def _formats(values: Sequence[str] | None) -> tuple[list[str], set[str]]:
     return unique, set(unique)
 
 
+_SNAPSHOT_LIMIT = 64 * 2**20
+"""Characters of a snapshot file read at most: a manager's snapshot is far smaller."""
+
+
 def _load_highlight(snapshot: str | None, key: str | None) -> Highlight | None:
     if snapshot is None:
         if key is not None:
@@ -151,16 +155,28 @@ def _load_highlight(snapshot: str | None, key: str | None) -> Highlight | None:
         return None
     name = "stdin" if snapshot == "-" else snapshot
     try:
-        raw = sys.stdin.read() if snapshot == "-" else Path(snapshot).read_text("utf-8")
+        if snapshot == "-":
+            raw = sys.stdin.read(_SNAPSHOT_LIMIT + 1)
+        else:
+            with Path(snapshot).open(encoding="utf-8") as file:
+                raw = file.read(_SNAPSHOT_LIMIT + 1)
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise RenderError(f"cannot read snapshot {name}: {reason}") from None
+    if len(raw) > _SNAPSHOT_LIMIT:
+        raise RenderError(
+            f"snapshot {name} is larger than {_SNAPSHOT_LIMIT // 2**20} MiB: not a snapshot"
+        )
     try:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise RenderError(
             f"snapshot {name} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
         ) from None
+    except RecursionError:
+        raise RenderError(f"snapshot {name} is nested too deeply to be a snapshot") from None
+    except ValueError as exc:  # an integer too long to convert, for one
+        raise RenderError(f"snapshot {name} cannot be read: {exc}") from None
     try:
         highlight = Highlight.of(data, key)
         highlight.check(PARTICIPANT_CHART)

@@ -67,13 +67,17 @@ def open_store(url: str, *, namespace: str | None = None) -> SessionStore:
     Redis Cluster (any node), ``memory://`` for an empty :class:`MemoryStore`.
 
     Raises:
-        ValueError: for another scheme.
+        ValueError: for another scheme, or a Redis URL whose port or database
+            (the path, or ``?db=``) is not a number in range.
     """
     scheme = url.partition("://")[0].lower()
     if scheme == "memory":
         return MemoryStore()
     if scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
         from ._redis import DEFAULT_NAMESPACE, RedisStore
+        from ._url import check_redis_url
+
+        check_redis_url(url)
 
         return RedisStore.from_url(url, namespace=namespace or DEFAULT_NAMESPACE)
     raise ValueError(

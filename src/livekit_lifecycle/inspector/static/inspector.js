@@ -92,6 +92,11 @@
     highlight();
   }
 
+  function showProblem(problem) {
+    status.className = problem ? "status outage" : "status live";
+    status.textContent = problem ? `source unavailable: ${problem}` : "live";
+  }
+
   function connect() {
     const events = new EventSource(withToken("api/events"));
     events.addEventListener("snapshot", (event) => {
@@ -99,10 +104,11 @@
       document.getElementById("source").textContent = state.source;
       rows.clear();
       state.rows.forEach(upsert);
-      status.className = "status live";
-      status.textContent = "live";
+      showProblem(state.problem);
       render();
     });
+    // The source cannot be read (a store outage): rows stay as last seen until it answers.
+    events.addEventListener("status", (event) => showProblem(JSON.parse(event.data).problem));
     events.addEventListener("change", (event) => {
       const change = JSON.parse(event.data);
       document.getElementById("source").textContent = change.source;
