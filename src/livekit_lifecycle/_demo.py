@@ -51,6 +51,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="also serve the live statechart page of the demo's manager and print its URL",
     )
     parser.add_argument(
+        "--worker",
+        nargs="?",
+        const="examples/voice_agent.py",
+        default=None,
+        metavar="AGENT_FILE",
+        help="play the users against a real livekit-agents worker running AGENT_FILE"
+        " (default: examples/voice_agent.py, models-free); slower: a worker starts",
+    )
+    parser.add_argument(
         "--logs",
         action="store_true",
         help="also print the library's structured logs (stderr)",
@@ -67,11 +76,25 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.logs:
         configure_logging(level="DEBUG")
+    if args.worker is not None:
+        return _play_worker(args.worker)
     if args.web:
         from .inspector._demo import play_with_web
 
         return asyncio.run(play_with_web(lambda serve: _play(args, serve)))
     return asyncio.run(_play(args))
+
+
+def _play_worker(agent_file: str) -> int:
+    from pathlib import Path
+
+    from ._demo_worker import WorkerDemoUnavailable, run_worker_demo
+
+    try:
+        return asyncio.run(run_worker_demo(Path(agent_file)))
+    except WorkerDemoUnavailable as exc:
+        print(f"worker demo unavailable: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _play(args: argparse.Namespace, on_manager: OnManager | None = None) -> int:
