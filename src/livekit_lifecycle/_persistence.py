@@ -28,7 +28,7 @@ from livekit import rtc
 from ._events import Input, InputKind
 from .session import Session
 from .statechart import State
-from .stores import SessionData, SessionRecord, SessionStore, SkippedRecord, process_owner
+from .stores import Claim, SessionData, SessionRecord, SessionStore, SkippedRecord, process_owner
 from .stores._protocol import log_skipped
 from .stores._writer import STORE_STATS, StoreWriter
 
@@ -72,6 +72,8 @@ class Persistence:
         """Session key -> the conversation written with that session's record (the
         linked AgentSession's, kept by :mod:`._conversation`; restored records' too)."""
         self._restore_task: asyncio.Task[None] | None = None
+        self._interrupted: set[str] = set()
+        """Restored sessions whose cleanup a dead process had claimed: claim() takes it over."""
         self._held: list[Callable[[], None]] | None = None
         self._restored = False
 
@@ -165,8 +167,10 @@ class Persistence:
         for session in ended:
             manager._feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
         for session in interrupted:
-            # Cleanup is claimed by the dead process: ours loses the claim and only
-            # accounts for it, unless that process died before claiming.
+            # Its process died during the cleanup: the claim is taken over once that
+            # process's lease has expired (claim() waits for it), and the callbacks run
+            # here with `session.cleanup_claim.retry`; unless the cleanup was done.
+            self._interrupted.add(session._key)
             session._busy = True
             manager._continue(session, True)
         for participant in present.values():
@@ -301,6 +305,7 @@ class Persistence:
         """Whether this process runs the cleanup of ``session``'s current connection."""
         manager = self._manager
         room = manager._room_name() or ""
+        session._claim = None
         # Bounded like a cleanup callback (cleanup_timeout, and the shutdown deadline):
         # a burst of cleanups queues its claims, which then share round trips.
         timeout = max(manager._callback_timeout(), 0.1)
@@ -308,6 +313,9 @@ class Persistence:
             claim = await asyncio.wait_for(
                 self._store.claim(room, session._key, session._sid, self.owner), timeout
             )
+            if session._key in self._interrupted:
+                self._interrupted.discard(session._key)
+                claim = await self._take_over(room, session, claim, timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -320,6 +328,7 @@ class Persistence:
             return True
         self.writer.succeeded()
         if claim.won:
+            session._claim = claim
             manager._log_session(
                 logging.INFO,
                 "cleanup.claimed",
@@ -327,6 +336,7 @@ class Persistence:
                 session,
                 owner=self.owner,
                 token=claim.token,
+                retry=claim.retry,
             )
             return True
         manager._stats["store_claims_lost"] += 1
@@ -340,6 +350,20 @@ class Persistence:
             token=claim.token,
         )
         return False
+
+    async def _take_over(self, room: str, session: Session, claim: Claim, timeout: float) -> Claim:
+        """A restored session's cleanup was interrupted by its process's death: wait for
+        that process's lease to expire (its cleanup may still be written as done meanwhile),
+        then the store hands the claim over. Bounded by the lease TTL plus ``timeout``."""
+        lease_ttl = float(getattr(self._store, "lease_ttl", 0.0))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + lease_ttl + timeout
+        while not claim.won and not claim.done and claim.lease and loop.time() < deadline:
+            await asyncio.sleep(max(lease_ttl / 4, 0.05))
+            claim = await asyncio.wait_for(
+                self._store.claim(room, session._key, session._sid, self.owner), timeout
+            )
+        return claim
 
     # ------------------------------------------------------------------ shutdown
 

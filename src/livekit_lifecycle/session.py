@@ -13,7 +13,7 @@ from .stores._data import SessionData
 
 if TYPE_CHECKING:
     from ._events import Input
-    from .stores import SessionRecord
+    from .stores import Claim, SessionRecord
 
 __all__ = ["Session", "Transition"]
 
@@ -99,6 +99,7 @@ class Session:
 
     __slots__ = (
         "_busy",
+        "_claim",
         "_cleanups",
         "_connected_at",
         "_connections",
@@ -151,6 +152,7 @@ class Session:
         self._grace_epoch = 0
         self._queue: deque[Input] | None = None
         self._busy = False
+        self._claim: Claim | None = None
 
     @classmethod
     def _restore(cls, record: SessionRecord, history_limit: int) -> Session:
@@ -183,6 +185,7 @@ class Session:
         session._superseded = None
         session._grace_timer = None
         session._grace_epoch = 0
+        session._claim = None
         session._queue = None
         session._busy = False
         return session
@@ -266,6 +269,19 @@ class Session:
     def cleanups(self) -> int:
         """Completed cleanup runs: one per connection that ended."""
         return self._cleanups
+
+    @property
+    def cleanup_claim(self) -> Claim | None:
+        """The durable store's claim on the cleanup of the current connection, once won.
+
+        ``token`` is the claim's fencing token; ``retry`` is true when this process
+        took the claim over from one that died (its lease expired) before the
+        cleanup was written as done, so the callbacks may have run, in part,
+        there: an idempotent callback dedupes with ``(session.sid, token)``.
+        ``None`` with a :class:`~livekit_lifecycle.stores.MemoryStore`, or when
+        the store did not answer (an unverified cleanup). See docs/guarantees.md.
+        """
+        return self._claim
 
     @property
     def connections(self) -> int:

@@ -409,3 +409,63 @@ async def test_a_manager_attached_before_the_room_connects_restores_once_it_has(
         session = await second.wait_for("alice", State.ACTIVE, WAIT)
         assert session.user_id == "u-alice" and session.reconnects == 0
         await second.aclose()
+
+
+@pytest.mark.redis
+async def test_a_cleanup_interrupted_by_a_crash_is_taken_over_once_with_a_higher_token(
+    fleet: Fleet,
+) -> None:
+    # Exactly once across a crash mid-cleanup: the first process wins the claim, starts
+    # the callbacks and dies; the next one waits for its lease to expire, takes the
+    # claim over with a higher token and runs the callbacks, told it is a retry.
+    hang = asyncio.Event()
+    async with RoomDriver(ROOM) as first_room:
+        first_store = fleet.store(lease_ttl=0.5)
+        first = fleet.manager(first_room.room, store=first_store, cleanup_timeout=2.0)
+        first_claims: list[Any] = []
+
+        @first.add_cleanup
+        async def stuck(session: Session) -> None:
+            first_claims.append(session.cleanup_claim)
+            await hang.wait()  # killed mid-cleanup
+
+        await first.idle()
+        alice = first_room.connect("alice", active=True)
+        first.set_user_id("alice", "u-alice")
+        await settled(first)
+        first_room.disconnect("alice")
+        await until(lambda: bool(first_claims), "the first cleanup")
+        await until_stored(fleet, "alice", "disconnecting")
+        crash(first)
+        task = first_store._lease_task
+        assert task is not None
+        task.cancel()  # the process is gone: its lease is no longer refreshed
+    (held,) = first_claims
+    assert held is not None and not held.retry
+
+    async with RoomDriver(ROOM) as second_room:  # alice left while no process was alive
+        second = fleet.manager(None, cleanup_timeout=5.0)
+        retried: list[Any] = []
+        second.add_cleanup(lambda s: retried.append((s.key, s.sid, s.cleanup_claim)))
+        second.attach(second_room.room)
+        await until(lambda: bool(retried), "the cleanup taken over", timeout=WAIT)
+        await second.idle()
+        ((key, sid, claim),) = retried
+        assert (key, sid) == ("alice", alice.sid)
+        assert claim is not None and claim.retry and claim.token > held.token
+        session = second.get("alice")
+        assert session is not None and session.user_id == "u-alice"
+        assert session.state is State.GRACE
+        await second.aclose()
+    # SIGKILL would have ended the stuck callback with its process; the in-process stand-in
+    # lets it finish on a manager that no longer indexes anything: not checked any more.
+    fleet.checkers.pop(0)
+    hang.set()
+    await first.idle()
+
+
+async def until_stored(fleet: Fleet, key: str, state: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while (record := (await fleet.stored()).get(key)) is None or record.state != state:
+        assert time.monotonic() < deadline, f"{key} never stored as {state}"
+        await asyncio.sleep(0.02)

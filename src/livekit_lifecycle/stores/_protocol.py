@@ -46,6 +46,8 @@ class Claim(NamedTuple):
     part, there. An idempotent callback dedupes with ``(sid, token)``."""
     lease: str = ""
     """The lease of the process holding the claim (``""`` for a store without leases)."""
+    done: bool = False
+    """For a claim held elsewhere: its cleanup is written as done (nothing to take over)."""
 
 
 class RoomInfo(NamedTuple):

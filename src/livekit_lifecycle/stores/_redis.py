@@ -132,7 +132,8 @@ return 1
 # leases live in another slot) and the cleanup was not done: then taken over.
 # "Done" is read from the session's record: gone, another connection, or past
 # the cleanup (cleaned, grace, reconnected, removed).
-# Answers per claim: won (0/1), holder owner, token, holder lease, retry (0/1).
+# Answers per claim: won (0/1), holder owner, token, holder lease, retry (0/1),
+# done (0/1: a held claim whose cleanup the record shows done).
 _CLAIM_SCRIPT = """
 local answers = {}
 for c = 3, #KEYS do
@@ -141,7 +142,7 @@ for c = 3, #KEYS do
   local over = tonumber(ARGV[a + 3])
   local held = redis.call('GET', KEYS[c])
   local take = not held
-  local retry = 0
+  local retry, done = 0, 0
   local token, lease, holder = 0, '', ''
   if held then
     local first = string.find(held, ' ', 1, true)
@@ -149,18 +150,18 @@ for c = 3, #KEYS do
     token = tonumber(string.sub(held, 1, first - 1))
     lease = string.sub(held, first + 1, second - 1)
     holder = string.sub(held, second + 1)
-    if over > 0 and over == token then
-      local done = true
-      local text = redis.call('HGET', KEYS[2], 's:' .. key)
-      if text then
-        local ok, record = pcall(cjson.decode, text)
-        if ok and type(record) == 'table' and record['sid'] == sid then
-          local state = record['state']
-          done = not (state == 'active' or state == 'connecting' or state == 'disconnecting')
+    done = 1
+    local text = redis.call('HGET', KEYS[2], 's:' .. key)
+    if text then
+      local ok, record = pcall(cjson.decode, text)
+      if ok and type(record) == 'table' and record['sid'] == sid then
+        local state = record['state']
+        if state == 'active' or state == 'connecting' or state == 'disconnecting' then
+          done = 0
         end
       end
-      if not done then take = true; retry = 1 end
     end
+    if over > 0 and over == token and done == 0 then take = true; retry = 1 end
   end
   if take then
     token = redis.call('INCR', KEYS[1])
@@ -171,12 +172,14 @@ for c = 3, #KEYS do
     answers[#answers + 1] = token
     answers[#answers + 1] = ARGV[2]
     answers[#answers + 1] = retry
+    answers[#answers + 1] = 0
   else
     answers[#answers + 1] = 0
     answers[#answers + 1] = holder
     answers[#answers + 1] = token
     answers[#answers + 1] = lease
     answers[#answers + 1] = 0
+    answers[#answers + 1] = done
   end
 end
 return answers
@@ -576,7 +579,7 @@ class RedisStore:
         answers = await self._claim(keys=keys, args=args)
         claims = []
         for index, pending in enumerate(batch):
-            won, holder, token, lease, retry = answers[5 * index : 5 * index + 5]
+            won, holder, token, lease, retry, done = answers[6 * index : 6 * index + 6]
             holder_name = _text(holder)
             claims.append(
                 Claim(
@@ -585,6 +588,7 @@ class RedisStore:
                     int(token),
                     retry=bool(retry),
                     lease=_text(lease),
+                    done=bool(done),
                 )
             )
         return claims
