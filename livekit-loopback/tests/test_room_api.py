@@ -50,6 +50,16 @@ async def test_participant_updates_removal_and_room_deletion_reach_the_clients(
     events = Recorder.on(observer)
     alice = await loopback_server.connect("alice", ROOM)
     await events.wait_for("participant_active", identity="alice")
+    # The participant hears of its own update too (its local participant's attributes).
+    own_update: asyncio.Future[dict[str, str]] = asyncio.get_running_loop().create_future()
+    alice.on(
+        "participant_attributes_changed",
+        lambda changed, who: (
+            own_update.set_result(dict(who.attributes))
+            if who is alice.local_participant and not own_update.done()
+            else None
+        ),
+    )
 
     updated = await lkapi.room.update_participant(
         api.UpdateParticipantRequest(
@@ -61,7 +71,7 @@ async def test_participant_updates_removal_and_room_deletion_reach_the_clients(
     await events.wait_for("participant_metadata_changed", identity="alice")
     seen = observer.remote_participants["alice"]
     assert seen.attributes == {"tier": "gold"} and seen.metadata == "vip" and seen.name == "Alice"
-    assert alice.local_participant.attributes == {"tier": "gold"}
+    assert await asyncio.wait_for(own_update, WAIT) == {"tier": "gold"}
 
     await lkapi.room.remove_participant(api.RoomParticipantIdentity(room=ROOM, identity="alice"))
     left = await events.wait_for("participant_disconnected", identity="alice")
