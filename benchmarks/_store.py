@@ -292,7 +292,7 @@ async def _fleet_scale(server: RedisServer, *, quick: bool) -> dict[str, tuple[f
     from livekit_lifecycle.stores import SessionRecord, StoreWrite, fleet_snapshot
 
     found: dict[str, tuple[float, str]] = {}
-    admin = RedisStore.from_url(server.url, namespace="bench-admin")
+    admin = RedisStore.from_url(server.url, namespace="bench-admin", timeout=300)  # POPULATE
     client = admin.client
     await client.flushall()
 
