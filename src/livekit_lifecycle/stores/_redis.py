@@ -230,7 +230,7 @@ class RedisStore:
         self._claiming: asyncio.Task[None] | None = None
         self._lease = process_owner()
         self._lease_task: asyncio.Task[None] | None = None
-        self._lease_started = False
+        self._lease_held = False
         self._rooms: dict[str, int] = {}
         """Rooms this process holds sessions of -> retention (ms): the lease loop refreshes them."""
         self._indexed: set[str] = set()
@@ -485,13 +485,13 @@ class RedisStore:
     # ------------------------------------------------------------------ the lease
 
     async def _ensure_lease(self) -> None:
-        if self._lease_started:
-            return
-        self._lease_started = True
-        await self._renew("new")
-        self._lease_task = asyncio.get_running_loop().create_task(
-            self._keep_lease(), name="livekit-lifecycle:store-lease"
-        )
+        if self._lease_task is None:
+            self._lease_task = asyncio.get_running_loop().create_task(
+                self._keep_lease(), name="livekit-lifecycle:store-lease"
+            )
+        if not self._lease_held:
+            await self._renew("new")  # raises while Redis is down: so does the caller's call
+            self._lease_held = True
 
     async def _renew(self, mode: str) -> bool:
         now_ms = round(time.time() * 1000)
@@ -510,7 +510,10 @@ class RedisStore:
         while True:
             await asyncio.sleep(period)
             try:
-                if not await self._renew("refresh"):
+                if not self._lease_held:  # Redis was down when it was first needed
+                    await self._renew("new")
+                    self._lease_held = True
+                elif not await self._renew("refresh"):
                     self._lost_lease()
                     await self._renew("new")
                     await self._reown_rooms()
@@ -628,7 +631,7 @@ class RedisStore:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        if self._lease_started and not self._rooms:
+        if self._lease_held and not self._rooms:
             with contextlib.suppress(Exception):
                 await self._client.zrem(self._leases, self._lease)
         await self._client.aclose()
