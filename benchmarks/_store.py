@@ -361,10 +361,10 @@ async def _fleet_scale(server: RedisServer, *, quick: bool) -> dict[str, tuple[f
     # Restore: one room of 10,000 sessions among 10M unrelated keys.
     sessions, unrelated = (1_000, 100_000) if quick else (10_000, 10_000_000)
     await client.execute_command("DEBUG", "POPULATE", unrelated, "unrelated")
-    writer = RedisStore.from_url(server.url, namespace="bench-restore")
+    writer = RedisStore.from_url(server.url, namespace="bench-restore", timeout=60)
     batch = [StoreWrite("big", f"u{n}", record("big", f"u{n}"), 90.0) for n in range(sessions)]
     await writer.write(batch)
-    reader = RedisStore.from_url(server.url, namespace="bench-restore")
+    reader = RedisStore.from_url(server.url, namespace="bench-restore", timeout=60)
     times = []
     for _ in range(5):
         start = time.perf_counter()
@@ -380,7 +380,7 @@ async def _fleet_scale(server: RedisServer, *, quick: bool) -> dict[str, tuple[f
 
     # The fleet view: 100,000 sessions in 1,000 rooms.
     rooms, per_room = (100, 100) if quick else (1_000, 100)
-    fleet = RedisStore.from_url(server.url, namespace="bench-fleet")
+    fleet = RedisStore.from_url(server.url, namespace="bench-fleet", timeout=60)
     for r in range(rooms):
         await fleet.write(
             [
