@@ -9,7 +9,8 @@ livekit-agents' log forwarding, plus the two lines below (``checklist.cleanup``,
 
 Configured by the environment, so one file serves every test:
 ``CHECKLIST_GRACE`` (seconds, default 5), ``CHECKLIST_WHEN_EMPTY`` (default
-``shutdown``), ``CHECKLIST_SLOW_CLEANUP`` (seconds each cleanup takes, default 0).
+``shutdown``), ``CHECKLIST_SLOW_CLEANUP`` (seconds each cleanup takes, default 0),
+``CHECKLIST_CLEANUP_TIMEOUT`` (default 3).
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ async def entrypoint(ctx: JobContext) -> None:
     manager = await for_job(
         ctx,
         session=session,
-        config=LifecycleConfig(grace_period=grace, cleanup_timeout=3.0),
+        config=LifecycleConfig(
+            grace_period=grace,
+            cleanup_timeout=float(os.environ.get("CHECKLIST_CLEANUP_TIMEOUT", "3")),
+        ),
         resources=[Resource()],
         when_empty=os.environ.get("CHECKLIST_WHEN_EMPTY", "shutdown"),  # type: ignore[arg-type]
     )

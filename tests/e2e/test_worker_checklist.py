@@ -3,10 +3,11 @@
 ``tests/e2e/checklist_agent.py`` runs as ``python checklist_agent.py start`` (the
 ``agent_worker`` fixture), registers with the LoopbackServer, and gets a job when
 the first user's join creates the room (automatic dispatch). Users are real SDK
-clients. Everything about the job is read back from the worker's log: the job
-process's log records (the library's structlog events, the agent's own lines)
-arrive there as JSON lines through livekit-agents' log forwarding. Nothing is
-mocked and nothing in the job is reached from the test but through that log.
+clients, and livekit-client in headless Chromium for the browser tests. Everything
+about the job is read back from the worker's log: the job process's log records
+(the library's structlog events, the agent's own lines) arrive there as JSON lines
+through livekit-agents' log forwarding. Nothing is mocked and nothing in the job
+is reached from the test but through that log.
 """
 
 from __future__ import annotations
@@ -172,6 +173,30 @@ async def test_ctrl_c_drains_then_the_job_shuts_down_cleaning_everyone_once(
     assert job_lines(worker, "draining worker")
 
 
+async def test_a_shutdown_that_could_overrun_is_reported_at_start_and_fitted_in_the_budget(
+    loopback_server: LoopbackServer, agent_worker: StartWorker
+) -> None:
+    """Cleanups allowed 30 s each, hanging at shutdown: the job said so when it started,
+    and its shutdown still ends (resource closed) before the worker's 10 s kill."""
+    worker = await running(
+        agent_worker,
+        loopback_server,
+        CHECKLIST_CLEANUP_TIMEOUT="30",
+        CHECKLIST_SLOW_CLEANUP="60",
+    )
+    await loopback_server.connect("alice", ROOM)
+    await reached(worker, "alice", "active")
+    [report] = job_lines(worker, "agents.shutdown_budget_exceeded")
+    assert report["cleanup_timeout"] == 30.0 and report["available"] == 6.0
+    assert await worker.stop(signal.SIGINT, timeout=1 + BUDGET + SLOW) == 0
+    [done] = job_lines(worker, "shutdown.done")
+    assert 5.0 < done["duration"] < BUDGET - 2.0  # the share (6 s), not the 30 s asked
+    assert [r["closes"] for r in job_lines(worker, "checklist.resource_closed")] == [1]
+    assert job_lines(worker, "checklist.cleanup") == []  # cut, as reported at start
+    killed = [r for r in worker.lines() if "killing process" in str(r.get("message"))]
+    assert killed == []
+
+
 async def test_deleting_the_room_shuts_the_job_down_the_same_way(
     loopback_server: LoopbackServer, agent_worker: StartWorker
 ) -> None:
@@ -215,3 +240,66 @@ async def test_a_killed_job_process_loses_its_cleanup_and_the_worker_serves_on(
     assert job_lines(worker, "checklist.cleanup") == []
     assert job_lines(worker, "shutdown.done") == []
     assert worker.returncode is None
+
+
+# --------------------------------------------------------------------------- in a real browser
+
+
+@pytest.mark.browser
+async def test_a_browser_refresh_keeps_the_session_and_the_agent_session(
+    loopback_server: LoopbackServer, agent_worker: StartWorker, browser_client: Any
+) -> None:
+    """livekit-client in Chromium: F5 leaves on pagehide and the page joins again."""
+    worker = await running(agent_worker, loopback_server, CHECKLIST_GRACE="15")
+    page = await browser_client.open(
+        loopback_server.url, loopback_server.token("alice", ROOM), name="alice"
+    )
+    first_sid = (await page.state())["sid"]
+    await worker.wait_for_line(
+        matches("session.transition", key="alice", to_state="active", sid=first_sid),
+        timeout=SLOW,
+    )
+    new_sid = await page.reload()
+    assert new_sid is not None and new_sid != first_sid
+    await worker.wait_for_line(
+        matches("session.transition", key="alice", to_state="active", sid=new_sid),
+        timeout=SLOW,
+    )
+    assert [r["sid"] for r in job_lines(worker, "checklist.cleanup", key="alice")] == [first_sid]
+    assert job_lines(worker, "session.transition", key="alice", to_state="reconnected")
+    assert len(job_lines(worker, "checklist.agent_session")) == 1
+    assert job_lines(worker, "agents.session_closing") == []
+    assert errors(worker) == []
+    page.console.raise_for_errors("removeTrack")
+
+
+@pytest.mark.browser
+async def test_five_browser_reloads_clean_each_connection_once(
+    loopback_server: LoopbackServer, agent_worker: StartWorker, browser_client: Any
+) -> None:
+    worker = await running(agent_worker, loopback_server, CHECKLIST_GRACE="15")
+    page = await browser_client.open(
+        loopback_server.url, loopback_server.token("alice", ROOM), name="alice"
+    )
+    await reached(worker, "alice", "active")
+    for _ in range(5):
+        # Each reload comes as soon as the page's script runs and interrupts it
+        # wherever it got to: some connections join and leave, some never finish joining.
+        await page.wait_for("true", SLOW)
+        await page.page.reload(wait_until="commit")
+    final_sid = await page.wait_ready(SLOW)
+
+    def seen() -> set[str]:
+        return {str(r["sid"]) for r in job_lines(worker, "session.transition", key="alice")}
+
+    def cleaned() -> list[str]:
+        return [str(r["sid"]) for r in job_lines(worker, "checklist.cleanup", key="alice")]
+
+    # Every connection the job saw but the live one is cleaned (late leaves included).
+    await worker.wait_for_line(
+        lambda _: final_sid in seen() and set(cleaned()) == seen() - {final_sid}, timeout=SLOW
+    )
+    assert len(cleaned()) == len(set(cleaned())), f"a connection was cleaned twice: {cleaned()}"
+    assert len(job_lines(worker, "checklist.agent_session")) == 1
+    assert errors(worker) == []
+    assert [e for e in page.console.entries if e.kind == "pageerror"] == []
