@@ -208,6 +208,15 @@ EXPORTS: dict[str, list[str]] = {
     ],
     "livekit_lifecycle.testing.virtual_time": ["Deadlock", "VirtualTimeLoop", "clock", "run"],
     "livekit_lifecycle.tracing": ["CLEANUP_SPAN", "SHUTDOWN_SPAN", "enable_tracing"],
+    "livekit_lifecycle.watchdog": [
+        "RESUME_KEY",
+        "DeadRoom",
+        "Dispatcher",
+        "RecoveryStore",
+        "Watchdog",
+        "livekit_dispatcher",
+        "resume_info",
+    ],
 }
 
 

@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "livekit_lifecycle._watch",
         "show each participant's lifecycle state in a room, live",
     ),
+    "watchdog": (
+        "livekit_lifecycle._watchdog_command",
+        "dispatch an agent again to the rooms of jobs that died (crash recovery)",
+    ),
 }
 """Subcommand name -> (module, one-line help)."""
 

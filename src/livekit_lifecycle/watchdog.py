@@ -1,0 +1,336 @@
+"""The watchdog: a dead job's room is dispatched again, once, so a new job restores it.
+
+LiveKit's open-source server never dispatches a job again when its worker or
+job process dies. With a durable store every job process holds a short lease
+and the rooms it writes name it; a room whose owner's lease expired while it
+still holds sessions (unfinished ones, or cleanups still owed) belongs to a
+dead job. The watchdog polls the store for such rooms, takes the room's
+recovery claim in the store (set once per room and dead owner, so several
+watchdogs dispatch it once), and creates an agent dispatch for the room
+through livekit-api's ``AgentDispatchService``, with metadata saying it
+resumes. The new job's manager restores the sessions (and the conversation)
+as any manager attached to the room does. See ``docs/recovery.md``.
+
+::
+
+    async with Watchdog(store, url=url, api_key=key, api_secret=secret, agent_name="my-agent"):
+        ...  # runs in the background until the block ends
+
+or ``livekit-lifecycle watchdog --store redis://... --agent-name my-agent``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NamedTuple, Protocol
+
+from .log import get_logger
+from .stores import SessionRecord, process_owner
+
+__all__ = [
+    "RESUME_KEY",
+    "DeadRoom",
+    "Dispatcher",
+    "RecoveryStore",
+    "Watchdog",
+    "livekit_dispatcher",
+    "resume_info",
+]
+
+RESUME_KEY = "livekit_lifecycle"
+"""The key of the dispatch metadata's JSON object a watchdog writes: ``{"livekit_lifecycle":
+{"resume": true, "dead_owner": ..., "sessions": n, "watchdog": ...}}``."""
+
+DEFAULT_INTERVAL = 1.0
+"""Seconds between two polls of the store: added to the lease TTL in the recovery time."""
+_BACKOFF_MAX = 10.0
+
+
+class _RoomInfo(Protocol):
+    @property
+    def room(self) -> str: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def records(self) -> tuple[SessionRecord, ...]: ...
+
+
+class RecoveryStore(Protocol):
+    """What a watchdog needs of a store (:class:`~livekit_lifecycle.stores.RedisStore` has it)."""
+
+    async def dead_rooms(self) -> Sequence[_RoomInfo]:
+        """Rooms whose owner's lease expired and that still hold sessions."""
+        ...
+
+    async def claim_recovery(self, room: str, dead_lease: str, claimant: str) -> bool:
+        """Set once per ``(room, dead_lease)``: True for the first claimant (and it again)."""
+        ...
+
+
+class DeadRoom(NamedTuple):
+    """A room whose job died, as a watchdog dispatched it."""
+
+    room: str
+    dead_owner: str
+    """The lease id of the process that held the room."""
+    sessions: int
+    """Sessions stored for the room (unfinished, or with a cleanup still owed)."""
+    metadata: str
+    """The dispatch metadata (JSON, see :data:`RESUME_KEY`)."""
+
+
+Dispatcher = Callable[[str, str], Awaitable[None]]
+"""``dispatch(room, metadata)``: create the agent dispatch for ``room``; raise on failure."""
+
+
+def livekit_dispatcher(
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    api_secret: str | None = None,
+    agent_name: str = "",
+) -> tuple[Dispatcher, Callable[[], Awaitable[None]]]:
+    """A :data:`Dispatcher` through livekit-api's ``AgentDispatchService``, and its ``aclose``.
+
+    ``url``, ``api_key`` and ``api_secret`` default to ``LIVEKIT_URL``,
+    ``LIVEKIT_API_KEY`` and ``LIVEKIT_API_SECRET``, like the LiveKit CLIs.
+    ``agent_name`` is the worker's ``agent_name`` (``""``: workers of automatic
+    dispatch).
+    """
+    from livekit import api
+
+    lkapi = api.LiveKitAPI(
+        url=url or os.environ.get("LIVEKIT_URL"),
+        api_key=api_key or os.environ.get("LIVEKIT_API_KEY"),
+        api_secret=api_secret or os.environ.get("LIVEKIT_API_SECRET"),
+    )
+
+    async def dispatch(room: str, metadata: str) -> None:
+        await lkapi.agent_dispatch.create_dispatch(
+            api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=metadata)
+        )
+
+    return dispatch, lkapi.aclose
+
+
+def resume_info(metadata: str | None) -> dict[str, Any] | None:
+    """The watchdog's part of a job's metadata (``ctx.job.metadata``), or ``None``.
+
+    A job can tell it was dispatched to resume a dead job's room (and whose)::
+
+        info = resume_info(ctx.job.metadata)
+        if info is not None:
+            logger.info("resuming", dead_owner=info["dead_owner"])
+    """
+    if not metadata:
+        return None
+    try:
+        parsed = json.loads(metadata)
+    except ValueError:
+        return None
+    info = parsed.get(RESUME_KEY) if isinstance(parsed, dict) else None
+    return info if isinstance(info, dict) and info.get("resume") is True else None
+
+
+class Watchdog:
+    """Polls a store for dead jobs' rooms and dispatches each once (see the module doc).
+
+    Run as many as you like (one per worker, or replicas of a sidecar): the
+    store's recovery claim makes one of them dispatch a dead job's room, once.
+    A store that is unreachable dispatches nothing (no claim, no dispatch);
+    polling goes on with a backoff and recovery resumes when it answers. A
+    dispatch that fails is retried at the next poll by the watchdog holding
+    the claim.
+
+    Args:
+        store: A durable store with leases (:class:`~livekit_lifecycle.stores.RedisStore`).
+        dispatch: How to dispatch; default :func:`livekit_dispatcher` built
+            from ``url``, ``api_key``, ``api_secret`` and ``agent_name``.
+        interval: Seconds between polls.
+        name: This watchdog in claims and logs (default ``host:pid:nonce``).
+    """
+
+    def __init__(
+        self,
+        store: RecoveryStore,
+        *,
+        url: str | None = None,
+        api_key: str | None = None,
+        api_secret: str | None = None,
+        agent_name: str = "",
+        dispatch: Dispatcher | None = None,
+        interval: float = DEFAULT_INTERVAL,
+        name: str | None = None,
+    ) -> None:
+        if not callable(getattr(store, "dead_rooms", None)) or not callable(
+            getattr(store, "claim_recovery", None)
+        ):
+            raise TypeError(
+                f"store must be a durable store with leases (RedisStore), got {store!r}"
+            )
+        if (
+            isinstance(interval, bool)
+            or not isinstance(interval, (int, float))
+            or not (0 < interval <= 3600)
+        ):
+            raise ValueError(f"interval must be within (0, 3600] seconds, got {interval!r}")
+        self._store = store
+        self._close_dispatcher: Callable[[], Awaitable[None]] | None = None
+        if dispatch is None:
+            dispatch, self._close_dispatcher = livekit_dispatcher(
+                url=url, api_key=api_key, api_secret=api_secret, agent_name=agent_name
+            )
+        self._dispatch = dispatch
+        self._interval = float(interval)
+        self.name = name or process_owner()
+        self._dispatched: set[tuple[str, str]] = set()
+        self._unavailable = False
+        self._task: asyncio.Task[None] | None = None
+        self._log = get_logger()
+        self.stats: dict[str, int] = {
+            "polls": 0,
+            "dead_rooms_seen": 0,
+            "dispatched": 0,
+            "claimed_elsewhere": 0,
+            "dispatch_failures": 0,
+            "store_errors": 0,
+        }
+        """Counters since the watchdog was created."""
+
+    async def poll(self) -> list[DeadRoom]:
+        """One pass: every dead room this watchdog wins is dispatched. Returns those dispatched.
+
+        Never raises for a store or dispatch failure (logged, counted, retried next pass).
+        """
+        self.stats["polls"] += 1
+        try:
+            dead = list(await self._store.dead_rooms())
+        except Exception as exc:
+            self._store_failed("dead_rooms", exc)
+            return []
+        self._store_back()
+        seen = {(info.room, info.owner) for info in dead}
+        self._dispatched &= seen  # a room recovered (or expired) is forgotten
+        done: list[DeadRoom] = []
+        for info in dead:
+            if (info.room, info.owner) in self._dispatched:
+                continue  # dispatched; the new job has not written the room yet
+            self.stats["dead_rooms_seen"] += 1
+            try:
+                won = await self._store.claim_recovery(info.room, info.owner, self.name)
+            except Exception as exc:
+                self._store_failed("claim_recovery", exc)
+                return done
+            if not won:
+                self.stats["claimed_elsewhere"] += 1
+                self._dispatched.add((info.room, info.owner))
+                self._log.debug(
+                    "watchdog.claimed_elsewhere",
+                    category="recovery",
+                    room=info.room,
+                    dead_owner=info.owner,
+                )
+                continue
+            dead_room = self._describe(info)
+            try:
+                await self._dispatch(info.room, dead_room.metadata)
+            except Exception as exc:
+                self.stats["dispatch_failures"] += 1
+                self._log.warning(
+                    "watchdog.dispatch_failed",
+                    category="recovery",
+                    room=info.room,
+                    dead_owner=info.owner,
+                    error=f"{type(exc).__name__}: {exc}",
+                    hint="retried at the next poll (this watchdog holds the room's claim)",
+                )
+                continue
+            self._dispatched.add((info.room, info.owner))
+            self.stats["dispatched"] += 1
+            self._log.info(
+                "watchdog.dispatched",
+                category="recovery",
+                room=info.room,
+                dead_owner=info.owner,
+                sessions=dead_room.sessions,
+                watchdog=self.name,
+            )
+            done.append(dead_room)
+        return done
+
+    def _describe(self, info: _RoomInfo) -> DeadRoom:
+        sessions = len(info.records)
+        metadata = json.dumps(
+            {
+                RESUME_KEY: {
+                    "resume": True,
+                    "dead_owner": info.owner,
+                    "sessions": sessions,
+                    "watchdog": self.name,
+                }
+            },
+            separators=(",", ":"),
+        )
+        return DeadRoom(info.room, info.owner, sessions, metadata)
+
+    def _store_failed(self, operation: str, exc: Exception) -> None:
+        self.stats["store_errors"] += 1
+        if not self._unavailable:
+            self._unavailable = True
+            self._log.warning(
+                "watchdog.store_unavailable",
+                category="recovery",
+                operation=operation,
+                error=f"{type(exc).__name__}: {exc}",
+                hint="nothing is dispatched until the store answers",
+            )
+
+    def _store_back(self) -> None:
+        if self._unavailable:
+            self._unavailable = False
+            self._log.info("watchdog.store_available", category="recovery")
+
+    async def run(self) -> None:
+        """Poll until cancelled: every ``interval`` s, with a backoff while the store is down."""
+        self._log.info(
+            "watchdog.started", category="recovery", watchdog=self.name, interval=self._interval
+        )
+        delay = self._interval
+        while True:
+            await self.poll()
+            if self._unavailable:
+                delay = min(delay * 2, max(_BACKOFF_MAX, self._interval))
+            else:
+                delay = self._interval
+            # Jitter: replicas started together do not poll in lockstep.
+            await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+
+    def start(self) -> None:
+        """Run :meth:`run` in the background (in a worker process, say) until :meth:`aclose`."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self.run(), name="livekit-lifecycle:watchdog"
+            )
+
+    async def aclose(self) -> None:
+        """Stop polling and close the default dispatcher's HTTP session. The store is yours."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        close, self._close_dispatcher = self._close_dispatcher, None
+        if close is not None:
+            await close()
+
+    async def __aenter__(self) -> Watchdog:
+        self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()

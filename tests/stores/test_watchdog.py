@@ -1,0 +1,207 @@
+"""The watchdog against a real redis-server: a dead job's room is dispatched once, by one of many.
+
+A real manager on a real ``rtc.Room`` (RoomDriver) writes its sessions through
+a real ``RedisStore`` with a short lease, then dies (its tasks stop, nothing
+is cleaned or written: what SIGKILL leaves). Watchdogs poll the store; the
+dispatch is the watchdog's public ``dispatch`` seam, recorded here (the
+dispatch through livekit-api's AgentDispatchService is tested against the
+loopback server's agent dispatch in tests/e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from livekit_lifecycle import LifecycleConfig, LifecycleManager, State
+from livekit_lifecycle.stores import RedisStore
+from livekit_lifecycle.testing import RoomDriver
+from livekit_lifecycle.watchdog import Watchdog, resume_info
+from livekit_loopback.redis_server import RedisServer
+
+from .test_manager_store import crash
+
+pytestmark = pytest.mark.redis
+
+ROOM = "watched-room"
+WAIT = 20.0
+LEASE = 0.5
+
+
+class Fleet:
+    """Stores on one namespace of the test's redis-server, closed at teardown."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.namespace = f"t{uuid.uuid4().hex[:8]}"
+        self.stores: list[RedisStore] = []
+        self.dispatched: list[tuple[str, str]] = []
+        """(room, metadata) of every dispatch, over every watchdog."""
+
+    def store(self, **options: Any) -> RedisStore:
+        options.setdefault("lease_ttl", LEASE)
+        store = RedisStore.from_url(self.url, namespace=self.namespace, **options)
+        self.stores.append(store)
+        return store
+
+    async def dispatch(self, room: str, metadata: str) -> None:
+        self.dispatched.append((room, metadata))
+
+    def watchdog(self, name: str, **options: Any) -> Watchdog:
+        options.setdefault("dispatch", self.dispatch)
+        return Watchdog(self.store(timeout=options.pop("timeout", 2.0)), name=name, **options)
+
+
+@pytest.fixture
+async def fleet(redis_server: RedisServer) -> AsyncIterator[Fleet]:
+    fleet = Fleet(redis_server.url)
+    yield fleet
+    for store in fleet.stores:
+        await store.aclose()
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def poll_until(what: str, predicate: Callable[[], bool], *watchdogs: Watchdog) -> None:
+    """Poll with every watchdog at once until ``predicate`` holds (at most ``WAIT`` s)."""
+    deadline = time.monotonic() + WAIT
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.gather(*(w.poll() for w in watchdogs))
+        await asyncio.sleep(0.02)
+
+
+async def dead_job(fleet: Fleet, room: RoomDriver) -> tuple[RedisStore, LifecycleManager]:
+    """A job with alice active and bob in his window, killed: its lease is left to expire."""
+    store = fleet.store()
+    manager = LifecycleManager(LifecycleConfig(store=store, grace_period=30.0))
+    manager.attach(room.room)
+    await manager.idle()
+    room.connect("alice", active=True)
+    room.connect("bob", active=True)
+    room.disconnect("bob")
+    await manager.idle()
+    persist = manager._persist
+    assert persist is not None
+    assert await persist.writer.flush(WAIT)
+    assert len((await store.read_room(ROOM)).records) == 2
+    crash(manager)
+    lease_task = store._lease_task
+    assert lease_task is not None
+    lease_task.cancel()  # the process is gone: nobody refreshes its lease
+    return store, manager
+
+
+async def test_two_watchdogs_dispatch_a_dead_jobs_room_once(fleet: Fleet) -> None:
+    one, two = fleet.watchdog("wd-one"), fleet.watchdog("wd-two")
+    async with RoomDriver(ROOM) as room:
+        store = fleet.store()
+        live = LifecycleManager(LifecycleConfig(store=store))
+        live.attach(room.room)
+        room.connect("carol", active=True)
+        await live.idle()
+        assert live._persist is not None and await live._persist.writer.flush(WAIT)
+        # A live job's room is never dispatched.
+        assert await one.poll() == [] and await two.poll() == []
+        await live.aclose()
+
+    async with RoomDriver(ROOM) as room:
+        dead_store, _ = await dead_job(fleet, room)
+        started = time.monotonic()
+        await poll_until("the dispatch", lambda: bool(fleet.dispatched), one, two)
+        # Not before the lease expired (a third of it may have been left at the crash).
+        assert time.monotonic() - started >= LEASE * 0.6
+        for _ in range(5):  # later polls, by either, dispatch nothing more
+            await asyncio.gather(one.poll(), two.poll())
+        assert len(fleet.dispatched) == 1
+        dispatched_room, metadata = fleet.dispatched[0]
+        info = resume_info(metadata)
+        assert dispatched_room == ROOM and info is not None
+        assert info["dead_owner"] == dead_store.lease and info["sessions"] == 2
+        assert info["watchdog"] in ("wd-one", "wd-two")
+        assert one.stats["dispatched"] + two.stats["dispatched"] == 1
+        assert one.stats["claimed_elsewhere"] + two.stats["claimed_elsewhere"] == 1
+
+    # The dispatched job attaches: alice is still there, bob in his window.
+    async with RoomDriver(ROOM) as room:
+        room.connect("alice", active=True)
+        new_store = fleet.store()
+        new_job = LifecycleManager(LifecycleConfig(store=new_store, grace_period=30.0))
+        new_job.attach(room.room)
+        await until(lambda: new_job.stats["sessions_restored"] == 2, "the restore")
+        assert new_job.state_of("bob") is State.GRACE
+        assert new_job._persist is not None and await new_job._persist.writer.flush(WAIT)
+        assert (await new_store.read_room(ROOM)).owner == new_store.lease
+        assert await one.poll() == [] and await two.poll() == []
+        assert len(fleet.dispatched) == 1
+        await new_job.aclose()
+
+
+async def test_a_failed_dispatch_is_retried_by_the_claim_holder_only(fleet: Fleet) -> None:
+    failures = [RuntimeError("server unreachable")] * 2
+
+    async def flaky(room: str, metadata: str) -> None:
+        if failures:
+            raise failures.pop()
+        await fleet.dispatch(room, metadata)
+
+    one = fleet.watchdog("wd-one", dispatch=flaky)
+    two = fleet.watchdog("wd-two")
+    async with RoomDriver(ROOM) as room:
+        await dead_job(fleet, room)
+        await poll_until("a failed dispatch", lambda: one.stats["dispatch_failures"] > 0, one)
+        # wd-one holds the claim: wd-two never dispatches the room.
+        for _ in range(3):
+            assert await two.poll() == []
+        assert two.stats["claimed_elsewhere"] == 1
+        await poll_until("the retried dispatch", lambda: bool(fleet.dispatched), one)
+        assert one.stats["dispatch_failures"] == 2 and len(fleet.dispatched) == 1
+
+
+async def test_redis_unresponsive_dispatches_nothing_then_recovery_resumes(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    one = fleet.watchdog("wd-one", timeout=0.3)
+    two = fleet.watchdog("wd-two", timeout=0.3)
+    async with RoomDriver(ROOM) as room:
+        await dead_job(fleet, room)
+        pid = redis_server.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # frozen: every command times out
+        try:
+            await asyncio.sleep(LEASE * 2)  # the lease expires meanwhile
+            for _ in range(3):
+                assert await one.poll() == [] and await two.poll() == []
+            assert one.stats["store_errors"] >= 3 and not fleet.dispatched
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await poll_until("the dispatch", lambda: bool(fleet.dispatched), one, two)
+        for _ in range(3):
+            await asyncio.gather(one.poll(), two.poll())
+        assert len(fleet.dispatched) == 1
+
+
+async def test_run_in_the_background_and_bad_arguments(fleet: Fleet) -> None:
+    watchdog = fleet.watchdog("wd-bg", interval=0.05)
+    async with RoomDriver(ROOM) as room, watchdog:
+        await dead_job(fleet, room)
+        await until(lambda: len(fleet.dispatched) == 1, "the background dispatch")
+    assert watchdog.stats["polls"] > 1
+    with pytest.raises(TypeError, match="durable store with leases"):
+        Watchdog(object(), dispatch=fleet.dispatch)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="interval"):
+        Watchdog(fleet.store(), dispatch=fleet.dispatch, interval=0)
+    assert resume_info("") is None and resume_info("not json") is None
+    assert resume_info('{"livekit_lifecycle": {"resume": false}}') is None
