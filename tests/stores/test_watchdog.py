@@ -205,3 +205,37 @@ async def test_run_in_the_background_and_bad_arguments(fleet: Fleet) -> None:
         Watchdog(fleet.store(), dispatch=fleet.dispatch, interval=0)
     assert resume_info("") is None and resume_info("not json") is None
     assert resume_info('{"livekit_lifecycle": {"resume": false}}') is None
+
+
+async def test_the_default_dispatcher_creates_the_dispatch_on_a_livekit_server(
+    fleet: Fleet, loopback_server: Any
+) -> None:
+    """livekit-api's AgentDispatchService against the loopback server's (no worker takes it)."""
+    from livekit import api
+
+    http_url = loopback_server.url.replace("ws://", "http://")
+    watchdog = Watchdog(
+        fleet.store(),
+        url=http_url,
+        api_key=loopback_server.api_key,
+        api_secret=loopback_server.api_secret,
+        agent_name="my-agent",
+        name="wd-lk",
+    )
+    try:
+        async with RoomDriver(ROOM) as room:
+            dead_store, _ = await dead_job(fleet, room)
+            await poll_until("the dispatch", lambda: watchdog.stats["dispatched"] == 1, watchdog)
+        lkapi = api.LiveKitAPI(
+            url=http_url, api_key=loopback_server.api_key, api_secret=loopback_server.api_secret
+        )
+        try:
+            listed = await lkapi.agent_dispatch.list_dispatch(ROOM)
+        finally:
+            await lkapi.aclose()
+        named = [d for d in listed if d.agent_name == "my-agent"]
+        assert len(named) == 1
+        info = resume_info(named[0].metadata)
+        assert info is not None and info["dead_owner"] == dead_store.lease
+    finally:
+        await watchdog.aclose()
