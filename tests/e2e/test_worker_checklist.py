@@ -103,10 +103,12 @@ async def test_five_quick_reloads_clean_once_per_connection(
     loopback_server: LoopbackServer, agent_worker: StartWorker
 ) -> None:
     worker = await running(agent_worker, loopback_server, CHECKLIST_GRACE="15")
+    # The job joins the room its first user created: reload once it is there.
+    page = await loopback_server.connect("alice", ROOM)
+    await reached(worker, "alice", "active")
     for _ in range(5):
-        page = await loopback_server.connect("alice", ROOM)
         await page.disconnect()
-    await loopback_server.connect("alice", ROOM)
+        page = await loopback_server.connect("alice", ROOM)
     await worker.wait_for_line(
         lambda r: len(job_lines(worker, "checklist.cleanup", key="alice")) >= 5, timeout=SLOW
     )
