@@ -119,7 +119,7 @@ async def test_published_video_reaches_the_subscriber(
     listener, events = await _listener(loopback_server, single_pc)
     user = await loopback_server.connect("alice", ROOM)
     colour = (200, 30, 60)
-    # aiortc cannot receive simulcast, which the SDK turns on for cameras by default.
+    # One encoding of a known size (test_rtp_relay covers the SDK's simulcast default).
     options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, simulcast=False)
     async with _camera(colour) as camera:
         sid = (await user.local_participant.publish_track(camera, options)).sid

@@ -63,9 +63,10 @@ async def test_end_to_end_encrypted_audio_is_heard_by_a_subscriber_with_the_key(
 
 
 @contextlib.asynccontextmanager
-async def _camera_with_metadata() -> AsyncIterator[rtc.LocalVideoTrack]:
+async def _camera_with_metadata(
+    width: int = 160, height: int = 120
+) -> AsyncIterator[rtc.LocalVideoTrack]:
     """A camera whose n-th frame carries user timestamp 1000 + n and frame id n."""
-    width, height = 160, 120
     source = rtc.VideoSource(width, height)
     pixels = np.full((height, width, 4), 128, dtype=np.uint8)
     frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, pixels.tobytes())
@@ -153,3 +154,35 @@ async def test_transcode_mode_still_decodes_and_re_encodes(
 def test_media_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="media"):
         LoopbackServer(media="sfu")  # type: ignore[arg-type]
+
+
+async def _frame_sizes(track: rtc.Track, count: int) -> list[tuple[int, int]]:
+    stream = rtc.VideoStream(track)
+    sizes: list[tuple[int, int]] = []
+    try:
+        async for event in stream:
+            sizes.append((event.frame.width, event.frame.height))
+            if len(sizes) == count:
+                break
+    finally:
+        await stream.aclose()
+    return sizes
+
+
+@both_paths
+async def test_a_camera_published_with_default_options_reaches_the_subscriber(
+    loopback_server: LoopbackServer, single_pc: bool
+) -> None:
+    """The SDK's defaults for a camera include simulcast: it negotiates, one layer comes through."""
+    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
+    events = Recorder.on(listener)
+    alice = await loopback_server.connect("alice", ROOM)
+    camera_options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+    # Large enough for the SDK to send more than one layer.
+    async with _camera_with_metadata(640, 360) as camera:
+        publication = await alice.local_participant.publish_track(camera, camera_options)
+        track = await _subscribed(events, listener, publication.sid)
+        sizes = await asyncio.wait_for(_frame_sizes(track, 10), WAIT)
+    assert len(sizes) == 10 and all(width > 0 and height > 0 for width, height in sizes)
+    remote = listener.remote_participants["alice"].track_publications[publication.sid]
+    assert remote.simulcasted  # as livekit-server announces it

@@ -162,7 +162,10 @@ class Peer:
             await self._pc.setLocalDescription(answer)
             local = self._pc.localDescription
             return signal.SessionDescription(
-                type="answer", sdp=local.sdp, id=offer.id, mid_to_track_id=dict(mids)
+                type="answer",
+                sdp=with_rid_extensions(offer.sdp, local.sdp),
+                id=offer.id,
+                mid_to_track_id=dict(mids),
             )
 
     async def offer(self, offer_id: int, mids: Mapping[str, str]) -> signal.SessionDescription:
@@ -355,3 +358,52 @@ def sending_tracks(sdp: str) -> dict[str, str]:
             if len(parts) == 2:
                 current.append(parts[1])
     return found
+
+
+_RID_EXTENSIONS = (
+    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
+    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
+)
+
+
+def _sections(sdp: str) -> list[list[str]]:
+    """``sdp``'s lines, split before each ``m=`` line (the session part first)."""
+    sections: list[list[str]] = [[]]
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    return sections
+
+
+def with_rid_extensions(offer: str, answer: str) -> str:
+    """``answer`` accepting the offer's RID header extensions in its video sections.
+
+    aiortc knows no RID extension, so it leaves them out of its answers; but
+    libwebrtc offers a simulcast section only if RID was negotiated before in
+    the bundle ("negotiates simulcast but does not negotiate the RID RTP
+    header extension"), so without them a camera published with the SDK's
+    default options fails to negotiate. aiortc ignores the extension in what
+    it receives.
+    """
+    offered: dict[str, list[str]] = {}
+    for section in _sections(offer)[1:]:
+        mid = next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
+        if mid is not None:
+            offered[mid] = [
+                line
+                for line in section
+                if line.startswith("a=extmap:") and line.split()[-1] in _RID_EXTENSIONS
+            ]
+    out: list[str] = []
+    for section in _sections(answer):
+        mid = next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
+        extra = [] if mid is None or not section[0].startswith("m=video") else offered.get(mid, [])
+        extra = [line for line in extra if line not in section]
+        if extra:
+            at = max(
+                (i for i, line in enumerate(section) if line.startswith(("a=extmap:", "a=mid:"))),
+            )
+            section = [*section[: at + 1], *extra, *section[at + 1 :]]
+        out.extend(section)
+    return "\r\n".join(out) + "\r\n"
