@@ -132,7 +132,9 @@ async def test_for_job_attaches_and_registers_shutdown(
 ) -> None:
     callbacks = len(job._shutdown_callbacks)
     manager = await for_job(job, session=agent_session)
-    assert isinstance(manager, JobLifecycleManager) and isinstance(manager, LifecycleManager)
+    # The integration wraps a manager (composition): it is not one.
+    assert isinstance(manager, JobLifecycleManager) and not isinstance(manager, LifecycleManager)
+    assert isinstance(manager.manager, LifecycleManager) and manager.manager.room is job.room
     assert manager.room is driver.room and manager.job is job
     assert manager.agent_session is agent_session
     assert len(job._shutdown_callbacks) == callbacks + 1

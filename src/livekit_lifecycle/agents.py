@@ -39,21 +39,26 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterable
-from typing import Any, Literal, get_args
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Literal, TypeVar, get_args, overload
 
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, CloseEvent, CloseReason, JobContext
 from livekit.agents.voice.room_io import RoomIO, RoomOptions
 
 from ._conversation import ConversationKeeper
+from ._core import InternalView
+from ._emitter import Listener, NotificationName
 from ._intake import session_key
 from .config import LifecycleConfig
 from .log import LOGGER_NAME, get_logger
 from .manager import LifecycleManager
 from .session import Session, Transition, reason_name
+from .statechart import State
 
 __all__ = ["JobLifecycleManager", "WhenEmpty", "for_job", "refresh_safe_room_options"]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 WhenEmpty = Literal["shutdown", "delete_room", "keep"]
 """What a job does once its last user's session is removed: see :func:`for_job`."""
@@ -142,11 +147,13 @@ async def for_job(
     )
 
 
-class JobLifecycleManager(LifecycleManager):
+class JobLifecycleManager:
     """A :class:`LifecycleManager` bound to a livekit-agents job and, optionally, its AgentSession.
 
-    Create it with :func:`for_job`. Everything
-    of :class:`LifecycleManager` works as usual; on top of it:
+    Create it with :func:`for_job`. It wraps a manager (:attr:`manager`, for
+    the functions that take one: ``enable_metrics(job.manager)``...) and
+    offers its API as is (``add_cleanup``, ``on``, ``get``, ``sessions``,
+    ``wait_for``, ``aclose``...); on top of it:
 
     - :attr:`linked_session` is the lifecycle :class:`Session` of the user the
       AgentSession's RoomIO is linked to, so agent code reaches that user's
@@ -191,7 +198,10 @@ class JobLifecycleManager(LifecycleManager):
             raise ValueError(
                 f"shutdown_budget must be a positive number of seconds, got {shutdown_budget!r}"
             )
-        super().__init__(config or LifecycleConfig(cleanup_timeout=_JOB_CLEANUP_TIMEOUT))
+        self._manager = manager = LifecycleManager(
+            config or LifecycleConfig(cleanup_timeout=_JOB_CLEANUP_TIMEOUT)
+        )
+        manager._set_shutdown_limit(self._shutdown_limit)
         self._job = ctx
         self._when_empty: WhenEmpty = when_empty
         self._shutdown_budget = float(shutdown_budget)
@@ -222,8 +232,9 @@ class JobLifecycleManager(LifecycleManager):
             ctx.room.on("participant_disconnected", self._on_room_participant_disconnected)
         self.on("removed", self._on_any_removed)
         self._conversation: ConversationKeeper | None = None
-        if session is not None and self._persist is not None:
-            self._conversation = ConversationKeeper(self, self._persist, session)
+        persist = manager._persist  # the durable store's side, None with a MemoryStore
+        if session is not None and persist is not None:
+            self._conversation = ConversationKeeper(self, persist, session)
         ctx.add_shutdown_callback(self._on_job_shutdown)
         self._check_departure_timeout()
         self._check_shutdown_budget()
@@ -231,10 +242,102 @@ class JobLifecycleManager(LifecycleManager):
         # always there: their join created the room and the job) are adopted on
         # the loop's next turn, so listeners registered right after for_job
         # returns see their `created` and every other notification.
-        self._register(ctx.room, adopt_later=True)
+        manager.attach(ctx.room, adopt_later=True)
         self._observe_link()
 
     # ------------------------------------------------------------------ public API
+
+    @property
+    def manager(self) -> LifecycleManager:
+        """The :class:`LifecycleManager` this job's integration wraps."""
+        return self._manager
+
+    @property
+    def config(self) -> LifecycleConfig:
+        """The manager's configuration (``shutdown_timeout`` fitted at shutdown)."""
+        return self._manager.config
+
+    @property
+    def room(self) -> rtc.Room | None:
+        """The job's room while the manager is attached to it."""
+        return self._manager.room
+
+    @property
+    def closed(self) -> bool:
+        """True once the manager's shutdown has started."""
+        return self._manager.closed
+
+    @property
+    def sessions(self) -> Mapping[str, Session]:
+        """See :attr:`LifecycleManager.sessions`."""
+        return self._manager.sessions
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """See :attr:`LifecycleManager.stats`."""
+        return self._manager.stats
+
+    def get(self, key: str) -> Session | None:
+        """See :meth:`LifecycleManager.get`."""
+        return self._manager.get(key)
+
+    def by_sid(self, sid: str) -> Session | None:
+        """See :meth:`LifecycleManager.by_sid`."""
+        return self._manager.by_sid(sid)
+
+    def state_of(self, key: str) -> State | None:
+        """See :meth:`LifecycleManager.state_of`."""
+        return self._manager.state_of(key)
+
+    def snapshot(self) -> dict[str, Any]:
+        """See :meth:`LifecycleManager.snapshot`."""
+        return self._manager.snapshot()
+
+    def set_user_id(self, key_or_sid: str, user_id: str | None) -> Session:
+        """See :meth:`LifecycleManager.set_user_id`."""
+        return self._manager.set_user_id(key_or_sid, user_id)
+
+    def add_cleanup(self, fn: F) -> F:
+        """See :meth:`LifecycleManager.add_cleanup`."""
+        return self._manager.add_cleanup(fn)
+
+    def add_resource(self, resource: object, name: str | None = None) -> None:
+        """See :meth:`LifecycleManager.add_resource`."""
+        self._manager.add_resource(resource, name)
+
+    @overload
+    def on(self, event: NotificationName, callback: None = None) -> Callable[[F], F]: ...
+    @overload
+    def on(self, event: NotificationName, callback: F) -> F: ...
+    def on(self, event: NotificationName, callback: Listener | None = None) -> Any:
+        """See :meth:`LifecycleManager.on`."""
+        return self._manager.on(event, callback)
+
+    def once(self, event: NotificationName, callback: Listener) -> Listener:
+        """See :meth:`LifecycleManager.once`."""
+        return self._manager.once(event, callback)
+
+    def off(self, event: NotificationName, callback: Listener) -> None:
+        """See :meth:`LifecycleManager.off`."""
+        self._manager.off(event, callback)
+
+    async def wait_for(self, key: str, state: State | str, timeout: float | None = None) -> Session:
+        """See :meth:`LifecycleManager.wait_for`."""
+        return await self._manager.wait_for(key, state, timeout)
+
+    async def idle(self) -> None:
+        """See :meth:`LifecycleManager.idle`."""
+        await self._manager.idle()
+
+    async def aclose(self) -> None:
+        """The manager's graceful shutdown, fitted in :attr:`shutdown_budget`."""
+        await self._manager.aclose()
+
+    async def __aenter__(self) -> JobLifecycleManager:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
 
     @property
     def job(self) -> JobContext:
@@ -339,7 +442,7 @@ class JobLifecycleManager(LifecycleManager):
 
     # ------------------------------------------------------------------ shutdown budget
 
-    def _shutdown_share(self) -> float:
+    def _shutdown_share(self, resources: int) -> float:
         """Seconds ``aclose()`` may take so that the whole of it fits in the budget.
 
         Past its deadline, ``aclose()`` still gives each resource up to
@@ -347,10 +450,15 @@ class JobLifecycleManager(LifecycleManager):
         exit): those come out of the share, as does livekit-agents' own part.
         """
         floor = min(self.config.cleanup_timeout, _RESOURCE_FLOOR)
-        return self._shutdown_budget - _BUDGET_RESERVE - floor * (len(self._resources) + 1)
+        return self._shutdown_budget - _BUDGET_RESERVE - floor * (resources + 1)
+
+    def _shutdown_limit(self, resources: int) -> float:
+        """What the manager asks when its shutdown starts (``_set_shutdown_limit``)."""
+        return max(self._shutdown_share(resources), _RESOURCE_FLOOR)
 
     def _check_shutdown_budget(self) -> None:
-        share = self._shutdown_share()
+        resources = InternalView(self._manager).resource_count
+        share = self._shutdown_share(resources)
         config = self.config
         if share >= config.cleanup_timeout and share > 0:
             return
@@ -363,23 +471,16 @@ class JobLifecycleManager(LifecycleManager):
             shutdown_budget=self._shutdown_budget,
             available=round(max(share, 0.0), 3),
             cleanup_timeout=config.cleanup_timeout,
-            resources=len(self._resources),
+            resources=resources,
             hint="the worker kills a job process shutdown_process_timeout seconds after asking"
             " it to stop: lower cleanup_timeout, or raise AgentServer(shutdown_process_timeout=...)"
             " and pass the same value as for_job(shutdown_budget=...)",
         )
 
-    def _start_close(self) -> None:
-        # Fitted when the shutdown starts: resources may have been added since for_job.
-        share = max(self._shutdown_share(), _RESOURCE_FLOOR)
-        if share < self._config.shutdown_timeout:
-            self._config = dataclasses.replace(self._config, shutdown_timeout=share)
-        super()._start_close()
-
     # ------------------------------------------------------------------ no deaf agent
 
     def _on_any_removed(self, session: Session) -> None:
-        if self._when_empty == "keep" or self._ending or self.closed or self._sessions:
+        if self._when_empty == "keep" or self._ending or self.closed or self.sessions:
             return
         self._ending = True
         cause = session.history[-1].trigger if session.history else "removed"

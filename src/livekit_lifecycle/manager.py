@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -52,6 +53,7 @@ class LifecycleManager(_Intake):
 
     def __init__(self, config: LifecycleConfig | None = None) -> None:
         super().__init__(config)
+        self._shutdown_limit: Callable[[int], float] | None = None
         if self._config.store.durable:
             from ._persistence import Persistence
 
@@ -85,11 +87,14 @@ class LifecycleManager(_Intake):
         """Counters: events seen, transitions, and every kind of input ignored or rejected."""
         return dict(self._stats)
 
-    def attach(self, room: rtc.Room) -> None:
+    def attach(self, room: rtc.Room, *, adopt_later: bool = False) -> None:
         """Start tracking ``room``: register handlers and adopt participants already in it.
 
         The room may be connected or not yet. Participants already present
-        get sessions (ACTIVE ones go straight to ``active``).
+        get sessions (ACTIVE ones go straight to ``active``): at once, or with
+        ``adopt_later`` on the event loop's next turn (before the room's next
+        event), so listeners registered right after this call, before the
+        caller's next ``await``, see their notifications too.
 
         Raises:
             RuntimeError: if already attached, or after :meth:`aclose`.
@@ -103,7 +108,7 @@ class LifecycleManager(_Intake):
             )
         if not isinstance(room, rtc.Room):
             raise TypeError(f"attach() takes a livekit.rtc.Room, got {type(room).__name__}")
-        self._register(room)
+        self._register(room, adopt_later=adopt_later)
 
     def detach(self) -> None:
         """Remove every handler from the room. Sessions and their timers are kept."""
@@ -281,7 +286,22 @@ class LifecycleManager(_Intake):
         # but the one shutdown always runs to the end.
         await asyncio.shield(self._close_task)
 
+    def _set_shutdown_limit(self, limit: Callable[[int], float]) -> None:
+        """Seam for an integration that owns a shutdown budget (:mod:`.agents`).
+
+        When the shutdown starts (``aclose()`` or the room's ``disconnected``),
+        ``limit(resource_count)`` gives the most seconds it may take; a limit
+        below ``config.shutdown_timeout`` replaces it in :attr:`config`.
+        """
+        self._shutdown_limit = limit
+
     def _start_close(self) -> None:
+        limit = self._shutdown_limit
+        if limit is not None:
+            # Fitted when the shutdown starts: resources may have been added since.
+            seconds = limit(len(self._resources))
+            if seconds < self._config.shutdown_timeout:
+                self._config = dataclasses.replace(self._config, shutdown_timeout=seconds)
         self._closing = True
         self._close_task = asyncio.get_running_loop().create_task(
             self._shutdown(), name="livekit-lifecycle:aclose"

@@ -268,14 +268,14 @@ async def test_refresh_with_a_real_agent_session_relinks_it(
             )
             alice = await open_user(loopback_server, browser_client, "alice")
             first_sid = (await alice.state())["sid"]
-            session = await connection(manager, "alice", first_sid)
+            session = await connection(manager.manager, "alice", first_sid)
             linked = agent_session.room_io.linked_participant
             assert await eventually(lambda: _linked_sid(agent_session) == first_sid, SLOW)
             manager.set_user_id("alice", "user-42")
 
             new_sid = await alice.reload()
             assert new_sid is not None
-            assert await connection(manager, "alice", new_sid) is session
+            assert await connection(manager.manager, "alice", new_sid) is session
             # RoomIO re-linked the same identity by itself; the session stayed open.
             assert await eventually(lambda: _linked_sid(agent_session) == new_sid, SLOW)
             assert agent_session.room_io.linked_participant is not linked

@@ -160,7 +160,7 @@ async def test_a_new_job_answers_knowing_the_conversation_before_the_crash(
             stores(), "alice", answered("my name is Zed", "I like cats")
         )
         assert conversation["userdata"] == {"topic": "cats", "turns": 2}
-        crash(first)
+        crash(first.manager)
 
     async with RoomDriver(ROOM) as second_room:
         second_room.connect("alice", sid=alice.sid, active=True)  # never left
@@ -184,7 +184,7 @@ async def test_a_new_job_answers_knowing_the_conversation_before_the_crash(
         await stored_conversation(
             stores(), "alice", answered("my name is Zed", "I like cats", "what is my name?")
         )
-        assert (await stored(stores(), "alice")).owner == second._persist.owner  # type: ignore[union-attr]
+        assert (await stored(stores(), "alice")).owner == second.manager._persist.owner  # type: ignore[union-attr]
         await second.aclose()
         await second_session.aclose()
     await first_session.aclose()
