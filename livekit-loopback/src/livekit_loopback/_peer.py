@@ -12,6 +12,7 @@ builds a description, so descriptions carry them and the server never trickles.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import Callable, Mapping
@@ -82,6 +83,7 @@ class Peer:
         self._early: list[signal.TrickleRequest] = []
         self._connected_once = False
         self._closed = False
+        self._ended = asyncio.Event()
         self._log = get_logger().bind(peer=label)
         self._pc.on("connectionstatechange", self._state_changed)
         self._pc.on("track", self._track)
@@ -101,6 +103,8 @@ class Peer:
     def _state_changed(self) -> None:
         state = self._pc.connectionState
         self._log.debug("peer.state", state=state)
+        if state in ("closed", "failed"):
+            self._ended.set()
         if state in _CONNECT_STATES and not self._connected_once:
             self._connected_once = True
             try:
@@ -292,6 +296,11 @@ class Peer:
             # A candidate for an address family aioice has no socket for, say:
             # one bad candidate must not end the connection.
             self._log.debug("peer.candidate_rejected", error=f"{type(exc).__name__}: {exc}")
+
+    async def wait_ended(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the connection to close or fail (the client closed it)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), timeout)
 
     async def close(self) -> None:
         """Close the PeerConnection (idempotent)."""

@@ -61,6 +61,8 @@ _RECONNECT = signal.LeaveRequest.RECONNECT
 _SERVER_VERSION = "1.9.0"
 _PROTOCOL = 16
 _FLUSH_TIMEOUT = 2.0
+# How long a client that was sent a leave gets to close its PeerConnection itself.
+_LEAVE_READ_TIMEOUT = 0.5
 Spawn = Callable[[Coroutine[Any, Any, None], str], asyncio.Task[None]]
 
 
@@ -431,6 +433,10 @@ class RoomService:
             if link is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(link.wait_closed(), _FLUSH_TIMEOUT)
+                # The leave is written, not yet read: closing at once made the
+                # client's SDK log its data channels "closed unexpectedly" (at
+                # error level) when it lost the race with the leave.
+                await peer.wait_ended(_LEAVE_READ_TIMEOUT)
             await peer.close()
         finally:
             self._peers.discard(peer)
