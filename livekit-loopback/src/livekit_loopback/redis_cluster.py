@@ -13,13 +13,12 @@ and :meth:`RedisCluster.start` returns once every node reports
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 from pathlib import Path
 from types import TracebackType
 
-from .redis_server import RedisServer, RedisUnavailable, free_port
+from .redis_server import RedisServer, RedisUnavailable, _inline_reply, free_port
 
 __all__ = ["RedisClusterServer", "find_redis_cli"]
 
@@ -116,21 +115,5 @@ class RedisClusterServer:
 
 
 async def _cluster_ok(port: int) -> bool:
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError:
-        return False
-    try:
-        writer.write(b"CLUSTER INFO\r\n")
-        await writer.drain()
-        header = await asyncio.wait_for(reader.readline(), 1.0)
-        if not header.startswith(b"$"):
-            return False
-        body = await asyncio.wait_for(reader.readexactly(int(header[1:]) + 2), 1.0)
-        return b"cluster_state:ok" in body
-    except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
-        return False
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+    reply = await _inline_reply(port, b"CLUSTER INFO")
+    return reply is not None and b"cluster_state:ok" in reply

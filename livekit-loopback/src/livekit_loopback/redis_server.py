@@ -152,17 +152,26 @@ def _free_port() -> int:
 
 
 async def _answers(port: int) -> bool:
+    reply = await _inline_reply(port, b"PING")
+    return reply is not None and reply.startswith(b"+PONG")
+
+
+async def _inline_reply(port: int, command: bytes) -> bytes | None:
+    """The reply to one inline ``command`` sent to ``port`` on 127.0.0.1: a status line,
+    or a bulk string's body; ``None`` when nothing answers within a second."""
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except OSError:
-        return False
+        return None
     try:
-        writer.write(b"PING\r\n")
+        writer.write(command + b"\r\n")
         await writer.drain()
         line = await asyncio.wait_for(reader.readline(), 1.0)
-        return line.startswith(b"+PONG")
-    except (OSError, asyncio.TimeoutError):
-        return False
+        if not line.startswith(b"$"):
+            return line
+        return await asyncio.wait_for(reader.readexactly(int(line[1:]) + 2), 1.0)
+    except (OSError, ValueError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        return None
     finally:
         writer.close()
         with contextlib.suppress(OSError):
