@@ -114,9 +114,9 @@ class Snippet:
     @property
     def needs_agents(self) -> bool:
         return any(
-            module == "livekit.agents"
+            module in {"livekit.agents", "livekit_lifecycle.agents"}
             or module.startswith("livekit.agents.")
-            or (module == "livekit" and "agents" in names)
+            or (module in {"livekit", "livekit_lifecycle"} and "agents" in names)
             for module, names in self.imports()
         )
 
@@ -170,7 +170,7 @@ def _param(snippet: Snippet) -> object:
 
 def _skip_without_agents(snippet: Snippet) -> None:
     if snippet.needs_agents and not HAS_AGENTS:
-        pytest.skip("the snippet imports livekit.agents, which is not installed")
+        pytest.skip("the snippet needs livekit.agents, which is not installed")
 
 
 # --------------------------------------------------------------------------- the conventions
