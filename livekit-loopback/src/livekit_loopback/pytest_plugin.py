@@ -83,13 +83,14 @@ repository uses it for Graphviz).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import pytest
 import pytest_asyncio
@@ -326,6 +327,26 @@ async def browser_client(
         await pages.stop()
 
 
+_Redis = TypeVar("_Redis", "RedisServer", "RedisClusterServer")
+
+
+@contextlib.asynccontextmanager
+async def _running_redis(server: _Redis) -> AsyncIterator[_Redis]:
+    """Start ``server`` for one test; a start that fails skips (fails under REQUIRE_REDIS)."""
+    from .redis_server import RedisUnavailable
+
+    try:
+        await server.start()
+    except RedisUnavailable as exc:
+        if os.environ.get(REQUIRE_REDIS_ENV) == "1":
+            pytest.fail(f"{REQUIRE_REDIS_ENV}=1 but {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
 @pytest_asyncio.fixture
 async def redis_server(
     request: pytest.FixtureRequest, tmp_path: Path
@@ -337,17 +358,8 @@ async def redis_server(
         find_redis_server()
     except RedisUnavailable as exc:
         skip_missing(request, [REDIS_SERVER], str(exc))
-    server = RedisServer(tmp_path / "redis")
-    try:
-        await server.start()
-    except RedisUnavailable as exc:
-        if os.environ.get(REQUIRE_REDIS_ENV) == "1":
-            pytest.fail(f"{REQUIRE_REDIS_ENV}=1 but {exc}")
-        pytest.skip(str(exc))
-    try:
+    async with _running_redis(RedisServer(tmp_path / "redis")) as server:
         yield server
-    finally:
-        await server.stop()
 
 
 @pytest_asyncio.fixture
@@ -363,17 +375,8 @@ async def redis_cluster(
         find_redis_cli()
     except RedisUnavailable as exc:
         skip_missing(request, [REDIS_SERVER], str(exc))
-    cluster = RedisClusterServer(tmp_path / "redis-cluster")
-    try:
-        await cluster.start()
-    except RedisUnavailable as exc:
-        if os.environ.get(REQUIRE_REDIS_ENV) == "1":
-            pytest.fail(f"{REQUIRE_REDIS_ENV}=1 but {exc}")
-        pytest.skip(str(exc))
-    try:
+    async with _running_redis(RedisClusterServer(tmp_path / "redis-cluster")) as cluster:
         yield cluster
-    finally:
-        await cluster.stop()
 
 
 @pytest_asyncio.fixture
