@@ -17,6 +17,7 @@ instead and does no store work at all. The manager calls in at four seams:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -42,11 +43,16 @@ PERSISTENCE_STATS = (
     "sessions_restored",
     "sessions_expired_while_away",
     "store_records_skipped",
+    "store_restores_deferred",
 )
 """The counters a durable store adds to ``LifecycleManager.stats``."""
 
-_STORE_TIMEOUT = 5.0
-"""Seconds the restore's load may take before the store counts as unavailable."""
+_HOLD_FOR = 3.0
+"""Seconds room events wait for the stored sessions before the manager goes on in memory."""
+_LOAD_TIMEOUT = 5.0
+"""Seconds one load may take before it is abandoned (and retried)."""
+_RETRY_FIRST = 0.05
+_RETRY_MAX = 5.0
 _BOUND = (State.CONNECTING, State.ACTIVE, State.RECONNECTED)
 
 
@@ -72,10 +78,17 @@ class Persistence:
         """Session key -> the conversation written with that session's record (the
         linked AgentSession's, kept by :mod:`._conversation`; restored records' too)."""
         self._restore_task: asyncio.Task[None] | None = None
+        """Loads while room events are held: one of the manager's tracked tasks."""
+        self._retry_task: asyncio.Task[None] | None = None
+        """Retries the load after the hold, untracked (``idle()`` does not wait for it)."""
         self._interrupted: set[str] = set()
         """Restored sessions whose cleanup a dead process had claimed: claim() takes it over."""
         self._held: list[Callable[[], None]] | None = None
         self._restored = False
+        self._seen: set[str] = set()
+        """Keys of the sessions made in memory before the restore answered (merged then)."""
+        self.hold_for = _HOLD_FOR
+        """Seconds room events wait for the restore before the manager goes on in memory."""
 
     # ------------------------------------------------------------------ restore
 
@@ -92,7 +105,8 @@ class Persistence:
     def begin(self) -> bool:
         """Start restoring the attached, connected room once; True while that is under way.
 
-        The caller skips its reconcile then: the restore reconciles when it is done.
+        The caller skips its reconcile then: the restore reconciles when it is done
+        (or when it stops holding events and the manager goes on in memory).
         """
         if self._restored:
             return False
@@ -105,10 +119,11 @@ class Persistence:
                 self._restore(), name="livekit-lifecycle:restore"
             )
             self._manager._track(self._restore_task)
-        return True
+        return self._held is not None
 
     async def restored(self, timeout: float) -> None:
-        """Wait (at most ``timeout`` s) until the stored sessions are loaded and rebuilt."""
+        """Wait (at most ``timeout`` s) until the stored sessions are loaded and rebuilt,
+        or until the manager stopped holding events and went on in memory."""
         if self._restore_task is None and not self._restored:
             await asyncio.sleep(0)  # an adoption deferred to the loop's next turn starts it
         task = self._restore_task
@@ -116,34 +131,131 @@ class Persistence:
             await asyncio.wait({task}, timeout=timeout)
 
     async def _restore(self) -> None:
+        """Load the room's records while room events are held (at most ``hold_for`` s).
+
+        A tracked task (``idle()`` and shutdown wait for it): it ends when the
+        records are rebuilt, or when the hold ends with the store still silent.
+        Then the manager goes on in memory (:meth:`_go_on_in_memory`) and an
+        untracked task (:meth:`_retry`) goes on retrying the load; what it finally
+        reads is merged (:meth:`_merge`).
+        """
         manager = self._manager
         room = manager._room_name() or ""
-        records: list[SessionRecord] = []
+        loop = asyncio.get_running_loop()
+        load = _Load(self, room)
         try:
-            records = await asyncio.wait_for(
-                self._store.load(room, skipped=self._skipped), _STORE_TIMEOUT
-            )
+            records = await load.until(loop.time() + self.hold_for)
         except asyncio.CancelledError:
             self._held = None
+            load.abandon()
             raise
-        except Exception as exc:
-            # Start fresh, in memory; the writer ends the outage when the store answers.
-            self.writer.failed("load", exc)
-        else:
-            self.writer.succeeded()
+        if records is None:
+            self._go_on_in_memory(room, load.why)
+            if not manager._closing:
+                self._retry_task = loop.create_task(
+                    self._retry(load), name="livekit-lifecycle:restore-retry"
+                )
+            return
         held, self._held = self._held or [], None
+        self._loaded(room, records, merge=False)
+        if manager._closing:
+            return
+        manager._reconcile()
+        for replay in held:
+            replay()
+
+    async def _retry(self, load: _Load) -> None:
+        """The load retried in the background (backoff up to 5 s) until the store answers.
+
+        Not one of the manager's tracked tasks: ``idle()`` does not wait for a store
+        that is down. Cancelled and awaited by :meth:`aclose`.
+        """
+        try:
+            records = await load.until(None)
+        except asyncio.CancelledError:
+            load.abandon()
+            raise
+        assert records is not None
+        self._loaded(load.room, records, merge=True)
+
+    def _loaded(self, room: str, records: list[SessionRecord], *, merge: bool) -> None:
+        """The store answered: rebuild (or merge) the sessions, then start writing."""
+        manager = self._manager
+        self.writer.succeeded()
         self._restored = True
         if manager._closing:
             return
         try:
-            self._rebuild(records)
+            if merge:
+                self._merge(records)
+            else:
+                self._rebuild(records)
         except Exception:
             manager._stats["internal_errors"] += 1
             manager._log.error("store.restore_failed", category="store", room=room, exc_info=True)
+        self.writer.start()
+
+    def _go_on_in_memory(self, room: str, why: str) -> None:
+        """Stop holding events: the manager works in memory until the store answers.
+
+        Nothing is written meanwhile (the writer starts after the merge), so the
+        stored sessions of users this manager has not seen are never overwritten.
+        """
+        manager = self._manager
+        held, self._held = self._held or [], None
+        manager._stats["store_restores_deferred"] += 1
+        manager._log.warning(
+            "store.restore_deferred",
+            category="store",
+            room=room,
+            store=repr(self._store),
+            held_for=self.hold_for,
+            held_events=len(held),
+            error=why,
+        )
+        if manager._closing:
+            return
         manager._reconcile()
         for replay in held:
             replay()
-        self.writer.start()
+
+    def _merge(self, records: list[SessionRecord]) -> None:
+        """Records read after the manager went on in memory, merged into what it has.
+
+        A key it never saw is restored as usual. A key it saw meanwhile keeps its
+        live session (state, connection, counters), which takes the stored
+        ``user_id`` when it has none and every stored ``data`` key it has not set;
+        a key it saw and has removed since is deleted from the store.
+        """
+        manager = self._manager
+        unseen = []
+        for record in records:
+            session = manager._sessions.get(record.key)
+            if record.key not in self._seen:
+                unseen.append(record)
+            elif session is None or record.state == State.REMOVED.value:
+                self.writer.mark(record.key)  # gone here: deleted there
+            else:
+                if session._user_id is None:
+                    session._user_id = record.user_id
+                session._data.update(
+                    {k: v for k, v in record.data.items() if k not in session._data}
+                )
+                if record.conversation is not None:
+                    self.conversations.setdefault(record.key, record.conversation)
+                self.writer.mark(record.key)
+                manager._log_session(
+                    logging.INFO,
+                    "session.merged",
+                    "session",
+                    session,
+                    user_id=session._user_id,
+                    stored_state=record.state,
+                    stored_sid=record.sid,
+                    written_by=record.owner,
+                )
+        self._seen.clear()
+        self._rebuild(unseen)
 
     def _rebuild(self, records: list[SessionRecord]) -> None:
         """Sessions as the records left them, then brought in line with who is in the room."""
@@ -257,6 +369,8 @@ class Persistence:
 
     def observe(self, session: Session) -> None:
         """Give ``session`` a checked ``data`` whose every change is written behind."""
+        if not self._restored:
+            self._seen.add(session._key)  # made in memory: merged when the store answers
         session._data = SessionData.observed(
             functools.partial(self.writer.mark, session._key), session._data
         )
@@ -369,13 +483,17 @@ class Persistence:
 
     def stop_restoring(self) -> None:
         """Shutdown began: a restore still loading is abandoned (held events with it)."""
-        task = self._restore_task
-        if task is not None and not task.done():
-            task.cancel()
+        for task in (self._restore_task, self._retry_task):
+            if task is not None and not task.done():
+                task.cancel()
 
     async def aclose(self, timeout: float) -> None:
         """Write what is left (at most ``timeout`` s), then stop the writer."""
         self.stop_restoring()
+        retry, self._retry_task = self._retry_task, None
+        if retry is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await retry
         flushed = await self.writer.aclose(timeout)
         if not flushed:
             self._manager._log.warning(
@@ -384,3 +502,70 @@ class Persistence:
                 room=self._manager._room_name(),
                 store=repr(self._store),
             )
+
+
+class _Load:
+    """The room's load, attempted until the store answers, with backoff.
+
+    One attempt is in flight at a time; an attempt still running when the hold
+    ends is kept, not restarted (a slow store's late answer is merged). One that
+    has not answered in ``_LOAD_TIMEOUT`` s is abandoned (its answer, if it ever
+    comes, is dropped): a client slow to honour a cancellation stretches nothing.
+    """
+
+    def __init__(self, persistence: Persistence, room: str) -> None:
+        self._persistence = persistence
+        self.room = room
+        self.why = "the store has not answered"
+        """The last failure, for the log line of the hold's end."""
+        self._attempt: asyncio.Task[list[SessionRecord]] | None = None
+        self._give_up_at = 0.0
+        self._retry = _RETRY_FIRST
+
+    async def until(self, deadline: float | None) -> list[SessionRecord] | None:
+        """The records; None when ``deadline`` (loop time; None: never) passes first."""
+        loop = asyncio.get_running_loop()
+        persistence = self._persistence
+        while True:
+            if self._attempt is None:
+                self._attempt = loop.create_task(
+                    persistence._store.load(self.room, skipped=persistence._skipped)
+                )
+                self._attempt.add_done_callback(_retrieve)
+                self._give_up_at = loop.time() + _LOAD_TIMEOUT
+            attempt = self._attempt
+            held_up = deadline is not None and deadline < self._give_up_at
+            until = deadline if held_up and deadline is not None else self._give_up_at
+            await asyncio.wait({attempt}, timeout=max(until - loop.time(), 0.0))
+            if not attempt.done():
+                if held_up:
+                    return None  # still loading: the caller goes on, the attempt too
+                attempt.cancel()
+                error: BaseException = TimeoutError(f"no answer in {_LOAD_TIMEOUT:g} s")
+            elif attempt.cancelled():
+                error = asyncio.CancelledError("the load was cancelled")
+            elif (failure := attempt.exception()) is not None:
+                error = failure
+            else:
+                self._attempt = None
+                return attempt.result()
+            self._attempt = None
+            persistence.writer.failed("load", error)
+            self.why = f"{type(error).__name__}: {error}"
+            wait, self._retry = self._retry, min(self._retry * 2, _RETRY_MAX)
+            if deadline is not None:
+                wait = min(wait, max(deadline - loop.time(), 0.0))
+            await asyncio.sleep(wait)
+            if deadline is not None and loop.time() >= deadline:
+                return None
+
+    def abandon(self) -> None:
+        if self._attempt is not None:
+            self._attempt.cancel()
+            self._attempt = None
+
+
+def _retrieve(task: asyncio.Task[list[SessionRecord]]) -> None:
+    # An abandoned load's error is not news (the outage is logged): retrieved, not reported.
+    if not task.cancelled():
+        task.exception()

@@ -111,6 +111,9 @@ async def settled(manager: LifecycleManager) -> None:
     await manager.idle()
     persist = manager._persist
     assert persist is not None
+    # A restore deferred while the store was down is retried in the background (not
+    # what idle() waits for); nothing is written before it has answered.
+    await until(lambda: persist._restored, "the stored sessions loaded or merged")
     assert await persist.writer.flush(WAIT), "the store never caught up"
 
 
@@ -324,7 +327,10 @@ async def test_redis_down_at_start_then_back(
     await redis_server.kill()
     caplog.set_level(logging.INFO, "livekit_lifecycle")
     manager = fleet.manager(driver.room, store=fleet.store(timeout=0.3))
+    assert manager._persist is not None
+    manager._persist.hold_for = 0.5  # then in memory, merged when the store is back
     await manager.idle()
+    assert manager.stats["store_restores_deferred"] == 1
     for n in range(5):
         driver.connect(f"u{n}", active=True)
         manager.set_user_id(f"u{n}", f"id-{n}")
