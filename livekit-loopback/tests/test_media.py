@@ -88,6 +88,47 @@ async def test_each_published_tone_reaches_the_subscriber_unchanged(
     assert view is not None and view.subscribed == {low_pub.sid, high_pub.sid}
 
 
+@pytest.fixture
+def slow_subscriber_dtls(monkeypatch: pytest.MonkeyPatch) -> float:
+    """The server's side of each subscriber PeerConnection takes this long over its DTLS handshake.
+
+    The server offers a two-PC client's subscriber PeerConnection and is its
+    DTLS server; the client's ``connect`` does not wait for that connection.
+    Fault injection: held in ``connecting`` this long, so tracks are
+    negotiated on it before it connects.
+    """
+    from aiortc.rtcdtlstransport import RTCDtlsTransport, State
+
+    delay = 2.0
+    original = RTCDtlsTransport._recv_next
+    slowed: set[int] = set()
+
+    async def slow(self: RTCDtlsTransport) -> None:
+        if self.state == "connecting" and self._role == "server" and id(self) not in slowed:
+            slowed.add(id(self))
+            await asyncio.sleep(delay)
+        if self._state != State.CLOSED:
+            await original(self)
+
+    monkeypatch.setattr(RTCDtlsTransport, "_recv_next", slow)
+    return delay
+
+
+async def test_tracks_negotiated_before_the_subscriber_connection_connects_are_sent(
+    loopback_server: LoopbackServer, slow_subscriber_dtls: float
+) -> None:
+    """aiortc starts a sender only if its DTLS is connected when the description is applied."""
+    listener, events = await _listener(loopback_server, single_pc=False)
+    user = await loopback_server.connect("alice", ROOM, options=_options(True))
+    async with Tone(440) as tone:
+        sid = (await user.local_participant.publish_track(tone.track, MIC)).sid
+        await events.wait_for("track_subscribed", track=sid)
+        view = loopback_server._service.find(ROOM, "listener")
+        assert view.downlink is not None and view.downlink.peer.state == "connecting"
+        samples = await record(_track(listener, "alice", sid), seconds=0.5, timeout=WAIT)
+    assert abs(dominant_frequency(samples) - 440) < PITCH_TOLERANCE
+
+
 @contextlib.asynccontextmanager
 async def _camera(rgb: tuple[int, int, int]) -> AsyncIterator[rtc.LocalVideoTrack]:
     """A small camera track showing one colour, 15 frames a second."""

@@ -41,6 +41,9 @@ _LOST_STATES = ("failed", "closed")
 RELIABLE = "_reliable"
 LOSSY = "_lossy"
 
+_AIORTC_CONNECT = "_RTCPeerConnection__connect"
+"""aiortc's pass that starts ICE, DTLS, SCTP and the senders and receivers (name-mangled)."""
+
 _UNSENT_LIMIT = 1000
 """Reliable packets kept for a data channel that is not open yet."""
 
@@ -84,6 +87,7 @@ class Peer:
         self._connected_once = False
         self._closed = False
         self._ended = asyncio.Event()
+        self._starting: set[asyncio.Task[None]] = set()
         self._log = get_logger().bind(peer=label)
         self._pc.on("connectionstatechange", self._state_changed)
         self._pc.on("track", self._track)
@@ -105,12 +109,36 @@ class Peer:
         self._log.debug("peer.state", state=state)
         if state in ("closed", "failed"):
             self._ended.set()
+        if state == "connected" and not self._closed:
+            self._start_media()
         if state in _CONNECT_STATES and not self._connected_once:
             self._connected_once = True
             try:
                 self._on_connected()
             except Exception:
                 self._log.exception("peer.callback_failed", callback=describe(self._on_connected))
+
+    def _start_media(self) -> None:
+        """Start the senders and receivers aiortc skipped while DTLS was connecting.
+
+        After each description aiortc starts the senders and receivers of
+        the sections that carry media, but only if DTLS is connected by
+        then; the one pass that waits for DTLS to connect started only what
+        was there when it began. So a track negotiated while the connection
+        was still connecting (a two-PC client's subscriber PeerConnection,
+        which its ``connect`` does not wait for) was never sent: the
+        subscriber heard silence. aiortc's own pass, run again now, starts
+        what it skipped (it starts nothing twice).
+        """
+        connect = getattr(self._pc, _AIORTC_CONNECT)
+        task = asyncio.ensure_future(connect())
+        self._starting.add(task)
+        task.add_done_callback(self._started)
+
+    def _started(self, task: asyncio.Task[None]) -> None:
+        self._starting.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._log.warning("peer.media_start_failed", error=repr(task.exception()))
 
     def _track(self, track: MediaStreamTrack) -> None:
         if self._on_track is None:
@@ -307,6 +335,8 @@ class Peer:
         if self._closed:
             return
         self._closed = True
+        for task in list(self._starting):
+            task.cancel()
         # Shielded: aiortc may be closing the connection itself already (the
         # client closed DTLS), and cancelling a wait on that close would
         # cancel aiortc's own completion future under it.
