@@ -47,13 +47,13 @@ def test_the_runtime_knows_exactly_the_charts_inputs() -> None:
 
 
 def test_the_runtime_dispatch_and_categories_come_from_the_chart() -> None:
-    manager = LifecycleManager()
+    runtime = LifecycleManager()._runtime
     for inp in CHART.inputs:
         kind = InputKind(inp.name)
-        assert manager._dispatch[kind] == CHART.input_triggers()[inp.name]
-        assert manager._input_category[kind] == inp.category
-        assert manager._duplicate_in[kind] == inp.duplicate_in
-    assert manager._connected == CHART.group("connected")
+        assert runtime._dispatch[kind] == CHART.input_triggers()[inp.name]
+        assert runtime.input_category(kind) == inp.category
+        assert runtime._duplicate_in[kind] == inp.duplicate_in
+    assert runtime.connected == CHART.group("connected")
 
 
 def test_a_new_state_appears_in_the_tables_and_its_groups() -> None:

@@ -130,6 +130,7 @@ EXPORTS: dict[str, list[str]] = {
         "BOUND",
         "CLEANED",
         "CONNECTED",
+        "Activity",
         "ChartInput",
         "Edge",
         "Guard",

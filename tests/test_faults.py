@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State, Transition
+from livekit_lifecycle._view import InternalView
 from livekit_lifecycle.invariants import InvariantChecker, check_closed, check_manager, raise_for
 from livekit_lifecycle.manager import _SHUTDOWN_SLACK
 from livekit_lifecycle.testing import RoomDriver
@@ -42,7 +43,7 @@ def scenario(caplog: pytest.LogCaptureFixture, body: Scenario, **config: Any) ->
             await settle()
             raise_for(check_closed(manager))
             checker[0].raise_if_violated()
-            assert not manager._abandoned, manager._abandoned
+            assert not manager._supervisor.abandoned, manager._supervisor.abandoned
             left = asyncio.all_tasks() - {asyncio.current_task()}
             assert not left, f"tasks left: {left}"
 
@@ -177,8 +178,8 @@ def test_sync_cleanups_due_in_the_same_turn_are_isolated_from_each_other(
         for name in users:
             driver.disconnect(name)
         # All three are due on the loop's next turn: one loop callback runs them.
-        batch = manager._cleanup_batch
-        assert batch is not None and [s.key for s in batch[0]] == list(users)
+        batch = manager._runtime._batch
+        assert batch is not None and [s.key for s, _ in batch[0]] == list(users)
         for name in users:
             session = await manager.wait_for(name, State.GRACE, 1)
             assert session.cleanups == 1
@@ -273,7 +274,7 @@ def test_a_cleanup_ignoring_cancellation_is_abandoned_not_awaited(
         driver.disconnect("alice")
         await manager.wait_for("alice", State.GRACE, 60)
         assert clock().time() - started == pytest.approx(5.0)
-        assert len(manager._abandoned) == 1 and finished == []
+        assert len(manager._supervisor.abandoned) == 1 and finished == []
 
     scenario(caplog, body, grace_period=30, cleanup_timeout=5)
     assert finished == ["alice"]  # aclose() cancelled it again; scenario() saw no task left
@@ -565,7 +566,7 @@ def test_cancelling_a_task_awaiting_wait_for_leaves_the_manager_intact(
         release.set()
         session = await other  # the other waiter still gets its answer
         assert session.state is State.GRACE and session.cleanups == 1
-        assert manager._waiters == {}
+        assert InternalView(manager).waiter_count == 0
 
     scenario(caplog, body, grace_period=30)
 
@@ -587,7 +588,7 @@ def test_cancelling_a_task_awaiting_idle_leaves_the_manager_intact(
         idler.cancel()
         with pytest.raises(asyncio.CancelledError):
             await idler
-        assert len(manager._tasks) == 1  # the runner goes on
+        assert len(InternalView(manager).tasks) == 1  # the runner goes on
         release.set()
         await manager.idle()
         assert manager.state_of("alice") is State.GRACE

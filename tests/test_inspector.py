@@ -135,7 +135,9 @@ async def test_rows_stay_after_removal_and_the_source_protocol_holds(
         ), inspector.rows()
     finally:
         await inspector.aclose()
-    assert not manager._listening["state_changed"]  # the source let go of the manager
+    assert not manager._notifier.listeners.by_name[
+        "state_changed"
+    ]  # the source let go of the manager
 
 
 async def test_the_default_chart_is_shown_without_graphviz(

@@ -12,6 +12,8 @@ import pytest
 from livekit import rtc
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State, Transition
+from livekit_lifecycle._bookkeeping import record
+from livekit_lifecycle._view import InternalView
 from livekit_lifecycle.invariants import (
     INVARIANTS,
     InvariantChecker,
@@ -127,28 +129,28 @@ async def _missed_cleanup(m: LifecycleManager, d: RoomDriver) -> list[Violation]
 
 async def _dead_timer(m: LifecycleManager, d: RoomDriver) -> list[Violation]:
     session = await _in_grace(m, d)
-    assert session._grace_timer is not None
-    session._grace_timer.cancel()
+    (timer,) = InternalView(m).timers(session)
+    timer.cancel()
     return check_session(m, session)
 
 
 async def _stray_timer(m: LifecycleManager, d: RoomDriver) -> list[Violation]:
     d.connect("alice", active=True)
     session = await _session(m)
-    session._grace_timer = asyncio.get_running_loop().call_later(1, lambda: None)
+    record(session).timers = (asyncio.get_running_loop().call_later(1, lambda: None),)
     return check_session(m, session)
 
 
 async def _tracks_in_grace(m: LifecycleManager, d: RoomDriver) -> list[Violation]:
     session = await _in_grace(m, d)
-    session._tracks.add("TR_stale")
+    session._tracks = {"TR_stale"}
     return check_session(m, session)
 
 
 async def _tracks_while_connecting(m: LifecycleManager, d: RoomDriver) -> list[Violation]:
     d.connect("alice")
     session = await _session(m)
-    session._tracks.add("TR_x")
+    session._tracks = {"TR_x"}
     return check_session(m, session)
 
 
@@ -163,7 +165,7 @@ async def _pending_while_active(m: LifecycleManager, d: RoomDriver) -> list[Viol
     other = d.connect("bob")
     d.connect("alice", active=True)
     session = await _session(m)
-    session._pending = other
+    record(session).pending = other
     return check_session(m, session)
 
 
@@ -189,13 +191,13 @@ async def _removed_but_stored(m: LifecycleManager, d: RoomDriver) -> list[Violat
 
 async def _busy_when_idle(m: LifecycleManager, d: RoomDriver) -> list[Violation]:
     d.connect("alice")
-    (await _session(m))._busy = True
+    m._runtime._busy.add(await _session(m))
     return check_manager(m, idle=True)
 
 
 async def _phantom_track(m: LifecycleManager, d: RoomDriver) -> list[Violation]:
     d.connect("alice", active=True)
-    (await _session(m))._tracks.add("TR_never_published")
+    (await _session(m))._tracks = {"TR_never_published"}
     return check_manager(m, idle=True)
 
 
@@ -291,7 +293,7 @@ def test_the_checker_catches_a_violation_at_the_transition_that_causes_it() -> N
             driver.connect("bob", active=True)
             assert len(checker.violations) == seen  # no longer listening
             checker.violations.clear()
-            manager._cleanups.clear()
+            manager._cleanup.callbacks.clear()
             await manager.aclose()
 
     run(main)

@@ -43,6 +43,7 @@ from livekit import rtc
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, Transition
 from livekit_lifecycle._events import Input
+from livekit_lifecycle._view import InternalView
 from livekit_lifecycle.testing import RoomDriver
 from livekit_lifecycle.testing.virtual_time import run
 
@@ -157,7 +158,11 @@ async def measure(cycles: int, *, leak: bool = False) -> Measurement:
         after = census()
         grown = sys.getallocatedblocks() - blocks
         assert runner.cleaned == 2 * cycles  # two connections per cycle, each cleaned once
-        assert manager.sessions == {} and manager._by_sid == {} and manager._tasks == set()
+        assert (
+            manager.sessions == {}
+            and InternalView(manager).by_sid == {}
+            and InternalView(manager).tasks == set()
+        )
         assert driver.room.remote_participants == {}
         await manager.aclose()
         return Measurement(cycles, before, after, grown, window)

@@ -10,6 +10,7 @@ from livekit import rtc
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, Session, State
 from livekit_lifecycle._events import InputKind
+from livekit_lifecycle._view import InternalView
 from livekit_lifecycle.testing import RoomDriver
 from tests.conftest import MakeManager, gate_cleanup, path
 
@@ -259,7 +260,7 @@ async def test_reconnect_inside_the_window_keeps_the_session(
     assert old_track not in session.tracks and session.tracks == frozenset()
     assert (session.reconnects, session.cleanups, session.connections) == (1, 1, 2)
     assert session.disconnected_at is None and session.disconnect_reason is None
-    assert session._grace_timer is None  # the invariant behind the next test
+    assert InternalView(manager).timers(session) == ()  # the invariant behind the next test
     # The reconnect was queued behind the cleanup; by the time it ran, the SDK
     # had already marked the new participant ACTIVE, so resume goes straight there.
     assert path(session)[-3:] == [
@@ -587,7 +588,9 @@ async def test_events_after_shutdown_are_ignored(driver: RoomDriver) -> None:
         manager.attach(driver.room)
     room_handlers_left = sum(len(v) for v in driver.room._events.values())
     assert room_handlers_left == 0
-    driver.room.on("participant_connected", lambda p: manager._submit(InputKind.CONNECTED, p))
+    driver.room.on(
+        "participant_connected", lambda p: manager._intake.submit(InputKind.CONNECTED, p)
+    )
     driver.connect("alice")
     assert manager.sessions == {} and manager.stats["ignored_after_close"] == 1
     with pytest.raises(RuntimeError, match="closed"):
@@ -694,7 +697,7 @@ async def test_wait_for_times_out_with_a_clear_error(
     with pytest.raises(ValueError, match="nowhere"):
         await manager.wait_for("alice", "nowhere", timeout=0.01)
     assert await manager.wait_for("alice", "connecting") is manager.get("alice")
-    assert manager._waiters == {}
+    assert InternalView(manager).waiter_count == 0
 
 
 async def test_attach_before_connect_adopts_who_was_already_there() -> None:

@@ -205,7 +205,7 @@ def record_edges(manager: LifecycleManager, chart: Statechart) -> list[tuple[Ses
         fired.append((event_data.model, edge))
 
     for trigger in chart.triggers:
-        event = manager._machine.events[trigger]
+        event = manager._runtime.machine.events[trigger]
         for source in chart.states:
             edges = [e for e in chart.edges if e.trigger == trigger and e.source is source]
             built = event.transitions.get(source.name, [])
@@ -214,7 +214,8 @@ def record_edges(manager: LifecycleManager, chart: Statechart) -> list[tuple[Ses
             )
             for edge, transition in zip(edges, built, strict=True):
                 transition.add_callback("after", functools.partial(note, edge))
-    manager._machine.freeze()  # the lean machine compiles its callbacks: recompile with ours
+    # The lean machine compiles its callbacks: recompile with ours.
+    manager._runtime.machine.freeze()
     return fired
 
 

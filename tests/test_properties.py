@@ -56,6 +56,7 @@ from livekit_lifecycle import (
     State,
     Transition,
 )
+from livekit_lifecycle._view import InternalView
 from livekit_lifecycle.invariants import (
     InvariantChecker,
     check_closed,
@@ -187,9 +188,10 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     def connect_queued(self) -> bool:
         return any(
-            inp.kind.value == "participant_connected"
-            for session in self.manager._sessions.values()
-            for inp in session._queue or ()
+            inp.kind == "participant_connected"
+            for session in self.manager.sessions.values()
+            if session._record is not None
+            for inp in session._record.queue or ()
         )
 
     # ------------------------------------------------------------------ callbacks and listeners
@@ -268,7 +270,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         elif trigger == "shutdown" and not (self.manager.closed and self.closing):
             self.problems.append(f"{session.key} shut down while the manager is open")
         elif trigger == "takeover":
-            old, new = session.participant, session._pending
+            old, new = session.participant, InternalView(self.manager).pending(session)
             if old is None or new is None:
                 self.problems.append(f"takeover of {session.key} without both connections")
             elif self.join_order.get(id(new), -1) < self.join_order.get(id(old), -1):
@@ -503,11 +505,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         raise_for(check_closed(self.manager))
         others = asyncio.all_tasks() - {asyncio.current_task()}
         assert not others, f"tasks leaked: {others}"
-        assert not self.manager._abandoned
+        assert not self.manager._supervisor.abandoned
+        view = InternalView(self.manager)
         for session in self.seen:
             assert session.state is State.REMOVED, session
-            assert session._grace_timer is None and session._participant is None, session
-            assert not session._busy and session._queue is None, session
+            assert view.timers(session) == () and session.participant is None, session
+            assert not view.busy(session) and view.queued(session) == 0, session
         # Every connection bound to a session was cleaned exactly once, and
         # every cleanup callback ran exactly once for it.
         assert self.cleaned == self.bound, (self.bound, self.cleaned)

@@ -51,7 +51,7 @@ def test_state_values_are_the_public_names() -> None:
 
 
 def test_the_runtime_machine_has_exactly_the_charts_edges() -> None:
-    machine = LifecycleManager()._machine
+    machine = LifecycleManager()._runtime.machine
     built = {
         (name, source, transition.dest)
         for name, event in machine.events.items()

@@ -4,9 +4,11 @@
 each trigger; this module says what they do. Most are plain functions of the
 ``transitions`` event data (``ev.model`` is the session, ``ev.kwargs["input"]``
 the :class:`~livekit_lifecycle._events.Input` that fired the trigger). The
-few that need the manager (its config, its sid index, its log) are closures over it, built once by
+few that need the runtime (its config, its sid index, its log) are closures over it, built once by
 :func:`guards` and :func:`effects`; the runtime machine calls them directly,
-so neither kind costs more than a function call per transition.
+so neither kind costs more than a function call per transition. They are the
+runtime's: the only code besides :mod:`._runtime` that writes a session's fields
+or its bookkeeping record.
 """
 
 from __future__ import annotations
@@ -14,15 +16,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from livekit import rtc
 
+from ._bookkeeping import record
 from ._machine import EventData
 from .session import Session
 from .statechart import State
 
 if TYPE_CHECKING:
+    from ._log import ManagerLog
     from .config import LifecycleConfig
 
 __all__ = ["ActionHost", "bind", "effects", "guards"]
@@ -33,16 +37,13 @@ _SUPERSEDED_LIMIT = 16
 
 
 class ActionHost(Protocol):
-    """What the guards and effects read from the manager that runs them."""
+    """What the guards and effects read from the runtime that runs them."""
 
-    _config: LifecycleConfig
-    _closing: bool
-    _by_sid: dict[str, Session]
-    _connected: tuple[State, ...]
-
-    def _log_session(
-        self, level: int, event: str, category: str, session: Session, **fields: Any
-    ) -> None: ...
+    config: LifecycleConfig
+    closing: bool
+    by_sid: dict[str, Session]
+    connected: tuple[State, ...]
+    log: ManagerLog
 
 
 # ------------------------------------------------------------------ guards
@@ -58,11 +59,13 @@ def is_new_sid(ev: EventData) -> bool:
 
 
 def has_pending_connection(ev: EventData) -> bool:
-    return ev.model._pending is not None
+    rec = ev.model._record
+    return rec is not None and rec.pending is not None
 
 
 def is_current_timer(ev: EventData) -> bool:
-    return bool(ev.kwargs["input"].epoch == ev.model._grace_epoch)
+    rec = ev.model._record
+    return rec is not None and bool(ev.kwargs["input"].epoch == rec.epoch)
 
 
 def participant_is_active(ev: EventData) -> bool:
@@ -76,10 +79,10 @@ def guards(host: ActionHost) -> dict[str, Callable[[EventData], bool]]:
     """Every guard of the chart, by name."""
 
     def grace_allowed(ev: EventData) -> bool:
-        config = host._config
+        config = host.config
         return (
             config.grace_period > 0
-            and not host._closing
+            and not host.closing
             and ev.model._disconnect_reason not in config.no_grace_reasons
         )
 
@@ -104,13 +107,14 @@ def disconnect(ev: EventData) -> None:
 
 def takeover(ev: EventData) -> None:
     session: Session = ev.model
-    superseded = session._superseded
+    rec = record(session)
+    superseded = rec.superseded
     if superseded is None:
-        superseded = session._superseded = {}
+        superseded = rec.superseded = {}
     superseded[session._sid] = None
     if len(superseded) > _SUPERSEDED_LIMIT:
         del superseded[next(iter(superseded))]
-    session._pending = ev.kwargs["input"].participant
+    rec.pending = ev.kwargs["input"].participant
     session._disconnect_reason = None
     session._disconnected_at = time.time()
 
@@ -118,7 +122,7 @@ def takeover(ev: EventData) -> None:
 def cleanup_done(ev: EventData) -> None:
     # Only our references go: the SDK owns the tracks and unpublishes them itself.
     session: Session = ev.model
-    session._tracks.clear()
+    session._tracks = None
     session._participant = None
     session._cleanups += 1
 
@@ -131,9 +135,8 @@ def bind(by_sid: dict[str, Session], session: Session, participant: rtc.RemotePa
     session._identity = session._key if identity == session._key else identity
     session._sid = participant.sid
     session._participant = participant
-    session._tracks.clear()
+    session._tracks = None
     session._reconnects += 1
-    session._connections += 1
     session._connected_at = time.time()
     session._disconnected_at = None
     session._disconnect_reason = None
@@ -142,8 +145,9 @@ def bind(by_sid: dict[str, Session], session: Session, participant: rtc.RemotePa
 
 def effects(host: ActionHost) -> dict[str, Callable[[EventData], None]]:
     """Every trigger's effect, by trigger name (triggers without one are absent)."""
-    by_sid = host._by_sid
-    connected = host._connected
+    by_sid = host.by_sid
+    connected = host.connected
+    log = host.log
 
     def shutdown(ev: EventData) -> None:
         session: Session = ev.model
@@ -152,21 +156,32 @@ def effects(host: ActionHost) -> dict[str, Callable[[EventData], None]]:
             session._disconnected_at = time.time()
 
     def publish_track(ev: EventData) -> None:
+        session: Session = ev.model
         track_sid = ev.kwargs["input"].track_sid
-        ev.model._tracks.add(track_sid)
-        host._log_session(logging.DEBUG, "track.published", "track", ev.model, track=track_sid)
+        tracks = session._tracks
+        if tracks is None:
+            session._tracks = {track_sid}
+        else:
+            tracks.add(track_sid)
+        log.session(logging.DEBUG, "track.published", "track", session, track=track_sid)
 
     def unpublish_track(ev: EventData) -> None:
+        session: Session = ev.model
         track_sid = ev.kwargs["input"].track_sid
-        ev.model._tracks.discard(track_sid)
-        host._log_session(logging.DEBUG, "track.unpublished", "track", ev.model, track=track_sid)
+        tracks = session._tracks
+        if tracks is not None:
+            tracks.discard(track_sid)
+            if not tracks:
+                session._tracks = None
+        log.session(logging.DEBUG, "track.unpublished", "track", session, track=track_sid)
 
     def reconnect(ev: EventData) -> None:
         bind(by_sid, ev.model, ev.kwargs["input"].participant)
 
     def rejoin(ev: EventData) -> None:
         session: Session = ev.model
-        pending, session._pending = session._pending, None
+        rec = record(session)
+        pending, rec.pending = rec.pending, None
         assert pending is not None
         bind(by_sid, session, pending)
 

@@ -11,7 +11,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["Outcome", "Report", "call_bounded", "describe"]
+__all__ = ["Outcome", "Report", "Supervisor", "call_bounded", "describe"]
 
 
 class Outcome(enum.Enum):
@@ -155,3 +155,42 @@ def _equal(a: object, b: object) -> bool:
         return bool(a == b)
     except Exception:  # an argument whose == raises (or is ambiguous) is not the same
         return False
+
+
+class Supervisor:
+    """The work a manager started and waits for, and how long user code may take.
+
+    Shared by a manager's parts: the session runtime and the cleanup activity
+    run callbacks under it, the notifier runs async listeners under it, and the
+    façade's ``idle()`` and shutdown wait on :attr:`tasks`.
+    """
+
+    __slots__ = ("abandoned", "cancelling", "deadline", "tasks", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        """Seconds one callback may take (``config.cleanup_timeout``)."""
+        self.deadline: float | None = None
+        """The shutdown's deadline (loop time) once it started: no callback runs past it."""
+        self.cancelling = False
+        """True while the shutdown cancels work stuck past its deadline."""
+        self.tasks: set[asyncio.Future[Any]] = set()
+        """Activities, async listeners and the restore: what ``idle()`` waits for."""
+        self.abandoned: set[asyncio.Future[Any]] = set()
+        """Timed-out awaitables that ignore their cancellation (see :func:`call_bounded`)."""
+
+    def callback_timeout(self) -> float:
+        """Seconds a callback started now may take: ``timeout``, cut at the deadline."""
+        timeout = self.timeout
+        if self.deadline is not None:
+            timeout = min(timeout, self.deadline - asyncio.get_running_loop().time())
+        return max(timeout, 0.0)
+
+    def track(self, future: asyncio.Future[Any]) -> None:
+        """Count ``future`` as work ``idle()`` and the shutdown wait for, until it is done."""
+        self.tasks.add(future)
+        future.add_done_callback(self.tasks.discard)
+
+    async def run(self, fn: Callable[..., Any], args: tuple[Any, ...], report: Report) -> Outcome:
+        """:func:`call_bounded` under this supervisor's timeout and deadline."""
+        return await call_bounded(fn, args, self.callback_timeout(), report, self.abandoned)

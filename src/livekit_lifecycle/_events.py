@@ -33,7 +33,8 @@ class Input:
     ``__init__`` costs ~3x as much, and one is built per room event.
     """
 
-    kind: InputKind
+    kind: str
+    """An :class:`InputKind`, or the input a chart's delayed edge names (its timer's)."""
     key: str
     sid: str = ""
     participant: rtc.RemoteParticipant | None = None

@@ -1,10 +1,12 @@
-"""Room intake: the room's event handlers, translating each event once into an :class:`Input`.
+"""Room intake: the room's event handlers, turning each event once into an :class:`Input`.
 
-The only module that knows ``rtc.Room`` event names. It finds the session an
-input is for (by sid, else by session key: :meth:`_Intake._key_of`), creates
-sessions, and keeps sessions in line with the room after an attach or a
-reconnect (:meth:`_Intake._reconcile`); everything past routing is the
-runner's (:mod:`._runner`).
+:class:`RoomIntake` is the only object that knows ``rtc.Room`` event names. It
+finds the session an input is for (by sid, else by session key:
+:meth:`RoomIntake.key_of`), creates sessions for new participants, keeps
+sessions in line with the room after an attach or a reconnect
+(:meth:`RoomIntake.reconcile`), and catches a newly bound connection up with
+what it already has (:meth:`RoomIntake.adopt`). Everything past routing is the
+session runtime's (:mod:`._runtime`).
 """
 
 from __future__ import annotations
@@ -12,33 +14,61 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from livekit import rtc
 
 from ._events import Input, InputKind
-from ._runner import _ACTIVE, _Runner
+from ._log import ManagerLog
+from ._runtime import SessionRuntime
 from .config import LifecycleConfig
 from .session import Session, reason_name
-from .statechart import State
 
 if TYPE_CHECKING:
     from ._persistence import Persistence
 
-__all__ = ["session_key"]
+__all__ = ["RoomIntake", "session_key"]
+
+_ACTIVE = rtc.ParticipantState.PARTICIPANT_STATE_ACTIVE
+_CONNECTED = InputKind.CONNECTED
+_ACTIVATE = InputKind.ACTIVE
+_PUBLISHED = InputKind.TRACK_PUBLISHED
 
 
-class _Intake(_Runner):
-    def __init__(self, config: LifecycleConfig | None = None) -> None:
-        super().__init__(config)
+class RoomIntake:
+    """One room's handlers, feeding a :class:`~._runtime.SessionRuntime` (see the module doc)."""
+
+    def __init__(
+        self,
+        config: LifecycleConfig,
+        log: ManagerLog,
+        runtime: SessionRuntime,
+        *,
+        on_room_disconnected: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._log = log
+        self._stats = log.stats
+        self._runtime = runtime
+        self._sessions = runtime.sessions
+        self._by_sid = runtime.by_sid
+        self._on_room_disconnected_cb = on_room_disconnected
+        self._connected = runtime.connected
+        self._cleaned = runtime.chart.group("cleaned") if runtime.chart.groups else ()
+        self.room: rtc.Room | None = None
+        self.last_room: rtc.Room | None = None
+        """The last attached room: a shutdown detaches first, and its logs still need the name."""
+        self.handlers: list[tuple[str, Callable[..., None]]] = []
         self._reconcile_on_connect = False
-        self._persist: Persistence | None = None
-        """A durable store's side (restore, write-behind, claims): see :mod:`._persistence`."""
+        self.persist: Persistence | None = None
+        """A durable store's side (restore, held events): see :mod:`._persistence`."""
 
-    def _register(self, room: rtc.Room, *, adopt_later: bool = False) -> None:
+    def room_name(self) -> str | None:
+        room = self.last_room
+        return None if room is None else room.name
+
+    def register(self, room: rtc.Room, *, adopt_later: bool = False) -> None:
         """Listen to ``room`` and adopt who is already in it (``attach`` checked ``room``).
 
         With ``adopt_later`` the participants already present are adopted on the
@@ -46,12 +76,12 @@ class _Intake(_Runner):
         first), never inside this call: the caller's code that runs before its next
         ``await`` (registering listeners) then sees every notification they cause.
         """
-        self._room = room
-        self._last_room = room
+        self.room = room
+        self.last_room = room
         # Room.connect() fills remote_participants without emitting events, so
         # a room attached before it connects is reconciled once it has.
         self._reconcile_on_connect = not room.isconnected()
-        self._handlers = [
+        self.handlers = [
             ("participant_connected", _room_handler(self._submit, InputKind.CONNECTED)),
             ("participant_active", _room_handler(self._submit, InputKind.ACTIVE)),
             ("participant_disconnected", _room_handler(self._submit, InputKind.DISCONNECTED)),
@@ -62,30 +92,26 @@ class _Intake(_Runner):
             ("disconnected", _room_handler(self._on_room_disconnected)),
             ("connection_state_changed", _room_handler(self._on_connection_state_changed)),
         ]
-        for name, handler in self._handlers:
+        for name, handler in self.handlers:
             room.on(name, handler)  # type: ignore[arg-type]
-        self._info("handlers.registered", "handlers", events=[n for n, _ in self._handlers])
+        self._log.info("handlers.registered", "handlers", events=[n for n, _ in self.handlers])
         loop = _running_loop() if adopt_later else None
         if loop is not None:
             # The same catch-up as for a room that connects later: once, first thing.
             self._reconcile_on_connect = True
             loop.call_soon(self._catch_up)
         else:
-            self._reconcile()
+            self.reconcile()
 
-    def _unregister(self) -> None:
-        room = self._room
+    def unregister(self) -> None:
+        room = self.room
         if room is None:
             return
-        for name, handler in self._handlers:
+        for name, handler in self.handlers:
             room.off(name, handler)  # type: ignore[arg-type]
-        self._handlers = []
-        self._info("handlers.removed", "handlers")
-        self._room = None
-
-    def _start_close(self) -> None:
-        """Begin the shutdown: the manager implements it."""
-        raise NotImplementedError
+        self.handlers = []
+        self._log.info("handlers.removed", "handlers")
+        self.room = None
 
     # ------------------------------------------------------------------ room handlers
 
@@ -109,32 +135,41 @@ class _Intake(_Runner):
         catch-up: the room no longer lists them, yet their connection must be
         adopted to be cleaned (the SDK only reports leaves of known participants).
         """
-        room = self._room
+        room = self.room
         if (
             self._reconcile_on_connect
             and room is not None
             and room.isconnected()
-            and not self._closing
+            and not self._runtime.closing
         ):
             self._reconcile_on_connect = False
-            self._reconcile()
-            holding = self._persist is not None and self._persist.holding
+            self.reconcile()
+            holding = self.persist is not None and self.persist.holding
             if leaving is not None and leaving.sid not in self._by_sid and not holding:
-                self._adopt_unbound(leaving)
+                self.adopt_unbound(leaving)
 
     def _on_room_reconnecting(self) -> None:
-        self._info("room.reconnecting", "connect")
+        self._log.info("room.reconnecting", "connect")
 
     def _on_room_reconnected(self) -> None:
-        self._info("room.reconnected", "connect")
-        self._reconcile()
+        self._log.info("room.reconnected", "connect")
+        self.reconcile()
 
     def _on_room_disconnected(self, reason: int | None = None) -> None:
-        self._info("room.disconnected", "shutdown", reason=reason_name(reason))
-        if self._config.close_on_room_disconnect and not self._closing:
-            self._start_close()
+        self._log.info("room.disconnected", "shutdown", reason=reason_name(reason))
+        if self._config.close_on_room_disconnect and not self._runtime.closing:
+            self._on_room_disconnected_cb()
 
     # ------------------------------------------------------------------ input routing
+
+    def submit(
+        self,
+        kind: InputKind,
+        participant: rtc.RemoteParticipant,
+        publication: rtc.RemoteTrackPublication | None = None,
+    ) -> None:
+        """Handle ``participant``'s event ``kind`` as if the room had emitted it."""
+        self._submit(kind, participant, publication=publication)
 
     def _submit(
         self,
@@ -150,20 +185,22 @@ class _Intake(_Runner):
         """
         if self._reconcile_on_connect:
             self._catch_up(participant if kind is InputKind.DISCONNECTED else None)
-        if self._persist is not None and self._persist.holding:  # stored sessions first
-            self._persist.hold(
+        persist = self.persist
+        if persist is not None and persist.holding:  # stored sessions first
+            persist.hold(
                 functools.partial(self._submit, kind, participant, publication=publication)
             )
             return
-        self._stats["events"] += 1
-        if self._closing:
-            self._stats["ignored_after_close"] += 1
-            self._debug("event.ignored", "handlers", input=kind.value, why="manager closed")
+        stats = self._stats
+        stats["events"] += 1
+        if self._runtime.closing:
+            stats["ignored_after_close"] += 1
+            self._log.debug("event.ignored", "handlers", input=kind.value, why="manager closed")
             return
         try:
             if participant.kind not in self._config.kinds:
-                self._stats["ignored_kind"] += 1
-                self._debug(
+                stats["ignored_kind"] += 1
+                self._log.debug(
                     "event.ignored",
                     "handlers",
                     input=kind.value,
@@ -175,8 +212,8 @@ class _Intake(_Runner):
             if not sid:
                 self._reject(kind, participant, "participant has no sid")
                 return
-            session = None if kind is InputKind.CONNECTED else self._by_sid.get(sid)
-            key = session._key if session is not None else self._key_of(kind, participant)
+            session = None if kind is _CONNECTED else self._by_sid.get(sid)
+            key = session._key if session is not None else self.key_of(kind, participant)
             if key is None:
                 return
             reason = participant.disconnect_reason if kind is InputKind.DISCONNECTED else None
@@ -192,11 +229,12 @@ class _Intake(_Runner):
             self._reject(kind, participant, f"{type(exc).__name__}: {exc}")
             return
         if session is None:
-            self._route(inp)
-        else:  # what _route would find: the session bound to this sid
-            self._feed(session, inp)
+            self.route(inp)
+        else:  # what route would find: the session bound to this sid
+            self._runtime.feed(session, inp)
 
-    def _key_of(self, kind: InputKind, participant: rtc.RemoteParticipant) -> str | None:
+    def key_of(self, kind: InputKind, participant: rtc.RemoteParticipant) -> str | None:
+        """``participant``'s session key; ``None`` (logged, counted) when it has none."""
         key = session_key(self._config, participant)
         if isinstance(key, _BadKey):
             self._reject(kind, participant, key.why)
@@ -207,104 +245,104 @@ class _Intake(_Runner):
         self._stats["rejected_input"] += 1
         self._log.warning(
             "event.rejected",
-            category="handlers",
-            room=self._room_name(),
+            "handlers",
             input=kind.value,
             identity=getattr(participant, "identity", None),
             sid=getattr(participant, "sid", None),
             why=why,
         )
 
-    def _route(self, inp: Input) -> None:
+    def route(self, inp: Input) -> None:
+        """Find ``inp``'s session by sid, else key; a connect with none starts one."""
+        runtime = self._runtime
         session = self._sessions.get(inp.key)
-        if inp.kind is InputKind.CONNECTED:
+        if inp.kind == _CONNECTED:
             if session is None:
-                if self._closing:
+                if runtime.closing:
                     # Queued behind a cleanup when shutdown began: too late to start a session.
                     self._stats["ignored_after_close"] += 1
-                    self._debug("event.ignored", "connect", key=inp.key, why="manager closed")
+                    self._log.debug("event.ignored", "connect", key=inp.key, why="manager closed")
                     return
                 assert inp.participant is not None
-                self._create(inp.key, inp.participant)
+                runtime.create(inp.key, inp.participant)
             else:
-                self._feed(session, inp)
+                runtime.feed(session, inp)
             return
-        if inp.kind in (InputKind.EXPIRE, InputKind.SHUTDOWN):
-            return  # addressed to a session that no longer exists
+        if not inp.sid:
+            return  # a timer's or the shutdown's, for a session that no longer exists
         found = self._by_sid.get(inp.sid) or session
         if found is None:
             self._stats["ignored_stale"] += 1
-            self._debug(
+            self._log.debug(
                 "event.ignored",
-                self._input_category[inp.kind],
-                input=inp.kind.value,
+                runtime.input_category(inp.kind),
+                input=str(inp.kind),
                 key=inp.key,
                 sid=inp.sid,
                 why="no session for this participant",
             )
             return
-        self._feed(found, inp)
+        runtime.feed(found, inp)
 
-    def _create(self, key: str, participant: rtc.RemoteParticipant) -> None:
-        session = Session(key, participant, self._config.history_limit, time.time())
-        if self._persist is not None:
-            self._persist.observe(session)
-        self._sessions[key] = session
-        self._by_sid[session._sid] = session
-        if self._stdlog.isEnabledFor(logging.INFO):
-            self._log_session(logging.INFO, "session.created", "connect", session)
-        if self._waiters:
-            self._resolve_waiters(session)
-        # Busy meanwhile, so events a `created` listener causes wait their turn.
-        session._busy = True
-        try:
-            if self._listening["created"]:
-                self._emit("created", session)
-            self._adopt_isolated(session)
-        finally:
-            session._busy = False
-        queued = session._queue
-        if queued:
-            first = queued.popleft()
-            session._queue = queued or None
-            self._feed(session, first)
+    def adopt(self, session: Session) -> None:
+        """Catch up with what a newly bound participant already has: tracks, ACTIVE state.
 
-    def _reconcile(self) -> None:
+        The runtime's ``on_bound``: applied inside the step that bound it, so the
+        session is ``active`` as soon as the connect that bound it was handled.
+        """
+        participant = session._participant
+        if participant is None:
+            return
+        runtime = self._runtime
+        sid = session._sid  # the participant's: it is the one bound to the session
+        key = session._key
+        for track_sid in list(participant.track_publications):
+            tracks = session._tracks
+            if tracks is None or track_sid not in tracks:
+                runtime.apply(session, Input(_PUBLISHED, key, sid=sid, track_sid=track_sid))
+        if participant.state == _ACTIVE:
+            runtime.apply(session, Input(_ACTIVATE, key, sid=sid))
+
+    def reconcile(self) -> None:
         """Bring sessions in line with ``room.remote_participants`` (attach, room reconnected)."""
-        room = self._room
+        room = self.room
         if room is None:
             return
-        if self._persist is not None and self._persist.begin():
+        if self.persist is not None and self.persist.begin():
             return  # the stored sessions first: the restore reconciles once it has them
+        runtime = self._runtime
         present = list(room.remote_participants.values())
         present_sids = {p.sid for p in present}
         for session in list(self._sessions.values()):
             if session._state in self._connected and session._sid not in present_sids:
-                self._feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
+                runtime.feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
         for participant in present:
             # A safety net, not a source of takeovers: a participant that is present
             # but not bound gets a session only when its key has none (it may be an
             # older tab the session moved away from).
             bound = self._by_sid.get(participant.sid)
             if bound is None:
-                self._adopt_unbound(participant)
+                self.adopt_unbound(participant)
                 continue
-            if bound._state is State.GRACE:
+            state = bound._state
+            if state in self._cleaned:
                 self._submit(InputKind.CONNECTED, participant)  # the same connection is back
                 continue
-            if bound._state not in self._connected:
+            if state not in self._connected:
                 continue
-            if participant.state == _ACTIVE and bound._state is State.CONNECTING:
+            if participant.state == _ACTIVE and runtime.applies(_ACTIVATE, state):
                 self._submit(InputKind.ACTIVE, participant)
+            tracks = bound._tracks or ()
             for publication in participant.track_publications.values():
-                if publication.sid not in bound._tracks:
+                if publication.sid not in tracks:
                     self._submit(InputKind.TRACK_PUBLISHED, participant, publication=publication)
 
-    def _adopt_unbound(self, participant: rtc.RemoteParticipant) -> None:
+    def adopt_unbound(self, participant: rtc.RemoteParticipant) -> None:
+        """A session for ``participant`` (already in the room) unless its key has one."""
         if participant.kind in self._config.kinds and participant.sid:
-            key = self._key_of(InputKind.CONNECTED, participant)
+            key = self.key_of(InputKind.CONNECTED, participant)
             if key is not None and key not in self._sessions:
-                self._create(key, participant)
+                self._runtime.create(key, participant)
 
 
 class _BadKey(NamedTuple):

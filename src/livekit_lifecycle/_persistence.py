@@ -2,16 +2,21 @@
 
 Only built when ``config.store.durable``; with the default
 :class:`~livekit_lifecycle.stores.MemoryStore` the manager holds ``None``
-instead and does no store work at all. The manager calls in at four seams:
+instead and does no store work at all. It is called at these seams:
 
-- :meth:`Persistence.begin` where it would reconcile with the room: the
-  first time (the room connected) the stored sessions are loaded and rebuilt
-  first; room events that arrive meanwhile are held and replayed after.
-- :meth:`Persistence.mark` after every transition (and ``set_user_id``,
-  and every change of a session's ``data``): the session is written behind.
-- :meth:`Persistence.claim` before a connection's cleanup callbacks run:
-  only the process that wins the claim in the store runs them.
-- :meth:`Persistence.aclose` at the end of shutdown: a bounded flush.
+- by the room intake, :meth:`Persistence.begin` where it would reconcile with
+  the room: the first time (the room connected) the stored sessions are loaded
+  and rebuilt first; room events that arrive meanwhile are held and replayed after;
+- by the session runtime (:class:`~._runtime.SessionStoreSeam`):
+  :meth:`Persistence.written` after every transition (and ``set_user_id``),
+  :meth:`Persistence.data` for a session's ``data`` (whose every change is
+  written behind);
+- by the cleanup activity, :meth:`Persistence.claim` before a connection's
+  cleanup callbacks run: only the process that wins the claim in the store runs them;
+- by the façade, :meth:`Persistence.aclose` at the end of shutdown: a bounded flush.
+
+It reaches the runtime only through its public methods (``restore``, ``feed``,
+``merge_stored``...): it never writes a session's fields itself.
 """
 
 from __future__ import annotations
@@ -26,15 +31,19 @@ from typing import TYPE_CHECKING, Any
 
 from livekit import rtc
 
+from ._callbacks import Supervisor
 from ._events import Input, InputKind
-from .session import Session
+from ._log import ManagerLog
+from .config import LifecycleConfig
+from .session import Session, Transition
 from .statechart import State
-from .stores import Claim, SessionData, SessionRecord, SessionStore, SkippedRecord, process_owner
+from .stores import Claim, SessionData, SessionRecord, SkippedRecord, process_owner
 from .stores._protocol import log_skipped
 from .stores._writer import STORE_STATS, StoreWriter
 
 if TYPE_CHECKING:
-    from .manager import LifecycleManager
+    from ._intake import RoomIntake
+    from ._runtime import SessionRuntime
 
 __all__ = ["PERSISTENCE_STATS", "Persistence"]
 
@@ -59,20 +68,25 @@ _BOUND = (State.CONNECTING, State.ACTIVE, State.RECONNECTED)
 class Persistence:
     """The store side of one :class:`~livekit_lifecycle.LifecycleManager` (see the module doc)."""
 
-    def __init__(self, manager: LifecycleManager, store: SessionStore) -> None:
-        self._manager = manager
-        self._store = store
+    def __init__(self, config: LifecycleConfig, log: ManagerLog, supervisor: Supervisor) -> None:
+        self._config = config
+        self._log = log
+        self._stats = stats = log.stats
+        self._supervisor = supervisor
+        self._store = store = config.store
+        self._runtime: SessionRuntime
+        self._intake: RoomIntake
         self.owner = process_owner()
         """This manager's name in the store (``host:pid:nonce``): who wrote, who claimed."""
         for name in PERSISTENCE_STATS:
-            manager._stats.setdefault(name, 0)
+            stats.setdefault(name, 0)
         self.writer = StoreWriter(
             store,
-            room=manager._room_name,
+            room=lambda: log.room_name(),
             render=self._render,
-            live_keys=lambda: list(manager._sessions),
-            grace_period=manager._config.grace_period,
-            stats=manager._stats,
+            live_keys=lambda: list(self._runtime.sessions),
+            grace_period=config.grace_period,
+            stats=stats,
         )
         self.conversations: dict[str, dict[str, Any]] = {}
         """Session key -> the conversation written with that session's record (the
@@ -89,6 +103,11 @@ class Persistence:
         """Keys of the sessions made in memory before the restore answered (merged then)."""
         self.hold_for = _HOLD_FOR
         """Seconds room events wait for the restore before the manager goes on in memory."""
+
+    def bind(self, runtime: SessionRuntime, intake: RoomIntake) -> None:
+        """The runtime and the intake this store's side works with (the façade wires them)."""
+        self._runtime = runtime
+        self._intake = intake
 
     # ------------------------------------------------------------------ restore
 
@@ -111,14 +130,14 @@ class Persistence:
         if self._restored:
             return False
         if self._restore_task is None:
-            room = self._manager._room
+            room = self._intake.room
             if room is None or not room.isconnected() or not room.name:
                 return False  # the name is only known once connected: wait for that
             self._held = []
             self._restore_task = asyncio.get_running_loop().create_task(
                 self._restore(), name="livekit-lifecycle:restore"
             )
-            self._manager._track(self._restore_task)
+            self._supervisor.track(self._restore_task)
         return self._held is not None
 
     async def restored(self, timeout: float) -> None:
@@ -139,8 +158,8 @@ class Persistence:
         untracked task (:meth:`_retry`) goes on retrying the load; what it finally
         reads is merged (:meth:`_merge`).
         """
-        manager = self._manager
-        room = manager._room_name() or ""
+        runtime = self._runtime
+        room = self._log.room_name() or ""
         loop = asyncio.get_running_loop()
         load = _Load(self, room)
         try:
@@ -151,16 +170,16 @@ class Persistence:
             raise
         if records is None:
             self._go_on_in_memory(room, load.why)
-            if not manager._closing:
+            if not runtime.closing:
                 self._retry_task = loop.create_task(
                     self._retry(load), name="livekit-lifecycle:restore-retry"
                 )
             return
         held, self._held = self._held or [], None
         self._loaded(room, records, merge=False)
-        if manager._closing:
+        if runtime.closing:
             return
-        manager._reconcile()
+        self._intake.reconcile()
         for replay in held:
             replay()
 
@@ -180,10 +199,9 @@ class Persistence:
 
     def _loaded(self, room: str, records: list[SessionRecord], *, merge: bool) -> None:
         """The store answered: rebuild (or merge) the sessions, then start writing."""
-        manager = self._manager
         self.writer.succeeded()
         self._restored = True
-        if manager._closing:
+        if self._runtime.closing:
             return
         try:
             if merge:
@@ -191,8 +209,8 @@ class Persistence:
             else:
                 self._rebuild(records)
         except Exception:
-            manager._stats["internal_errors"] += 1
-            manager._log.error("store.restore_failed", category="store", room=room, exc_info=True)
+            self._stats["internal_errors"] += 1
+            self._log.log.error("store.restore_failed", category="store", room=room, exc_info=True)
         self.writer.start()
 
     def _go_on_in_memory(self, room: str, why: str) -> None:
@@ -201,10 +219,9 @@ class Persistence:
         Nothing is written meanwhile (the writer starts after the merge), so the
         stored sessions of users this manager has not seen are never overwritten.
         """
-        manager = self._manager
         held, self._held = self._held or [], None
-        manager._stats["store_restores_deferred"] += 1
-        manager._log.warning(
+        self._stats["store_restores_deferred"] += 1
+        self._log.log.warning(
             "store.restore_deferred",
             category="store",
             room=room,
@@ -213,9 +230,9 @@ class Persistence:
             held_events=len(held),
             error=why,
         )
-        if manager._closing:
+        if self._runtime.closing:
             return
-        manager._reconcile()
+        self._intake.reconcile()
         for replay in held:
             replay()
 
@@ -227,24 +244,20 @@ class Persistence:
         ``user_id`` when it has none and every stored ``data`` key it has not set;
         a key it saw and has removed since is deleted from the store.
         """
-        manager = self._manager
+        runtime = self._runtime
         unseen = []
         for record in records:
-            session = manager._sessions.get(record.key)
+            session = runtime.sessions.get(record.key)
             if record.key not in self._seen:
                 unseen.append(record)
             elif session is None or record.state == State.REMOVED.value:
                 self.writer.mark(record.key)  # gone here: deleted there
             else:
-                if session._user_id is None:
-                    session._user_id = record.user_id
-                session._data.update(
-                    {k: v for k, v in record.data.items() if k not in session._data}
-                )
+                runtime.merge_stored(session, record.user_id, record.data)
                 if record.conversation is not None:
                     self.conversations.setdefault(record.key, record.conversation)
                 self.writer.mark(record.key)
-                manager._log_session(
+                self._log.session(
                     logging.INFO,
                     "session.merged",
                     "session",
@@ -259,14 +272,14 @@ class Persistence:
 
     def _rebuild(self, records: list[SessionRecord]) -> None:
         """Sessions as the records left them, then brought in line with who is in the room."""
-        manager = self._manager
-        room = manager._room
+        runtime, intake = self._runtime, self._intake
+        room = intake.room
         present = {p.sid: p for p in room.remote_participants.values()} if room else {}
         now = time.time()
         ended: list[Session] = []
         interrupted: list[Session] = []
         for record in sorted(records, key=lambda r: r.key):
-            if record.room != (manager._room_name() or ""):
+            if record.room != (self._log.room_name() or ""):
                 # parse_record checks the room a store read it under; a store that
                 # does not say where it read it is checked here.
                 self._skipped(SkippedRecord(record.key, record.room, record.key, "another room's"))
@@ -277,20 +290,19 @@ class Persistence:
                 reason = f"{type(exc).__name__}: {exc}"
                 self._skipped(SkippedRecord(record.key, record.room, record.key, reason))
         for session in ended:
-            manager._feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
+            runtime.feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
         for session in interrupted:
             # Its process died during the cleanup: the claim is taken over once that
             # process's lease has expired (claim() waits for it), and the callbacks run
             # here with `session.cleanup_claim.retry`; unless the cleanup was done.
             self._interrupted.add(session._key)
-            session._busy = True
-            manager._continue(session, True)
+            runtime.enter_restored(session)
         for participant in present.values():
-            if participant.sid in manager._by_sid or participant.kind not in manager._config.kinds:
+            if participant.sid in runtime.by_sid or participant.kind not in self._config.kinds:
                 continue
-            key = manager._key_of(InputKind.CONNECTED, participant)
-            if key is not None and key in manager._sessions:
-                manager._submit(InputKind.CONNECTED, participant)  # back on a new connection
+            key = intake.key_of(InputKind.CONNECTED, participant)
+            if key is not None and key in runtime.sessions:
+                intake.submit(InputKind.CONNECTED, participant)  # back on a new connection
 
     def _rebuild_one(
         self,
@@ -300,46 +312,66 @@ class Persistence:
         ended: list[Session],
         interrupted: list[Session],
     ) -> None:
-        manager = self._manager
+        runtime = self._runtime
+        config = self._config
         state = State(record.state)
-        if record.key in manager._sessions or state is State.REMOVED:
+        if record.key in runtime.sessions or state is State.REMOVED:
             self.writer.mark(record.key)  # ours now (or gone): rewritten or deleted
             return
-        if record.sid in manager._by_sid:
+        if record.sid in runtime.by_sid:
             raise ValueError(f"its sid {record.sid!r} is another restored session's")
         # Everything that can fail comes before the session is registered: a record
         # that fails leaves nothing behind.
-        session = Session._restore(record, manager._config.history_limit)
+        history = []
+        for raw in record.history:
+            try:
+                history.append(Transition.from_dict(raw))
+            except ValueError:
+                continue
         grace_remaining: float | None = None
         then: list[Session] | None = None
+        participant = None
         if state in _BOUND:
-            session._state = State.ACTIVE if state is State.RECONNECTED else state
-            participant = present.get(session._sid)
+            state = State.ACTIVE if state is State.RECONNECTED else state
+            participant = present.get(record.sid)
             if participant is None:
                 then = ended  # left while no process was watching
-            else:
-                session._participant = participant
         elif state is State.DISCONNECTING:
             then = interrupted  # its process died during the cleanup
         else:  # grace (or cleaned, a state a record is never written in)
-            session._state = State.GRACE
+            state = State.GRACE
             deadline = record.grace_deadline
             if deadline is None:
-                deadline = (record.disconnected_at or now) + manager._config.grace_period
+                deadline = (record.disconnected_at or now) + config.grace_period
             # Never longer than a window this manager would open: a deadline from a
             # clock far ahead (or a record edited by hand) cannot pin a session for years.
-            grace_remaining = min(max(deadline - now, 0.0), manager._config.grace_period)
+            grace_remaining = min(max(deadline - now, 0.0), config.grace_period)
             if grace_remaining == 0.0:
-                manager._stats["sessions_expired_while_away"] += 1
+                self._stats["sessions_expired_while_away"] += 1
+        session = runtime.restore(
+            record.key,
+            state,
+            identity=record.identity,
+            sid=record.sid,
+            participant=participant,
+            fields={
+                "user_id": record.user_id,
+                "reconnects": record.reconnects,
+                "cleanups": record.cleanups,
+                "connected_at": record.connected_at,
+                "disconnected_at": record.disconnected_at,
+            },
+            history=history,
+            data=dict(record.data),
+            delay=grace_remaining,
+        )
         if record.conversation is not None:
             self.conversations[record.key] = record.conversation
-        self._register(session)
+        self.writer.mark(session._key)
         if then is not None:
             then.append(session)
-        if grace_remaining is not None:
-            manager._arm_grace_timer(session, grace_remaining)
-        manager._stats["sessions_restored"] += 1
-        manager._log_session(
+        self._stats["sessions_restored"] += 1
+        self._log.session(
             logging.INFO,
             "session.restored",
             "session",
@@ -349,35 +381,24 @@ class Persistence:
             written_by=record.owner,
             grace_remaining=None if grace_remaining is None else round(grace_remaining, 3),
         )
-        if manager._waiters:
-            manager._resolve_waiters(session)
-        if manager._listening["created"]:
-            manager._emit("created", session)
+        if then is not interrupted:
+            runtime.enter_restored(session)
 
     def _skipped(self, skip: SkippedRecord) -> None:
         """A stored record not restored: one log line, counted (the room's others are)."""
-        manager = self._manager
-        manager._stats["store_records_skipped"] += 1
-        log_skipped(manager._log, skip)
+        self._stats["store_records_skipped"] += 1
+        log_skipped(self._log.log, skip)
 
-    def _register(self, session: Session) -> None:
-        manager = self._manager
-        manager._sessions[session._key] = session
-        manager._by_sid[session._sid] = session
-        self.observe(session)
-        self.writer.mark(session._key)
-
-    def observe(self, session: Session) -> None:
-        """Give ``session`` a checked ``data`` whose every change is written behind."""
+    def data(self, key: str, data: dict[str, Any]) -> dict[str, Any]:
+        """A checked ``data`` for session ``key`` whose every change is written behind."""
         if not self._restored:
-            self._seen.add(session._key)  # made in memory: merged when the store answers
-        session._data = SessionData.observed(
-            functools.partial(self.writer.mark, session._key), session._data
-        )
+            self._seen.add(key)  # made in memory: merged when the store answers
+        return SessionData.observed(functools.partial(self.writer.mark, key), data)
 
     # ------------------------------------------------------------------ write-behind
 
-    def mark(self, session: Session) -> None:
+    def written(self, session: Session) -> None:
+        """``session`` changed: write it behind the event path."""
         self.writer.mark(session._key)
 
     def set_conversation(self, key: str, conversation: dict[str, Any]) -> None:
@@ -386,28 +407,24 @@ class Persistence:
         self.writer.mark(key)
 
     def _render(self, key: str) -> SessionRecord | None:
-        manager = self._manager
-        session = manager._sessions.get(key)
+        runtime = self._runtime
+        session = runtime.sessions.get(key)
         if session is None or session._state is State.REMOVED:
             self.conversations.pop(key, None)
             return None
-        deadline = None
-        timer = session._grace_timer
-        if timer is not None:
-            deadline = time.time() + (timer.when() - asyncio.get_running_loop().time())
         return SessionRecord(
-            room=manager._room_name() or "",
+            room=self._log.room_name() or "",
             key=key,
-            state=session._state.value,
+            state=str(session._state),
             identity=session._identity,
             sid=session._sid,
             user_id=session._user_id,
-            data=dict(session._data),
+            data=dict(session._data or {}),
             reconnects=session._reconnects,
             cleanups=session._cleanups,
             connected_at=session._connected_at,
             disconnected_at=session._disconnected_at,
-            grace_deadline=deadline,
+            grace_deadline=runtime.timer_deadline(session),
             history=tuple(t.as_dict() for t in session._history),
             owner=self.owner,
             conversation=self.conversations.get(key),
@@ -415,14 +432,13 @@ class Persistence:
 
     # ------------------------------------------------------------------ claims
 
-    async def claim(self, session: Session) -> bool:
-        """Whether this process runs the cleanup of ``session``'s current connection."""
-        manager = self._manager
-        room = manager._room_name() or ""
-        session._claim = None
+    async def claim(self, session: Session) -> tuple[bool, Claim | None]:
+        """Whether this process runs the cleanup of ``session``'s current connection,
+        and the claim it won (``None`` when the store did not answer)."""
+        room = self._log.room_name() or ""
         # Bounded like a cleanup callback (cleanup_timeout, and the shutdown deadline):
         # a burst of cleanups queues its claims, which then share round trips.
-        timeout = max(manager._callback_timeout(), 0.1)
+        timeout = max(self._supervisor.callback_timeout(), 0.1)
         try:
             claim = await asyncio.wait_for(
                 self._store.claim(room, session._key, session._sid, self.owner), timeout
@@ -435,15 +451,14 @@ class Persistence:
         except Exception as exc:
             # Availability first: an unverified cleanup runs here (docs/stores.md).
             self.writer.failed("claim", exc)
-            manager._stats["store_claims_unverified"] += 1
-            manager._log_session(
+            self._stats["store_claims_unverified"] += 1
+            self._log.session(
                 logging.WARNING, "cleanup.claim_unverified", "cleanup", session, owner=self.owner
             )
-            return True
+            return True, None
         self.writer.succeeded()
         if claim.won:
-            session._claim = claim
-            manager._log_session(
+            self._log.session(
                 logging.INFO,
                 "cleanup.claimed",
                 "cleanup",
@@ -452,9 +467,9 @@ class Persistence:
                 token=claim.token,
                 retry=claim.retry,
             )
-            return True
-        manager._stats["store_claims_lost"] += 1
-        manager._log_session(
+            return True, claim
+        self._stats["store_claims_lost"] += 1
+        self._log.session(
             logging.INFO,
             "cleanup.claimed_elsewhere",
             "cleanup",
@@ -463,7 +478,7 @@ class Persistence:
             winner=claim.owner,
             token=claim.token,
         )
-        return False
+        return False, None
 
     async def _take_over(self, room: str, session: Session, claim: Claim, timeout: float) -> Claim:
         """A restored session's cleanup was interrupted by its process's death: wait for
@@ -496,12 +511,7 @@ class Persistence:
                 await retry
         flushed = await self.writer.aclose(timeout)
         if not flushed:
-            self._manager._log.warning(
-                "store.flush_incomplete",
-                category="store",
-                room=self._manager._room_name(),
-                store=repr(self._store),
-            )
+            self._log.warning("store.flush_incomplete", "store", store=repr(self._store))
 
 
 class _Load:

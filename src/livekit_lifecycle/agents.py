@@ -47,9 +47,9 @@ from livekit.agents import Agent, AgentSession, CloseEvent, CloseReason, JobCont
 from livekit.agents.voice.room_io import RoomIO, RoomOptions
 
 from ._conversation import ConversationKeeper
-from ._core import InternalView
 from ._emitter import Listener, NotificationName
 from ._intake import session_key
+from ._view import InternalView
 from .config import LifecycleConfig
 from .log import LOGGER_NAME, get_logger
 from .manager import LifecycleManager

@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._core import InternalView
+from ._view import InternalView
 from .session import Session, Transition
 from .statechart import PARTICIPANT_CHART, State, Statechart
 
@@ -165,6 +165,7 @@ def check_session(
     """
     key = session._key
     state = session._state
+    view = InternalView(manager)
     found: list[Violation] = []
 
     def bad(invariant: str, detail: str) -> None:
@@ -180,7 +181,7 @@ def check_session(
         found.extend(check_transition(transition, chart, key))
     _check_path(session, chart, bad, full_history)
 
-    connections, cleanups = session._connections, session._cleanups
+    connections, cleanups = session.connections, session._cleanups
     if cleanups > connections:
         bad("cleanups.bounded", f"cleanups={cleanups} > connections={connections}")
     # The connection bound now (being cleaned, in disconnecting) has not ended yet.
@@ -193,23 +194,26 @@ def check_session(
             f" expected {ended}",
         )
 
-    timer = session._grace_timer
-    if state is State.GRACE:
-        if timer is None or timer.cancelled():
-            bad("grace.timer", "in grace without a live timer")
-    elif timer is not None:
-        bad("grace.timer", f"in {state.value} with a grace timer (cancelled={timer.cancelled()})")
+    # A state with delayed edges (grace) has their timers armed; any other has none.
+    timers = view.timers(session)
+    if chart.delayed_edges(state):
+        if not timers or any(timer.cancelled() for timer in timers):
+            bad("grace.timer", f"in {state.value} without a live timer")
+    elif timers:
+        cancelled = [timer.cancelled() for timer in timers]
+        bad("grace.timer", f"in {state.value} with a timer (cancelled={cancelled})")
 
-    if session._tracks and state not in _group(chart, "may_hold_tracks"):
+    tracks = session._tracks or set()
+    if tracks and state not in _group(chart, "may_hold_tracks"):
         which = "tracks.connecting" if state is State.CONNECTING else "tracks.scope"
-        bad(which, f"in {state.value} holding tracks {sorted(session._tracks)}")
+        bad(which, f"in {state.value} holding tracks {sorted(tracks)}")
 
     participant = session._participant
     if state in bound:
         if participant is None:
             # Except a connection restored from a durable store after it had ended:
             # no participant object exists for it, and it is being cleaned.
-            if not (state is State.DISCONNECTING and manager._persist is not None):
+            if not (state is State.DISCONNECTING and view.durable):
                 bad("participant.scope", f"in {state.value} without a participant")
         elif participant.sid != session._sid:
             bad(
@@ -219,10 +223,10 @@ def check_session(
     elif participant is not None:
         bad("participant.scope", f"in {state.value} still holding participant {participant.sid}")
 
-    if session._pending is not None and state not in _group(chart, "may_have_pending"):
-        bad("pending.scope", f"in {state.value} with a waiting connection {session._pending.sid}")
+    pending = view.pending(session)
+    if pending is not None and state not in _group(chart, "may_have_pending"):
+        bad("pending.scope", f"in {state.value} with a waiting connection {pending.sid}")
 
-    view = InternalView(manager)
     stored = view.sessions.get(key)
     indexed = view.by_sid.get(session._sid)
     if state is State.REMOVED:
@@ -231,10 +235,10 @@ def check_session(
             for name, present in (
                 ("sessions", stored is session),
                 ("sid index", indexed is session),
-                ("grace timer", timer is not None),
+                ("grace timer", bool(timers)),
                 ("participant", participant is not None),
-                ("pending connection", session._pending is not None),
-                ("tracks", bool(session._tracks)),
+                ("pending connection", pending is not None),
+                ("tracks", bool(tracks)),
             )
             if present
         ]
@@ -290,7 +294,7 @@ def check_manager(
             found.append(Violation("index.sessions", key, f"holds session of key {session._key!r}"))
         found.extend(check_session(manager, session, chart, full_history=True))
         if idle:
-            found.extend(_check_idle_session(session, chart))
+            found.extend(_check_idle_session(view, session, chart))
     for sid, session in view.by_sid.items():
         if view.sessions.get(session._key) is not session:
             found.append(
@@ -307,26 +311,21 @@ def check_manager(
     return found
 
 
-def _check_idle_session(session: Session, chart: Statechart) -> list[Violation]:
+def _check_idle_session(view: InternalView, session: Session, chart: Statechart) -> list[Violation]:
     found: list[Violation] = []
-    if session._busy or session._queue:
-        found.append(
-            Violation(
-                "idle.settled",
-                session._key,
-                f"busy={session._busy}, queued={len(session._queue or ())}",
-            )
-        )
+    busy, queued = view.busy(session), view.queued(session)
+    if busy or queued:
+        found.append(Violation("idle.settled", session._key, f"busy={busy}, queued={queued}"))
     participant = session._participant
     if session._state in _group(chart, "connected") and participant is not None:
         published = set(participant.track_publications)
-        if session._tracks != published:
+        tracks = session._tracks or set()
+        if tracks != published:
             found.append(
                 Violation(
                     "tracks.mirror",
                     session._key,
-                    f"tracks {sorted(session._tracks)} but the participant publishes"
-                    f" {sorted(published)}",
+                    f"tracks {sorted(tracks)} but the participant publishes {sorted(published)}",
                 )
             )
     return found

@@ -1,11 +1,18 @@
 """The :class:`LifecycleManager`: one statechart-driven session per participant of a room.
 
-This module is the documented façade and the shutdown. The work is done by
-private layers, one concept each: :mod:`._intake` (room handlers, routing,
-session keys; the only module that knows room event names), :mod:`._runner`
-(per-session queue, grace timers, the cleanup runner, and the seams a
-session store and metrics hook into), :mod:`._actions` (the chart's guards
-and effects) and :mod:`._core` (shared state, logging, notifications).
+This module is the documented façade and the shutdown. It wires composed
+objects, one concept each (see docs/architecture.md):
+
+- :class:`~._runtime.SessionRuntime`: the sessions, their queues, the chart's
+  timers and activities (the chart given: :data:`~.statechart.PARTICIPANT_CHART`);
+- :class:`~._intake.RoomIntake`: the room's handlers, turning room events into
+  the runtime's inputs (the only object that knows room event names);
+- :class:`~._cleanup.CleanupActivity`: the cleanup callbacks, the chart's
+  ``cleanup`` activity;
+- :class:`~._notify.Notifier`: ``on(...)`` listeners and ``wait_for`` waiters;
+- :class:`~._persistence.Persistence`, only with a durable store;
+- :class:`~._log.ManagerLog` and :class:`~._callbacks.Supervisor`: the log and
+  counters, and the work ``idle()`` and the shutdown wait for, shared by all.
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import inspect
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
@@ -21,14 +27,19 @@ from typing import Any, TypeVar, overload
 
 from livekit import rtc
 
-from ._callbacks import Outcome, call_bounded, contains_callable, describe
-from ._core import CleanupCallback
+from ._callbacks import Outcome, Supervisor, call_bounded, contains_callable, describe
+from ._cleanup import CleanupActivity, CleanupCallback
 from ._emitter import Listener, NotificationName
 from ._events import Input, InputKind
-from ._intake import _Intake
+from ._intake import RoomIntake
+from ._log import ManagerLog
+from ._notify import Notifier
+from ._observer import Observer, Observers
+from ._runtime import SessionRuntime
 from .config import LifecycleConfig
+from .invariants import check_session
 from .session import Session
-from .statechart import State
+from .statechart import PARTICIPANT_CHART, State
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
 
@@ -37,7 +48,7 @@ _SHUTDOWN_SLACK = 0.05
 """Seconds past the shutdown deadline for self-bounded work to finish its bookkeeping."""
 
 
-class LifecycleManager(_Intake):
+class LifecycleManager:
     """Tracks every user of a ``livekit.rtc.Room`` through the participant statechart.
 
     Attach it to a room; each participant (of a tracked kind) gets a
@@ -52,14 +63,66 @@ class LifecycleManager(_Intake):
     """
 
     def __init__(self, config: LifecycleConfig | None = None) -> None:
-        super().__init__(config)
+        if config is not None and not isinstance(config, LifecycleConfig):
+            raise TypeError(f"config must be a LifecycleConfig, got {type(config).__name__}")
+        self._config = config = config or LifecycleConfig()
+        chart = PARTICIPANT_CHART
+        self._log = log = ManagerLog(lambda: None)
+        self._stats = log.stats
+        self._supervisor = supervisor = Supervisor(config.cleanup_timeout)
+        self._notifier = notifier = Notifier(chart, log, supervisor)
+        self._cleanup = cleanup = CleanupActivity(log, supervisor)
+        self._observer: Observer = Observer()
+        self._resources: list[tuple[str, Callable[[], Any]]] = []
+        self._close_task: asyncio.Task[None] | None = None
         self._shutdown_limit: Callable[[int], float] | None = None
-        if self._config.store.durable:
+        persist = None
+        if config.store.durable:
             from ._persistence import Persistence
 
-            self._persist = persist = Persistence(self, self._config.store)
-            self._add_transition_hook(persist.mark)
-            self._set_cleanup_claim(persist.claim)
+            persist = Persistence(config, log, supervisor)
+        self._persist = persist
+        self._runtime = runtime = SessionRuntime(
+            chart,
+            config,
+            log=log,
+            supervisor=supervisor,
+            events=notifier,
+            activities={"cleanup": cleanup.run},
+            route=lambda inp: self._intake.route(inp),
+            on_bound=lambda session: self._intake.adopt(session),
+            store=persist,
+        )
+        self._sessions = runtime.sessions
+        self._by_sid = runtime.by_sid
+        self._intake = intake = RoomIntake(
+            config, log, runtime, on_room_disconnected=self._start_close
+        )
+        log.room_name = intake.room_name
+        if config.check_invariants:
+            runtime.check_with(self._check_invariants)
+        if persist is not None:
+            persist.bind(runtime, intake)
+            intake.persist = persist
+            runtime.add_transition_hook(persist.written)
+            cleanup.claim = persist.claim
+
+    def _add_observer(self, observer: Observer) -> None:
+        """Seam for metrics and tracing: ``observer`` is told about cleanups and shutdowns."""
+        self._observer = Observers.combine(self._observer, observer)
+        self._cleanup.observer = self._observer
+
+    def _check_invariants(self, session: Session) -> None:
+        for violation in check_session(self, session, self._runtime.chart):
+            self._stats["invariant_violations"] += 1
+            self._log.session(
+                logging.ERROR,
+                "invariant.violated",
+                "session",
+                session,
+                invariant=violation.invariant,
+                detail=violation.detail,
+            )
 
     # ------------------------------------------------------------------ public API
 
@@ -70,12 +133,12 @@ class LifecycleManager(_Intake):
     @property
     def room(self) -> rtc.Room | None:
         """The room this manager is attached to, if any."""
-        return self._room
+        return self._intake.room
 
     @property
     def closed(self) -> bool:
         """True once :meth:`aclose` has started."""
-        return self._closing
+        return self._runtime.closing
 
     @property
     def sessions(self) -> Mapping[str, Session]:
@@ -100,19 +163,19 @@ class LifecycleManager(_Intake):
             RuntimeError: if already attached, or after :meth:`aclose`.
             TypeError: if ``room`` is not an ``rtc.Room``.
         """
-        if self._closing:
+        if self._runtime.closing:
             raise RuntimeError("cannot attach: this LifecycleManager is closed")
-        if self._room is not None:
+        if self._intake.room is not None:
             raise RuntimeError(
                 "this LifecycleManager is already attached to a room; detach() first"
             )
         if not isinstance(room, rtc.Room):
             raise TypeError(f"attach() takes a livekit.rtc.Room, got {type(room).__name__}")
-        self._register(room, adopt_later=adopt_later)
+        self._intake.register(room, adopt_later=adopt_later)
 
     def detach(self) -> None:
         """Remove every handler from the room. Sessions and their timers are kept."""
-        self._unregister()
+        self._intake.unregister()
 
     def get(self, key: str) -> Session | None:
         """The live session stored under ``key``."""
@@ -145,10 +208,8 @@ class LifecycleManager(_Intake):
         session = self._sessions.get(key_or_sid) or self._by_sid.get(key_or_sid)
         if session is None:
             raise KeyError(f"no live session with key or sid {key_or_sid!r}")
-        session._user_id = user_id
-        if self._persist is not None:
-            self._persist.mark(session)
-        self._log_session(logging.INFO, "session.user_id_set", "session", session, user_id=user_id)
+        self._runtime.set_user_id(session, user_id)
+        self._log.session(logging.INFO, "session.user_id_set", "session", session, user_id=user_id)
         return session
 
     def add_cleanup(self, fn: F) -> F:
@@ -163,12 +224,11 @@ class LifecycleManager(_Intake):
         """
         if not callable(fn):
             raise TypeError(f"cleanup callback must be callable, got {fn!r}")
-        if contains_callable(self._cleanups, fn):
-            self._info("cleanup.already_added", "cleanup", callback=describe(fn))
+        callbacks = self._cleanup.callbacks
+        if contains_callable(callbacks, fn):
+            self._log.info("cleanup.already_added", "cleanup", callback=describe(fn))
             return fn
-        self._cleanups.append(fn)
-        if inspect.iscoroutinefunction(fn):
-            self._async_cleanups = True
+        callbacks.append(fn)
         return fn
 
     def add_resource(self, resource: object, name: str | None = None) -> None:
@@ -179,7 +239,7 @@ class LifecycleManager(_Intake):
         already added (the same object, or an equal bound method or partial
         as its closer) is a logged no-op: it is closed once.
         """
-        if self._closing:
+        if self._runtime.closing:
             raise RuntimeError("cannot add a resource: this LifecycleManager is closed")
         closer: Callable[[], Any]
         if callable(getattr(resource, "aclose", None)):
@@ -193,7 +253,9 @@ class LifecycleManager(_Intake):
                 f"resource {resource!r} has no aclose() or close() method and is not callable"
             )
         if contains_callable((added for _, added in self._resources), closer):
-            self._info("resource.already_added", "shutdown", resource=name or describe(resource))
+            self._log.info(
+                "resource.already_added", "shutdown", resource=name or describe(resource)
+            )
             return
         self._resources.append((name or describe(resource), closer))
 
@@ -213,21 +275,21 @@ class LifecycleManager(_Intake):
         if callback is None:
 
             def decorator(fn: F) -> F:
-                self._listeners.add(event, fn, once=False)
+                self._notifier.listeners.add(event, fn, once=False)
                 return fn
 
             return decorator
-        self._listeners.add(event, callback, once=False)
+        self._notifier.listeners.add(event, callback, once=False)
         return callback
 
     def once(self, event: NotificationName, callback: Listener) -> Listener:
         """Like :meth:`on`, for the next notification only."""
-        self._listeners.add(event, callback, once=True)
+        self._notifier.listeners.add(event, callback, once=True)
         return callback
 
     def off(self, event: NotificationName, callback: Listener) -> None:
         """Remove a listener added with :meth:`on` or :meth:`once`."""
-        self._listeners.remove(event, callback)
+        self._notifier.listeners.remove(event, callback)
 
     async def wait_for(self, key: str, state: State | str, timeout: float | None = None) -> Session:
         """Wait until the session under ``key`` is in ``state`` (now or later).
@@ -245,7 +307,8 @@ class LifecycleManager(_Intake):
         if session is not None and session._state is target:
             return session
         future: asyncio.Future[Session] = asyncio.get_running_loop().create_future()
-        waiters = self._waiters.setdefault(key, [])
+        all_waiters = self._notifier.waiters
+        waiters = all_waiters.setdefault(key, [])
         entry = (target, future)
         waiters.append(entry)
         try:
@@ -258,8 +321,8 @@ class LifecycleManager(_Intake):
         finally:
             with contextlib.suppress(ValueError):
                 waiters.remove(entry)
-            if not waiters and self._waiters.get(key) is waiters:
-                del self._waiters[key]
+            if not waiters and all_waiters.get(key) is waiters:
+                del all_waiters[key]
 
     async def idle(self) -> None:
         """Wait until no event is queued or being processed for any session.
@@ -267,7 +330,8 @@ class LifecycleManager(_Intake):
         Grace timers are not waited for: a session in ``grace`` is idle.
         """
         me = asyncio.current_task()
-        while pending := {task for task in self._tasks if task is not me}:
+        tasks = self._supervisor.tasks
+        while pending := {task for task in tasks if task is not me}:
             await asyncio.wait(pending)
 
     async def aclose(self) -> None:
@@ -302,7 +366,7 @@ class LifecycleManager(_Intake):
             seconds = limit(len(self._resources))
             if seconds < self._config.shutdown_timeout:
                 self._config = dataclasses.replace(self._config, shutdown_timeout=seconds)
-        self._closing = True
+        self._runtime.closing = True
         self._close_task = asyncio.get_running_loop().create_task(
             self._shutdown(), name="livekit-lifecycle:aclose"
         )
@@ -310,19 +374,20 @@ class LifecycleManager(_Intake):
     async def _shutdown(self) -> None:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        self._deadline = started + self._config.shutdown_timeout
+        supervisor = self._supervisor
+        deadline = supervisor.deadline = started + self._config.shutdown_timeout
         sessions = list(self._sessions.values())
-        self._info("shutdown.started", "shutdown", sessions=len(sessions))
+        self._log.info("shutdown.started", "shutdown", sessions=len(sessions))
         self._observer.shutdown_started(len(sessions))  # observability hook
         timed_out = False
         self.detach()
         if self._persist is not None:
             self._persist.stop_restoring()
         for session in sessions:
-            self._feed(session, Input(InputKind.SHUTDOWN, session._key))
+            self._runtime.feed(session, Input(InputKind.SHUTDOWN, session._key))
         me = asyncio.current_task()
-        while pending := {task for task in self._tasks if task is not me}:
-            remaining = self._deadline - loop.time()
+        while pending := {task for task in supervisor.tasks if task is not me}:
+            remaining = deadline - loop.time()
             if remaining <= 0:
                 # Callbacks are bounded by the same deadline, so runners end
                 # right after it; only a runner stuck outside a callback
@@ -330,11 +395,10 @@ class LifecycleManager(_Intake):
                 _, pending = await asyncio.wait(pending, timeout=_SHUTDOWN_SLACK)
                 if pending:
                     timed_out = True
-                    self._cancelling_runners = True
+                    supervisor.cancelling = True
                     self._log.error(
                         "shutdown.timeout",
-                        category="shutdown",
-                        room=self._room_name(),
+                        "shutdown",
                         pending_tasks=len(pending),
                         stuck_sessions=sorted(self._sessions),
                     )
@@ -345,21 +409,17 @@ class LifecycleManager(_Intake):
             await asyncio.wait(pending, timeout=remaining)
         for session in list(self._sessions.values()):
             # Only a cancelled runner leaves a session behind; say so, then forget it.
-            self._log_session(logging.ERROR, "shutdown.session_abandoned", "shutdown", session)
-            self._forget(session)
+            self._log.session(logging.ERROR, "shutdown.session_abandoned", "shutdown", session)
+            self._runtime.abandon(session)
         if self._persist is not None:
             # Written before resources close: the store's client may be one of them.
-            await self._persist.aclose(max(self._callback_timeout(), 1.0))
+            await self._persist.aclose(max(supervisor.callback_timeout(), 1.0))
         await self._close_resources()
-        for waiters in self._waiters.values():
-            for _, future in waiters:
-                if not future.done():
-                    future.set_exception(RuntimeError("LifecycleManager closed"))
-        self._waiters.clear()
-        for future in list(self._abandoned):
+        self._notifier.close()
+        for future in list(supervisor.abandoned):
             future.cancel()
         self._observer.shutdown_ended(timed_out)  # observability hook
-        self._info(
+        self._log.info(
             "shutdown.done",
             "shutdown",
             sessions=len(sessions),
@@ -390,8 +450,7 @@ class LifecycleManager(_Intake):
                 self._stats[key] += 1
                 self._log.error(
                     "shutdown.resource_failed",
-                    category="shutdown",
-                    room=self._room_name(),
+                    "shutdown",
                     resource=name,
                     outcome=outcome.value,
                     error=None if exc is None else f"{type(exc).__name__}: {exc}",
@@ -399,7 +458,8 @@ class LifecycleManager(_Intake):
 
             # Resources are always asked to close, even when sessions used up
             # the shutdown budget: a leaked TTS connection is worse than a late exit.
-            timeout = max(self._callback_timeout(), min(self._config.cleanup_timeout, 1.0))
-            await call_bounded(closer, (), timeout, report, self._abandoned)
+            supervisor = self._supervisor
+            timeout = max(supervisor.callback_timeout(), min(self._config.cleanup_timeout, 1.0))
+            await call_bounded(closer, (), timeout, report, supervisor.abandoned)
             if not failed:
-                self._info("shutdown.resource_closed", "shutdown", resource=name)
+                self._log.info("shutdown.resource_closed", "shutdown", resource=name)

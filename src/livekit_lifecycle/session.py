@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from livekit import rtc
@@ -12,8 +10,8 @@ from .statechart import State
 from .stores._data import SessionData
 
 if TYPE_CHECKING:
-    from ._events import Input
-    from .stores import Claim, SessionRecord
+    from ._bookkeeping import Bookkeeping
+    from .stores import Claim
 
 __all__ = ["Session", "Transition"]
 
@@ -95,29 +93,27 @@ class Session:
     everything here is read-only except :attr:`data`, which belongs to the
     application and is kept across reconnects (and, with a durable
     :mod:`store <livekit_lifecycle.stores>`, across restarts of the agent).
+
+    This is the user's view. The manager's runtime writes its fields and keeps
+    its own bookkeeping (input queue, timers, a takeover's waiting connection)
+    in a private record that exists only while it has something to hold.
     """
 
     __slots__ = (
-        "_busy",
         "_claim",
         "_cleanups",
         "_connected_at",
-        "_connections",
         "_data",
         "_disconnect_reason",
         "_disconnected_at",
-        "_grace_epoch",
-        "_grace_timer",
         "_history",
         "_identity",
         "_key",
         "_participant",
-        "_pending",
-        "_queue",
         "_reconnects",
+        "_record",
         "_sid",
         "_state",
-        "_superseded",
         "_tracks",
         "_user_id",
     )
@@ -132,63 +128,20 @@ class Session:
         self._sid = participant.sid
         self._participant: rtc.RemoteParticipant | None = participant
         self._user_id: str | None = None
-        self._data: dict[str, Any] = {}
+        self._data: dict[str, Any] | None = None
+        """Made on first use: most sessions of a busy room never get data."""
         self._state = State.CONNECTING
-        self._tracks: set[str] = set()
+        self._tracks: set[str] | None = None
+        """Track sids; ``None`` (not an empty set, ~200 bytes) while there are none."""
         self._connected_at = now
         self._disconnected_at: float | None = None
         self._disconnect_reason: int | None = None
         self._reconnects = 0
         self._cleanups = 0
-        self._connections = 1
         self._history = _History(history_limit)
-        # Manager-private bookkeeping. `_pending` is the connection that took
-        # over while the old one is cleaned; `_grace_epoch` tells the current
-        # grace timer from ones that were already cancelled.
-        self._pending: rtc.RemoteParticipant | None = None
-        # Insertion-ordered (a dict used as a set) so the oldest can be forgotten.
-        self._superseded: dict[str, None] | None = None
-        self._grace_timer: asyncio.TimerHandle | None = None
-        self._grace_epoch = 0
-        self._queue: deque[Input] | None = None
-        self._busy = False
         self._claim: Claim | None = None
-
-    @classmethod
-    def _restore(cls, record: SessionRecord, history_limit: int) -> Session:
-        """A session rebuilt from a store record, in the record's state, with no participant.
-
-        The manager binds a participant, a grace timer or a cleanup next.
-        """
-        session = cls.__new__(cls)
-        session._key = record.key
-        session._identity = record.key if record.identity == record.key else record.identity
-        session._sid = record.sid
-        session._participant = None
-        session._user_id = record.user_id
-        session._data = dict(record.data)
-        session._state = State(record.state)
-        session._tracks = set()
-        session._connected_at = record.connected_at
-        session._disconnected_at = record.disconnected_at
-        session._disconnect_reason = None
-        session._reconnects = record.reconnects
-        session._cleanups = record.cleanups
-        session._connections = record.reconnects + 1
-        session._history = _History(history_limit)
-        for raw in record.history:
-            try:
-                session._history.append(Transition.from_dict(raw))
-            except ValueError:
-                continue
-        session._pending = None
-        session._superseded = None
-        session._grace_timer = None
-        session._grace_epoch = 0
-        session._claim = None
-        session._queue = None
-        session._busy = False
-        return session
+        self._record: Bookkeeping | None = None
+        """The runtime's bookkeeping for this session (see ``_runtime``), when it has any."""
 
     @property
     def data(self) -> dict[str, Any]:
@@ -198,7 +151,10 @@ class Session:
         (still a ``dict``): a value JSON cannot represent raises ``TypeError``
         at assignment, and every change is persisted behind the event path.
         """
-        return self._data
+        data = self._data
+        if data is None:
+            data = self._data = {}
+        return data
 
     @data.setter
     def data(self, value: dict[str, Any]) -> None:
@@ -238,7 +194,8 @@ class Session:
     @property
     def tracks(self) -> frozenset[str]:
         """Track sids published by the current connection (empty once it has ended)."""
-        return frozenset(self._tracks)
+        tracks = self._tracks
+        return frozenset(tracks) if tracks else frozenset()
 
     @property
     def participant(self) -> rtc.RemoteParticipant | None:
@@ -286,7 +243,7 @@ class Session:
     @property
     def connections(self) -> int:
         """Connections bound to this session so far (``reconnects + 1``)."""
-        return self._connections
+        return self._reconnects + 1
 
     @property
     def history(self) -> tuple[Transition, ...]:
@@ -301,7 +258,7 @@ class Session:
             "sid": self._sid,
             "state": self._state.value,
             "user_id": self._user_id,
-            "tracks": sorted(self._tracks),
+            "tracks": sorted(self._tracks or ()),
             "reconnects": self._reconnects,
             "cleanups": self._cleanups,
             "connected_at": self._connected_at,

@@ -37,6 +37,7 @@ __all__ = [
     "MAY_HAVE_PENDING",
     "MAY_HOLD_TRACKS",
     "PARTICIPANT_CHART",
+    "Activity",
     "ChartInput",
     "Edge",
     "Guard",
@@ -109,6 +110,23 @@ class ChartInput:
 
 
 @dataclass(frozen=True, slots=True)
+class Activity:
+    """Work the runtime runs while a session is in ``state`` (``invoke`` in statechart libraries).
+
+    The runtime starts it when the session enters ``state`` (after the change is
+    recorded and notified), holds the session's later inputs meanwhile, and fires
+    ``done`` when it has finished: ``done`` must be a trigger with an edge out of
+    ``state``. ``name`` selects the implementation the manager provides (for
+    :data:`PARTICIPANT_CHART`, ``cleanup``: the cleanup callbacks).
+    """
+
+    name: str
+    state: State
+    done: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
 class Guard:
     """A named condition an edge requires. ``label`` is what diagrams print."""
 
@@ -168,6 +186,8 @@ class Statechart:
     """Trigger -> the ``category`` of its ``session.transition`` log line (default ``session``)."""
     meanings: Mapping[State, str] = field(default_factory=dict, compare=False)
     """State -> what it means, as the docs' states table shows it."""
+    activities: tuple[Activity, ...] = ()
+    """Work run while in a state (see :class:`Activity`); at most one per state."""
 
     def __post_init__(self) -> None:
         known = {guard.name for guard in self.guards}
@@ -193,6 +213,16 @@ class Statechart:
             stray = [s for s in group.states if s not in self.states]
             if stray:
                 raise ValueError(f"group {group.name!r} names states not in the chart: {stray}")
+        busy: set[State] = set()
+        for activity in self.activities:
+            if activity.state in busy:
+                raise ValueError(f"two activities in state {activity.state}")
+            busy.add(activity.state)
+            if not any(e.trigger == activity.done for e in self.edges_from(activity.state)):
+                raise ValueError(
+                    f"activity {activity.name!r} ends with {activity.done!r},"
+                    f" which has no edge from {activity.state}"
+                )
         unknown = set(self.categories) - {edge.trigger for edge in self.edges}
         if unknown:
             raise ValueError(f"categories for triggers the chart does not have: {sorted(unknown)}")
@@ -231,6 +261,17 @@ class Statechart:
 
     def edges_from(self, source: State) -> Iterator[Edge]:
         return (edge for edge in self.edges if edge.source is source)
+
+    def activity(self, state: State) -> Activity | None:
+        """The activity run while in ``state``, if any."""
+        for activity in self.activities:
+            if activity.state is state:
+                return activity
+        return None
+
+    def delayed_edges(self, source: State) -> tuple[Edge, ...]:
+        """The edges out of ``source`` that a timer fires (``delay`` set), in chart order."""
+        return tuple(e for e in self.edges_from(source) if e.delay is not None)
 
     def automatic_triggers(self, source: State) -> tuple[str, ...]:
         """Triggers the manager fires by itself on entering ``source``, in order."""
@@ -498,6 +539,14 @@ PARTICIPANT_CHART = Statechart(
         ChartInput("track_unpublished", "track", "The participant unpublished a track."),
         ChartInput("grace_expired", "session", "The grace timer fired."),
         ChartInput("shutdown", "shutdown", "aclose(), or the room disconnected."),
+    ),
+    activities=(
+        Activity(
+            "cleanup",
+            _S.DISCONNECTING,
+            "cleanup_done",
+            "the cleanup callbacks, in registration order, each bounded by cleanup_timeout",
+        ),
     ),
     groups=(
         StateGroup("connected", CONNECTED, "a live connection; disconnect or shutdown cleans it"),

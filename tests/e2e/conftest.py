@@ -13,6 +13,7 @@ import pytest
 from livekit import rtc
 
 from livekit_lifecycle import PARTICIPANT_CHART, LifecycleConfig, LifecycleManager, Session
+from livekit_lifecycle._view import InternalView
 from livekit_lifecycle.session import Transition
 from livekit_loopback.support import WAIT, Recorder, no_leaks, webrtc_warmed_up
 
@@ -120,6 +121,6 @@ async def make_agent(loopback_server: Any) -> AsyncIterator[MakeAgent]:
     for agent in agents:
         await agent.manager.aclose()
         assert dict(agent.manager.sessions) == {}
-        assert agent.manager._tasks == set()
+        assert InternalView(agent.manager).tasks == set()
         await agent.room.disconnect()
     assert off_chart == []

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import pytest
 
 from livekit_lifecycle import LifecycleConfig, State
+from livekit_lifecycle._view import InternalView
 from livekit_lifecycle.stores import (
     MemoryStore,
     RedisStore,
@@ -186,9 +187,10 @@ async def test_a_deadline_far_ahead_is_capped_at_the_grace_period(fleet: Fleet) 
         manager = fleet.manager(driver.room, store=store, grace_period=0.5)
         await until(lambda: manager.stats["sessions_restored"] == 1, "the restore")
         session = manager.get("alice")
-        assert session is not None and session._grace_timer is not None
+        assert session is not None
+        (timer,) = InternalView(manager).timers(session)
         loop = asyncio.get_running_loop()
-        assert session._grace_timer.when() - loop.time() <= 0.5
+        assert timer.when() - loop.time() <= 0.5
         await until(lambda: manager.get("alice") is None, "alice's removal", timeout=5)
         await manager.aclose()
 

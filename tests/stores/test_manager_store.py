@@ -42,12 +42,10 @@ def crash(manager: LifecycleManager) -> None:
     task = persist.writer._task
     if task is not None:
         task.cancel()
-    for session in manager._sessions.values():
-        if session._grace_timer is not None:
-            session._grace_timer.cancel()
-    manager._sessions.clear()
-    manager._by_sid.clear()
-    manager._closing = True
+    runtime = manager._runtime
+    for session in list(runtime.sessions.values()):
+        runtime.abandon(session)
+    runtime.closing = True
 
 
 class Fleet:

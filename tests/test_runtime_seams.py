@@ -1,8 +1,9 @@
-"""The runner's internal seams for a session store (see ``_runner``'s module docstring)."""
+"""The session runtime's seams for a session store (see ``_runtime`` and ``_cleanup``)."""
 
 from __future__ import annotations
 
 from livekit_lifecycle import Session, State
+from livekit_lifecycle.stores import Claim
 from livekit_lifecycle.testing import RoomDriver
 from tests.conftest import MakeManager
 
@@ -14,7 +15,7 @@ async def test_a_transition_hook_sees_every_change_of_state(
 ) -> None:
     manager = make_manager(grace_period=30)
     seen: list[tuple[str, State]] = []
-    manager._add_transition_hook(lambda session: seen.append((session.key, session.state)))
+    manager._runtime.add_transition_hook(lambda session: seen.append((session.key, session.state)))
     driver.connect("alice", active=True)
     driver.publish_track("alice")  # internal edge: no change of state, no call
     driver.disconnect("alice")
@@ -35,13 +36,13 @@ async def test_a_cleanup_claim_decides_whether_callbacks_run_here(
     manager.add_cleanup(lambda session: cleaned.append(session.key))
     claimed: list[str] = []
 
-    async def claim(session: Session) -> bool:
+    async def claim(session: Session) -> tuple[bool, Claim | None]:
         claimed.append(session.key)
         if session.key == "carol":
             raise RuntimeError("store down")  # logged; the cleanup runs here
-        return session.key != "bob"  # bob's cleanup already ran elsewhere
+        return session.key != "bob", None  # bob's cleanup already ran elsewhere
 
-    manager._set_cleanup_claim(claim)
+    manager._cleanup.claim = claim
     for name in ("alice", "bob", "carol"):
         driver.connect(name, active=True)
         driver.disconnect(name)
@@ -51,5 +52,8 @@ async def test_a_cleanup_claim_decides_whether_callbacks_run_here(
     assert claimed == ["alice", "bob", "carol"]
     assert cleaned == ["alice", "carol"]
     assert manager.stats["internal_errors"] == 1
-    manager._set_cleanup_claim(None)
-    assert not manager._async_cleanups  # back on the synchronous batch path
+    manager._cleanup.claim = None  # unset: the callbacks run inline again, no claim asked
+    driver.connect("dave", active=True)
+    driver.disconnect("dave")
+    await manager.wait_for("dave", State.GRACE, WAIT)
+    assert claimed == ["alice", "bob", "carol"] and cleaned == ["alice", "carol", "dave"]
