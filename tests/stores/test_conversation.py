@@ -3,9 +3,9 @@
 A real ``AgentSession`` on a real ``rtc.Room`` (RoomDriver), in a real
 ``fake_job_context`` job, writes its conversation through a real
 ``RedisStore``; a second job restores the session and its AgentSession
-answers knowing what was said before. The model is the only stand-in: a
-tiny LLM whose reply lists what the user said in the chat context it got,
-so the test can see what the next reply knows.
+answers knowing what was said before. The model is the only stand-in:
+``RecallLLM`` (tests/e2e/recall_llm.py), whose reply lists what the user said in
+the chat context it got, so the test can see what the next reply knows.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 pytest.importorskip("livekit.agents", reason="needs livekit-agents (the 'agents' extra)")
-from livekit.agents import DEFAULT_API_CONNECT_OPTIONS, Agent, AgentSession, APIConnectOptions, llm
+from livekit.agents import Agent, AgentSession
 from livekit.agents.testing import fake_job_context
 from livekit.agents.voice.room_io import RoomOptions
 from livekit.agents.voice.run_result import RunResult
@@ -29,6 +29,7 @@ from livekit_lifecycle.agents import JobLifecycleManager, for_job
 from livekit_lifecycle.stores import RedisStore, SessionRecord
 from livekit_lifecycle.testing import RoomDriver
 from livekit_loopback.redis_server import RedisServer
+from tests.e2e.recall_llm import RecallLLM
 
 from .test_manager_store import crash
 
@@ -38,37 +39,6 @@ ROOM = "conversation-room"
 WAIT = 20.0
 # A RoomDriver room has no native handle: nothing is published, text answers stay in the session.
 ROOM_OPTIONS = RoomOptions(audio_output=False, text_output=False)
-
-
-class RecallLLM(llm.LLM[Any]):
-    """A model that answers with every user message of the chat context it is given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: list[list[str]] = []
-
-    def chat(
-        self,
-        *,
-        chat_ctx: llm.ChatContext,
-        tools: list[llm.Tool] | None = None,
-        conn_options: APIConnectOptions = DEFAULT_API_CONNECT_OPTIONS,
-        **_: Any,
-    ) -> llm.LLMStream:
-        return _RecallStream(self, chat_ctx=chat_ctx, tools=tools or [], conn_options=conn_options)
-
-
-class _RecallStream(llm.LLMStream):
-    async def _run(self) -> None:
-        said = [m.text_content or "" for m in self._chat_ctx.messages() if m.role == "user"]
-        assert isinstance(self._llm, RecallLLM)
-        self._llm.seen.append(said)
-        self._event_ch.send_nowait(
-            llm.ChatChunk(
-                id=f"recall-{len(self._llm.seen)}",
-                delta=llm.ChoiceDelta(role="assistant", content="you said: " + " | ".join(said)),
-            )
-        )
 
 
 @pytest.fixture
