@@ -242,6 +242,11 @@ def sdk_chat(room: rtc.Room) -> Callable[[str], Awaitable[Any]]:
     return send
 
 
+async def leave(room: rtc.Room) -> None:
+    """The SDK user leaves (bounded: a hung disconnect fails the test, never hangs it)."""
+    await asyncio.wait_for(room.disconnect(), SLOW)
+
+
 async def reached(worker: AgentWorker, key: str, state: str, **fields: Any) -> Record:
     return await worker.wait_for_line(
         matches("session.transition", key=key, to_state=state, **fields), timeout=SLOW
@@ -270,7 +275,7 @@ async def test_a_killed_workers_room_goes_to_another_worker_with_sessions_and_co
     bob = await server.connect("bob", ROOM)
     bob_sid = bob.local_participant.sid
     await reached(a, "bob", "active")
-    await bob.disconnect()
+    await leave(bob)
     await reached(a, "bob", "grace")
 
     async def browser_says(text: str) -> Any:
@@ -298,7 +303,9 @@ async def test_a_killed_workers_room_goes_to_another_worker_with_sessions_and_co
     command = recovery.watchdog_command()
     async with recovery.watchdog("wd-api"):
         await a.kill()  # SIGKILL: no shutdown, no cleanup, the lease is left to expire
-        restored = await b.wait_for_line(matches("agents.conversation_restored"), timeout=SLOW)
+        # B's job started its AgentSession, after giving it the conversation back.
+        agent_session = await b.wait_for_line(matches("recovery.agent_session"), timeout=SLOW)
+        [restored] = job_lines(b, "agents.conversation_restored")
         [started] = job_lines(b, "recovery.job_started")
         assert started["resume"] is True
         # Alice is still in the room: B's job has her session as A left it.
@@ -306,7 +313,6 @@ async def test_a_killed_workers_room_goes_to_another_worker_with_sessions_and_co
         assert alice_back["sid"] == alice_sid and alice_back["stored_state"] == "active"
         assert alice_back["user_id"] == "id-alice"
         assert restored["key"] == "alice"
-        [agent_session] = job_lines(b, "recovery.agent_session")
         assert agent_session["linked"] == "alice"
         assert agent_session["history"] == [
             "my name is Zed",
@@ -368,7 +374,7 @@ async def test_a_job_process_killed_alone_recovers_the_same_way_and_bob_comes_ba
     bob_sid = bob.local_participant.sid
     await reached(a, "bob", "active")
     assert await chat(a, sdk_chat(alice), "remember 42") == "you said: remember 42"
-    await bob.disconnect()
+    await leave(bob)
     await reached(a, "bob", "grace")
     await recovery.stored(
         lambda r: (
@@ -380,13 +386,13 @@ async def test_a_job_process_killed_alone_recovers_the_same_way_and_bob_comes_ba
     assert old_pid != a.pid
     async with recovery.watchdog("wd-api") as watchdog:
         os.kill(old_pid, signal.SIGKILL)
-        restored = await a.wait_for_line(
-            lambda r: (
-                matches("agents.conversation_restored", key="alice")(r) and r["pid"] != old_pid
-            ),
+        # The new job process's AgentSession started (it restored the conversation first).
+        started = await a.wait_for_line(
+            lambda r: matches("recovery.agent_session", linked="alice")(r) and r["pid"] != old_pid,
             timeout=SLOW,
         )
-        new_pid = restored["pid"]
+        new_pid = started["pid"]
+        assert started["history"] == ["remember 42", "you said: remember 42"]
         assert a.returncode is None  # the worker served on
         assert await chat(a, sdk_chat(alice), "what number?") == (
             "you said: remember 42 | what number?"
@@ -407,8 +413,8 @@ async def test_a_job_process_killed_alone_recovers_the_same_way_and_bob_comes_ba
 
     # Both leave: each connection of the test is cleaned once, across both job processes.
     new_bob_sid, alice_sid = bob.local_participant.sid, alice.local_participant.sid
-    await alice.disconnect()
-    await bob.disconnect()
+    await leave(alice)
+    await leave(bob)
     await recovery.until("three cleanups", lambda: len(recovery.cleanups()) >= 3)
     cleaned = recovery.cleanups()
     assert sorted(c["sid"] for c in cleaned) == sorted([bob_sid, alice_sid, new_bob_sid])
@@ -457,7 +463,7 @@ async def test_redis_frozen_while_the_watchdogs_run_dispatches_nothing_then_once
             assert one.stats["dispatched"] == two.stats["dispatched"] == 0
         finally:
             os.kill(pid, signal.SIGCONT)
-        await b.wait_for_line(matches("agents.conversation_restored", key="alice"), timeout=SLOW)
+        await b.wait_for_line(matches("recovery.agent_session", linked="alice"), timeout=SLOW)
         assert await chat(b, sdk_chat(alice), "again") == "you said: hello | again"
         assert one.stats["dispatched"] + two.stats["dispatched"] == 1
     assert len(recovery.resume_dispatches()) == 1
