@@ -72,6 +72,8 @@ class Context:
     """The connection bound to the session is active (or publishes)."""
     waiting_active: bool = False
     """The connection that will be bound next is already active."""
+    busy: bool = False
+    """The state's activity is running: inputs wait in the session's queue meanwhile."""
 
 
 Payload = frozenset[str]
@@ -108,20 +110,27 @@ def _unchanged(ctx: Context) -> Context:
 
 
 class Harness:
-    """One real room, one real manager, one user whose connections share the key ``u``."""
+    """One real room, one real manager, one user whose connections share the key ``u``.
 
-    def __init__(self, driver: RoomDriver) -> None:
+    Every activity of the chart is held until the path's step that ends it: the
+    cleanup callback and, for any other activity, its implementation wait on one gate.
+    """
+
+    def __init__(self, driver: RoomDriver, chart: Statechart = CHART) -> None:
         self.driver = driver
+        self.chart = chart
         self.manager = LifecycleManager(
             LifecycleConfig(
                 grace_period=GRACE,
                 cleanup_timeout=10.0,
                 shutdown_timeout=30.0,
                 session_key=lambda p: p.attributes.get("user") or p.identity,
-            )
+            ),
+            chart=chart,
+            activities={a.name: self._activity for a in chart.activities if a.name != "cleanup"},
         )
-        self.fired = record_edges(self.manager, CHART)
-        self.checker = InvariantChecker(self.manager)
+        self.fired = record_edges(self.manager, chart)
+        self.checker = InvariantChecker(self.manager, chart)
         self.manager.attach(driver.room)
         self.gate = asyncio.Event()
         self.gate_open = False
@@ -132,6 +141,10 @@ class Harness:
         self.participants: dict[str, rtc.RemoteParticipant] = {}
         self.current = self.connect_new(active=False)
         self.waiting: str | None = None
+
+    async def _activity(self, session: Session) -> None:
+        if not self.gate_open:
+            await self.gate.wait()
 
     async def _cleanup(self, session: Session) -> None:
         # Held until the path's cleanup_done step, so the path decides what
@@ -275,12 +288,16 @@ def _new_connection(*, active: bool) -> Callable[[Harness], Awaitable[None]]:
     return go
 
 
-async def _cleanup_done(h: Harness) -> None:
+async def _activity_ends(h: Harness) -> None:
     h.release_cleanup()
 
 
-async def _grace_runs_out(h: Harness) -> None:
-    await asyncio.sleep(GRACE)  # virtual time: the clock jumps to the grace timer
+def _delay_passes(delay: str) -> Callable[[Harness], Awaitable[None]]:
+    async def go(h: Harness) -> None:
+        # Virtual time: the clock jumps to the timer the chart's delayed edge armed.
+        await asyncio.sleep(float(getattr(h.manager.config, delay)))
+
+    return go
 
 
 async def _aclose(h: Harness) -> None:
@@ -291,7 +308,7 @@ async def _room_disconnected(h: Harness) -> None:
     h.driver.room_disconnected(REASON.ROOM_DELETED)
 
 
-STIMULI: tuple[Stimulus, ...] = (
+ROOM_STIMULI: tuple[Stimulus, ...] = (
     Stimulus(
         "track_published",
         "publish_track",
@@ -335,7 +352,6 @@ STIMULI: tuple[Stimulus, ...] = (
         frozenset({"is_new_sid"}),
         lambda c: replace(c, waiting_active=True),
     ),
-    Stimulus("cleanup callbacks return", "cleanup_done", _cleanup_done),
     # The SDK reports a join as participant_connected (JOINED) and only then
     # participant_active, and a reconnect in grace is handled at the first: the
     # new connection is never active yet. (A takeover's is read after the old
@@ -346,7 +362,6 @@ STIMULI: tuple[Stimulus, ...] = (
         _new_connection(active=False),
         world=lambda c: replace(c, waiting_active=False),
     ),
-    Stimulus("grace_period passes", "expire", _grace_runs_out, frozenset({"is_current_timer"})),
     Stimulus("manager.aclose()", "shutdown", _aclose, world=lambda c: replace(c, closing=True)),
     Stimulus(
         "room disconnected",
@@ -356,6 +371,39 @@ STIMULI: tuple[Stimulus, ...] = (
     ),
 )
 
+
+"""What the room and the application do; time and activities come from the chart."""
+
+
+def chart_stimuli(chart: Statechart) -> tuple[Stimulus, ...]:
+    """The stimuli the chart itself defines: an activity ending, a delayed edge's time passing.
+
+    A new state with an activity or a delayed edge is driven with no edit here.
+    """
+    stimuli = [
+        Stimulus(f"activity {activity.name} ends", activity.done, _activity_ends)
+        for activity in chart.activities
+    ]
+    seen: set[tuple[str, str]] = set()
+    for edge in chart.edges:
+        if edge.delay is not None and (edge.trigger, edge.delay) not in seen:
+            seen.add((edge.trigger, edge.delay))
+            stimuli.append(
+                Stimulus(
+                    f"{edge.delay} passes ({edge.trigger})",
+                    edge.trigger,
+                    _delay_passes(edge.delay),
+                    frozenset({"is_current_timer"}),
+                )
+            )
+    return tuple(stimuli)
+
+
+def stimuli_for(chart: Statechart) -> tuple[Stimulus, ...]:
+    return ROOM_STIMULI + chart_stimuli(chart)
+
+
+STIMULI = stimuli_for(CHART)
 
 # --------------------------------------------------------------------------- path planning
 
@@ -390,13 +438,21 @@ def _guard(name: str) -> GuardModel:
 
 
 def apply(chart: Statechart, ctx: Context, stimulus: Stimulus) -> Step | None:
-    """The model's answer: which edges ``stimulus`` fires from ``ctx`` (None: it is ignored)."""
-    world = stimulus.world(ctx)
+    """The model's answer: which edges ``stimulus`` fires from ``ctx`` (None: it is ignored).
+
+    While the state's activity runs only its end is planned: anything else would wait
+    in the session's queue (paths do not wait on queues).
+    """
+    activity = chart.activity(ctx.state)
+    ends = activity is not None and stimulus.trigger == activity.done
+    if ctx.busy != ends:
+        return None
+    world = replace(stimulus.world(ctx), busy=False)
     edge = _first_edge(chart, world, stimulus.trigger, stimulus.payload)
     if edge is None:
         return None
     fired = [edge]
-    ctx = replace(EFFECTS.get(edge.trigger, _unchanged)(world), state=edge.target)
+    ctx = _enter(chart, EFFECTS.get(edge.trigger, _unchanged)(world), edge)
     settled = False
     while not settled:
         settled = True
@@ -404,10 +460,17 @@ def apply(chart: Statechart, ctx: Context, stimulus: Stimulus) -> Step | None:
             automatic = _first_edge(chart, ctx, trigger, frozenset())
             if automatic is not None:
                 fired.append(automatic)
-                ctx = replace(EFFECTS.get(trigger, _unchanged)(ctx), state=automatic.target)
+                ctx = _enter(chart, EFFECTS.get(trigger, _unchanged)(ctx), automatic)
                 settled = False
                 break
     return Step(stimulus, tuple(fired), ctx)
+
+
+def _enter(chart: Statechart, ctx: Context, edge: Edge) -> Context:
+    """``ctx`` after ``edge``: entering a state with an activity starts it (internal: no entry)."""
+    if edge.internal:
+        return ctx
+    return replace(ctx, state=edge.target, busy=chart.activity(edge.target) is not None)
 
 
 @dataclass(frozen=True)
@@ -456,9 +519,9 @@ def edge_id(edge: Edge) -> str:
     return f"{edge.source.value}-{edge.trigger}-{edge.target.value}"
 
 
-def _cases() -> Iterator[Any]:
-    plans = plan_paths(CHART, STIMULI)
-    for index, edge in enumerate(CHART.edges):
+def _cases(chart: Statechart = CHART) -> Iterator[Any]:
+    plans = plan_paths(chart, stimuli_for(chart))
+    for index, edge in enumerate(chart.edges):
         options: list[Plan | None] = [*plans.get(edge, [])] or [None]
         for plan in options:
             last = "unreachable" if plan is None else plan.steps[-1].stimulus.name
@@ -468,12 +531,13 @@ def _cases() -> Iterator[Any]:
 # --------------------------------------------------------------------------- running a path
 
 
-async def execute(plan: Plan) -> list[Edge]:
+async def execute(plan: Plan, chart: Statechart = CHART) -> list[Edge]:
     """Run ``plan`` against a real room; check every step fires exactly the model's edges."""
+    bound = chart.group("bound")
     async with RoomDriver("model-room") as driver:
-        h = Harness(driver)
+        h = Harness(driver, chart)
         session = h.manager.get(USER)
-        assert session is not None and session.state is CHART.initial
+        assert session is not None and session.state is chart.initial
         fired_all: list[Edge] = []
         for number, step in enumerate(plan.steps, 1):
             before = len(h.fired)
@@ -489,12 +553,12 @@ async def execute(plan: Plan) -> list[Edge]:
             if any(e.trigger in BINDS for e in step.fired):
                 assert h.waiting is not None
                 h.current, h.waiting = h.waiting, None
-            expected = None if step.after.state is State.REMOVED else step.after.state
+            expected = None if step.after.state in chart.final else step.after.state
             assert h.manager.state_of(USER) is expected, where
             assert session.state is step.after.state, where
-            if session.state not in (State.CLEANED, State.GRACE, State.REMOVED):
+            if session.state in bound:
                 assert session.sid == h.participant(h.current).sid, f"{where}: bound to wrong sid"
-            raise_for(check_manager(h.manager))
+            raise_for(check_manager(h.manager, chart))
         stats = h.manager.stats
         assert stats["internal_errors"] == stats["callback_errors"] == 0
         assert stats["rejected_input"] == stats["callback_timeouts"] == 0

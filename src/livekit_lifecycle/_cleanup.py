@@ -36,7 +36,7 @@ from .session import Session, reason_name
 if TYPE_CHECKING:
     from .stores import Claim
 
-__all__ = ["CleanupActivity", "CleanupCallback", "CleanupClaim"]
+__all__ = ["CleanupActivity", "CleanupCallback", "CleanupClaim", "UserActivity", "user_activity"]
 
 CleanupCallback = Callable[[Session], Any]
 """``fn(session)``, sync or async; called while the session is ``disconnecting``."""
@@ -132,6 +132,34 @@ class CleanupActivity:
             observer.cleanup_failed(session, outcome is Outcome.TIMED_OUT)  # observability hook
 
         return self._log.reporter("cleanup", callback, session, "cleanup", also=failed)
+
+
+UserActivity = Callable[[Session], Any]
+"""An activity the application implements: ``fn(session)``, sync or async (see
+``LifecycleManager(activities=...)``)."""
+
+
+def user_activity(
+    name: str, fn: UserActivity, log: ManagerLog, supervisor: Supervisor
+) -> Callable[[Session], Coroutine[Any, Any, None] | None]:
+    """``fn`` as an activity implementation: isolated and bounded like a cleanup callback."""
+
+    def run(session: Session) -> Coroutine[Any, Any, None] | None:
+        report = log.reporter(f"activity:{name}", fn, session, "session")
+        try:
+            result = fn(session)
+        except (Exception, asyncio.CancelledError) as exc:
+            report(Outcome.FAILED, exc)
+            return None
+        if result is None or not inspect.isawaitable(result):
+            return None
+        return _bounded(result, report, supervisor)
+
+    return run
+
+
+async def _bounded(awaitable: Awaitable[Any], report: Report, supervisor: Supervisor) -> None:
+    await supervisor.run(lambda: awaitable, (), report)
 
 
 def _uncancel_current_task() -> None:

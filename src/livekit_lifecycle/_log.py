@@ -80,7 +80,7 @@ class ManagerLog:
                 key=session._key,
                 identity=session._identity,
                 sid=session._sid,
-                state=str(session._state),
+                state=session._state.value,
                 **fields,
             )
 

@@ -12,7 +12,7 @@ queue, so no later trigger can ever cancel it, which is exactly what
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from transitions import Machine
@@ -35,8 +35,8 @@ def build_machine(
     *,
     guards: Mapping[str, Guard],
     effects: Mapping[str, Effect],
-    on_enter: Mapping[State, Effect],
-    on_exit: Mapping[State, Effect],
+    on_enter: Mapping[State, Sequence[Effect]],
+    on_exit: Mapping[State, Sequence[Effect]],
     after_state_change: Effect,
 ) -> Machine:
     """A model-less machine whose edges, guards and callbacks all come from ``chart``.
@@ -61,10 +61,10 @@ def build_machine(
         send_event=True,
         model_attribute="_state",
     )
-    for state, effect in on_enter.items():
-        machine.get_state(state).on_enter.append(effect)
-    for state, effect in on_exit.items():
-        machine.get_state(state).on_exit.append(effect)
+    for state, entered in on_enter.items():
+        machine.get_state(state).on_enter.extend(entered)
+    for state, left in on_exit.items():
+        machine.get_state(state).on_exit.extend(left)
     for state in chart.states:
         machine.get_state(state).on_enter.append(after_state_change)
     machine.freeze()

@@ -415,7 +415,7 @@ class Persistence:
         return SessionRecord(
             room=self._log.room_name() or "",
             key=key,
-            state=str(session._state),
+            state=session._state.value,
             identity=session._identity,
             sid=session._sid,
             user_id=session._user_id,

@@ -121,6 +121,8 @@ class SessionRuntime:
             activities_by_state[activity.state] = (activity.done, activities[activity.name])
         self._activity = activities_by_state
         self._activity_states = tuple(activities_by_state)
+        self._entered = False
+        """Set when a step enters a state with an activity (an internal edge does not)."""
         # Timers: the delayed edges of each state, and the input each one's expiry is.
         delayed: dict[Any, tuple[tuple[Edge, str], ...]] = {}
         timer_inputs: dict[str, dict[Any, str]] = {}
@@ -134,12 +136,20 @@ class SessionRuntime:
         self.machine = build_machine(
             chart,
             guards=_actions.guards(self),
-            effects=_actions.effects(self),
-            on_enter={
-                **dict.fromkeys(delayed, self._arm_timers),
-                **dict.fromkeys(chart.final, self._enter_final),
+            effects={
+                trigger: effect
+                for trigger, effect in _actions.effects(self).items()
+                if trigger in chart.triggers
             },
-            on_exit=dict.fromkeys(delayed, self._cancel_timers),
+            on_enter={
+                state: [
+                    *([self._arm_timers] if state in delayed else []),
+                    *([self._enter_activity] if state in activities_by_state else []),
+                    *([self._enter_final] if state in chart.final else []),
+                ]
+                for state in chart.states
+            },
+            on_exit={state: [self._cancel_timers] for state in delayed},
             after_state_change=self._after_state_change,
         )
         self._events = self.machine.events
@@ -376,9 +386,10 @@ class SessionRuntime:
                 # (a connect then starts a new session).
                 self._route(inp)
                 return False
+            self._entered = False
             if not self.apply(session, inp):
                 self._ignored(session, inp)
-            return session._state in self._activity_states
+            return self._entered
         except Exception:
             self.log.internal_error(session, str(inp.kind))
         return False
@@ -392,6 +403,17 @@ class SessionRuntime:
             return False
         trigger = self._dispatch[inp.kind].get(session._state)
         return trigger is not None and self._fire(session, trigger, input=inp)
+
+    def state(self, value: State | str) -> State:
+        """The chart's state ``value`` (a member, or its value).
+
+        Raises:
+            ValueError: for a state the chart does not have.
+        """
+        for state in self.chart.states:
+            if state is value or state.value == value:
+                return state
+        raise ValueError(f"{value!r} is not a state of the {self.chart.name!r} chart")
 
     def input_category(self, kind: str) -> str:
         """The log category of input ``kind`` (``session`` for a timer's)."""
@@ -495,12 +517,13 @@ class SessionRuntime:
 
     def _end(self, session: Session, done: str) -> None:
         """The activity finished: fire ``done``, then apply what queued up meanwhile."""
+        self._entered = False
         try:
             if session._state in self._activity:
                 self._fire(session, done)
         except Exception:
             self.log.internal_error(session, done)
-        self._continue(session, False)
+        self._continue(session, self._entered)  # `done` may lead into another activity
 
     # ------------------------------------------------------------------ timers
 
@@ -552,6 +575,9 @@ class SessionRuntime:
 
     # ------------------------------------------------------------------ recording
 
+    def _enter_activity(self, ev: EventData) -> None:
+        self._entered = True
+
     def _enter_final(self, ev: EventData) -> None:
         self.forget(ev.model)
 
@@ -571,8 +597,8 @@ class SessionRuntime:
                 self._trigger_category[transition.trigger],
                 session,
                 trigger=transition.trigger,
-                from_state=str(transition.source),
-                to_state=str(dest),
+                from_state=transition.source.value,
+                to_state=dest.value,
             )
         self._events_out.changed(session, transition)
 
@@ -581,9 +607,12 @@ class SessionRuntime:
         if inp.sid and inp.sid != session._sid:
             counter, why = "ignored_stale", "event for a connection that is not the current one"
         elif session._state in self._duplicate_in.get(kind, ()):
-            counter, why = "ignored_duplicate", f"already handled (session is {session._state})"
+            counter, why = (
+                "ignored_duplicate",
+                f"already handled (session is {session._state.value})",
+            )
         else:
-            counter, why = "ignored_invalid", f"not applicable in state {session._state}"
+            counter, why = "ignored_invalid", f"not applicable in state {session._state.value}"
         self.stats[counter] += 1
         self.log.session(
             logging.DEBUG,

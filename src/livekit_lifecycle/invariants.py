@@ -100,6 +100,11 @@ def _group(chart: Statechart, name: str) -> tuple[State, ...]:
     return chart.group(name) if chart.groups else PARTICIPANT_CHART.group(name)
 
 
+def _is_state(chart: Statechart, state: object) -> bool:
+    """Whether ``state`` is one of the chart's state objects (not merely equal to one's value)."""
+    return any(state is known for known in chart.states)
+
+
 @dataclass(frozen=True, slots=True)
 class Violation:
     """One broken invariant: its id (a key of :data:`INVARIANTS`), session key, what is wrong."""
@@ -138,7 +143,7 @@ def check_transition(
     """``chart.state`` and ``chart.edge`` for one recorded transition."""
     found: list[Violation] = []
     for end in (transition.source, transition.dest):
-        if not isinstance(end, State) or end not in chart.states:
+        if not _is_state(chart, end):
             found.append(Violation("chart.state", key, f"{end!r} is not a state of the chart"))
     if not found and not chart.is_edge(transition.source, transition.dest, transition.trigger):
         found.append(
@@ -171,7 +176,7 @@ def check_session(
     def bad(invariant: str, detail: str) -> None:
         found.append(Violation(invariant, key, detail))
 
-    if not isinstance(state, State) or state not in chart.states:
+    if not _is_state(chart, state):
         bad("chart.state", f"state {state!r} is not a state of the chart")
         return found
 

@@ -28,7 +28,7 @@ from typing import Any, TypeVar, overload
 from livekit import rtc
 
 from ._callbacks import Outcome, Supervisor, call_bounded, contains_callable, describe
-from ._cleanup import CleanupActivity, CleanupCallback
+from ._cleanup import CleanupActivity, CleanupCallback, UserActivity, user_activity
 from ._emitter import Listener, NotificationName
 from ._events import Input, InputKind
 from ._intake import RoomIntake
@@ -39,7 +39,7 @@ from ._runtime import SessionRuntime
 from .config import LifecycleConfig
 from .invariants import check_session
 from .session import Session
-from .statechart import PARTICIPANT_CHART, State
+from .statechart import PARTICIPANT_CHART, State, Statechart
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
 
@@ -62,11 +62,25 @@ class LifecycleManager:
     shutdown. All methods must be called from the room's event loop.
     """
 
-    def __init__(self, config: LifecycleConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: LifecycleConfig | None = None,
+        *,
+        chart: Statechart = PARTICIPANT_CHART,
+        activities: Mapping[str, UserActivity] | None = None,
+    ) -> None:
+        """``chart`` and ``activities`` are for a variant of the participant chart
+        (docs/concepts.md, "Adding a state or an input"): ``activities`` implements each
+        activity the chart declares besides ``cleanup`` (the cleanup callbacks), as
+        ``fn(session)``, sync or async, isolated and bounded by ``cleanup_timeout``.
+
+        Raises:
+            TypeError: for a ``config`` that is not a :class:`LifecycleConfig`.
+            ValueError: for a chart activity without an implementation.
+        """
         if config is not None and not isinstance(config, LifecycleConfig):
             raise TypeError(f"config must be a LifecycleConfig, got {type(config).__name__}")
         self._config = config = config or LifecycleConfig()
-        chart = PARTICIPANT_CHART
         self._log = log = ManagerLog(lambda: None)
         self._stats = log.stats
         self._supervisor = supervisor = Supervisor(config.cleanup_timeout)
@@ -88,7 +102,13 @@ class LifecycleManager:
             log=log,
             supervisor=supervisor,
             events=notifier,
-            activities={"cleanup": cleanup.run},
+            activities={
+                **{
+                    name: user_activity(name, fn, log, supervisor)
+                    for name, fn in (activities or {}).items()
+                },
+                "cleanup": cleanup.run,
+            },
             route=lambda inp: self._intake.route(inp),
             on_bound=lambda session: self._intake.adopt(session),
             store=persist,
@@ -302,7 +322,7 @@ class LifecycleManager:
             ValueError: for an unknown state.
             RuntimeError: when the manager shuts down first.
         """
-        target = State(state)
+        target = self._runtime.state(state)
         session = self._sessions.get(key)
         if session is not None and session._state is target:
             return session

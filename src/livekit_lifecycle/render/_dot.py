@@ -98,6 +98,11 @@ def _dot_node_attrs(
     chart: Statechart, state: State, marks: _Marks, highlight: Highlight | None
 ) -> str:
     rows = [f"<tr><td><b>{_html(state.value)}</b></td></tr>"]
+    activity = chart.activity(state)
+    if activity is not None:  # UML's do-activity: runs while the session is here
+        rows.append(
+            f'<tr><td><font point-size="9"><i>do / {_html(activity.name)}</i></font></td></tr>'
+        )
     internal = [e for e in chart.edges_from(state) if e.internal]
     if internal:
         rows.append("<hr/>")
@@ -126,10 +131,14 @@ def _dot_node_attrs(
             attrs += [f"color={_q(_MUTED)}", f"fontcolor={_q('#607d8b')}"]
     label = '<<table border="0" cellborder="0" cellspacing="0" cellpadding="1">'
     label += "".join(rows) + "</table>>"
-    tooltip = state.value + (
-        "; internal: " + "; ".join(f"{_edge_text(e, chart)}: {e.cause}" for e in internal)
-        if internal
-        else ""
+    tooltip = (
+        state.value
+        + (f"; do / {activity.name}: {activity.description}" if activity is not None else "")
+        + (
+            "; internal: " + "; ".join(f"{_edge_text(e, chart)}: {e.cause}" for e in internal)
+            if internal
+            else ""
+        )
     )
     return ", ".join(
         [f"label={label}", f"class={_q(' '.join(classes))}", f"tooltip={_q(tooltip)}", *attrs]
@@ -184,6 +193,8 @@ def _dot_legend(chart: Statechart, highlight: Highlight | None) -> str:
         "bold orange arrow: delayed, fired by a timer",
         "[...]: guards that must hold; text inside a state: internal, no state change",
     ]
+    if chart.activities:
+        entries.append("do / name inside a state: an activity that runs while the session is there")
     if highlight is not None:
         entries.append(
             "blue arrows (step n): the session's recorded path; amber: where it is now;"

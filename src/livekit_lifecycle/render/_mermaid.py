@@ -66,6 +66,9 @@ def to_mermaid(chart: Statechart = PARTICIPANT_CHART, highlight: Highlight | Non
         if state in chart.final:
             lines.append(f"    {ids[state]} --> [*]")
     for state in chart.states:
+        activity = chart.activity(state)
+        if activity is not None:  # UML's do-activity: runs while the session is here
+            lines.append(f"    {ids[state]} : {_mermaid_text('do / ' + activity.name)}")
         for edge in chart.edges_from(state):
             if edge.internal:
                 lines.append(f"    {ids[state]} : {_mermaid_text(_edge_text(edge, chart))}")
