@@ -25,9 +25,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sys
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from livekit import rtc
 
@@ -63,6 +64,17 @@ _LOAD_TIMEOUT = 5.0
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
 _BOUND = (State.CONNECTING, State.ACTIVE, State.RECONNECTED)
+_T = TypeVar("_T")
+
+if sys.version_info >= (3, 11):
+
+    async def _bounded(call: Awaitable[_T], timeout: float) -> _T:
+        """``asyncio.wait_for`` without its task per call (every cleanup claims)."""
+        async with asyncio.timeout(timeout):
+            return await call
+
+else:  # pragma: no cover (3.10)
+    _bounded = asyncio.wait_for
 
 
 class Persistence:
@@ -108,6 +120,8 @@ class Persistence:
         """The runtime and the intake this store's side works with (the façade wires them)."""
         self._runtime = runtime
         self._intake = intake
+        self._rendered: dict[str, tuple[Transition, tuple[dict[str, Any], ...]]] = {}
+        """Session key -> its newest transition and its history as dicts (see _history_of)."""
 
     # ------------------------------------------------------------------ restore
 
@@ -411,6 +425,7 @@ class Persistence:
         session = runtime.sessions.get(key)
         if session is None or session._state is State.REMOVED:
             self.conversations.pop(key, None)
+            self._rendered.pop(key, None)
             return None
         return SessionRecord(
             room=self._log.room_name() or "",
@@ -425,10 +440,34 @@ class Persistence:
             connected_at=session._connected_at,
             disconnected_at=session._disconnected_at,
             grace_deadline=runtime.timer_deadline(session),
-            history=tuple(t.as_dict() for t in session._history),
+            history=self._history_of(key, session._history),
             owner=self.owner,
             conversation=self.conversations.get(key),
         )
+
+    def _history_of(self, key: str, history: list[Transition]) -> tuple[dict[str, Any], ...]:
+        """``history`` as dicts, each transition converted once: a write of a session
+        with a long history costs its new transitions, not the whole history again."""
+        if not history:
+            self._rendered.pop(key, None)
+            return ()
+        last = history[-1]
+        cached = self._rendered.get(key)
+        if cached is not None and cached[0] is last and len(cached[1]) == len(history):
+            return cached[1]
+        dicts: tuple[dict[str, Any], ...] | None = None
+        if cached is not None:
+            # Transitions are immutable and only ever appended (the oldest dropped):
+            # the cached dicts end at the one whose transition is cached[0].
+            for index in range(len(history) - 1, -1, -1):
+                if history[index] is cached[0]:
+                    known = cached[1][len(cached[1]) - index - 1 :]
+                    dicts = known + tuple(t.as_dict() for t in history[index + 1 :])
+                    break
+        if dicts is None or len(dicts) != len(history):
+            dicts = tuple(t.as_dict() for t in history)
+        self._rendered[key] = (last, dicts)
+        return dicts
 
     # ------------------------------------------------------------------ claims
 
@@ -440,7 +479,7 @@ class Persistence:
         # a burst of cleanups queues its claims, which then share round trips.
         timeout = max(self._supervisor.callback_timeout(), 0.1)
         try:
-            claim = await asyncio.wait_for(
+            claim = await _bounded(
                 self._store.claim(room, session._key, session._sid, self.owner), timeout
             )
             if session._key in self._interrupted:

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 from ._protocol import SessionStore
-from ._record import SessionRecord
+from ._record import SessionRecord, collector_paused
 
 __all__ = ["fleet_snapshot"]
 
@@ -28,13 +28,14 @@ async def fleet_snapshot(store: SessionStore, *, room: str | None = None) -> dic
     now = time.time()
     names = [room] if room is not None else [name for name, _ in await store.rooms()]
     rooms: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, records in (await store.load_many(names)).items():
-        for record in records:
-            rooms.setdefault(name, {})[record.key] = session_entry(record, now)
-    return {
-        "taken_at": now,
-        "rooms": {room: dict(sorted(rooms[room].items())) for room in sorted(rooms)},
-    }
+    with collector_paused():  # ~1 s for 100,000 sessions: see collector_paused
+        for name, records in (await store.load_many(names)).items():
+            for record in records:
+                rooms.setdefault(name, {})[record.key] = session_entry(record, now)
+        return {
+            "taken_at": now,
+            "rooms": {room: dict(sorted(rooms[room].items())) for room in sorted(rooms)},
+        }
 
 
 def session_entry(record: SessionRecord, now: float) -> dict[str, Any]:

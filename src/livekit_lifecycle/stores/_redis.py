@@ -29,19 +29,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, unquote
 
+import orjson
+
 from livekit_lifecycle._numbers import require_seconds
 from livekit_lifecycle.log import get_logger
 
 from ._json import check_json
 from ._protocol import Claim, RoomInfo, StoreWrite, log_skipped, process_owner
-from ._record import RECORD_VERSION, SessionRecord, SkippedRecord, UnreadableRecord, parse_record
+from ._record import (
+    RECORD_VERSION,
+    SessionRecord,
+    SkippedRecord,
+    UnreadableRecord,
+    collector_paused,
+    parse_record,
+)
 
 _Skipped = Callable[[SkippedRecord], None] | None
 
@@ -53,7 +62,11 @@ __all__ = ["RedisStore"]
 DEFAULT_NAMESPACE = "livekit-lifecycle"
 DEFAULT_LEASE_TTL = 5.0
 _NAMESPACE = re.compile(r"[A-Za-z0-9._-]+")
+_PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
+"""What ``quote(name, safe="")`` leaves as it is."""
 _PER_CALL = 500
+_CLOSE_WAIT = 2.0
+"""Seconds aclose() waits for the store's own tasks to end once cancelled."""
 """Entries in one script call at most: no call holds Redis for long (a script runs alone)."""
 
 # One room's upserts and deletes in one call, in order. KEYS[1] the room hash.
@@ -231,6 +244,8 @@ class RedisStore:
         self._lease = process_owner()
         self._lease_task: asyncio.Task[None] | None = None
         self._lease_held = False
+        self._acquiring: asyncio.Task[None] | None = None
+        self._closing = False
         self._rooms: dict[str, int] = {}
         """Rooms this process holds sessions of -> retention (ms): the lease loop refreshes them."""
         self._indexed: set[str] = set()
@@ -338,31 +353,42 @@ class RedisStore:
     ) -> dict[str, list[SessionRecord]]:
         """The records of several rooms, in pipelined ``HGETALL`` calls (the fleet view)."""
         result: dict[str, list[SessionRecord]] = {}
-        for start in range(0, len(rooms), _PER_CALL):
-            chunk = rooms[start : start + _PER_CALL]
-            async with self._client.pipeline(transaction=False) as pipe:
-                for room in chunk:
-                    pipe.hgetall(self._room_key(room))
-                answers = await pipe.execute()
-            for room, fields in zip(chunk, answers, strict=True):
-                result[room] = self._parse(room, fields, skipped)
+        # One pause of the collector for the whole read, not one per room: the
+        # records of every room read so far survive, and full collections of a
+        # growing heap were half of a 100,000-session fleet view.
+        with collector_paused():
+            for start in range(0, len(rooms), _PER_CALL):
+                chunk = rooms[start : start + _PER_CALL]
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for room in chunk:
+                        pipe.hgetall(self._room_key(room))
+                    answers = await pipe.execute()
+                for room, fields in zip(chunk, answers, strict=True):
+                    result[room] = self._parse(room, fields, skipped)
+                    # A turn of the loop between rooms: decoding 500 rooms at once held
+                    # the loop for seconds, long enough for this process's lease to expire.
+                    await asyncio.sleep(0)
         return result
 
     def _parse(self, room: str, fields: dict[Any, Any], skipped: _Skipped) -> list[SessionRecord]:
-        texts = {_text(k): v for k, v in fields.items()}
+        with collector_paused():
+            return self._parse_fields(room, fields, skipped)
+
+    def _parse_fields(
+        self, room: str, fields: dict[Any, Any], skipped: _Skipped
+    ) -> list[SessionRecord]:
         records = []
-        for field, text in texts.items():
-            if not field.startswith("s:"):
+        for name, text in fields.items():
+            field = name if isinstance(name, bytes) else name.encode()
+            if not field.startswith(b"s:"):
                 continue
-            key = unquote(field[2:])
+            quoted = field[2:].decode(errors="replace")
+            key = unquote(quoted) if "%" in quoted else quoted
+            history = fields.get(b"h:" + field[2:] if name is field else f"h:{quoted}")
             try:
-                records.append(
-                    parse_record(
-                        _with_history(text, texts.get(f"h:{field[2:]}")), room=room, key=key
-                    )
-                )
+                records.append(parse_record(_with_history(text, history), room=room, key=key))
             except UnreadableRecord as exc:
-                skip = SkippedRecord(f"{self._room_key(room)} {field}", room, key, exc.reason)
+                skip = SkippedRecord(f"{self._room_key(room)} s:{quoted}", room, key, exc.reason)
                 if skipped is None:
                     log_skipped(self._log, skip)
                 else:
@@ -453,7 +479,7 @@ class RedisStore:
                     retention = max(retention, round(entry.ttl * 1000), 1000)
             retention = retention or round(self._ttl_margin * 1000)
             for start in range(0, len(entries), _PER_CALL):
-                args: list[str | int] = []
+                args: list[str | int | bytes] = []
                 chunk = entries[start : start + _PER_CALL]
                 for entry in chunk:
                     args += _entry_args(entry)
@@ -490,7 +516,15 @@ class RedisStore:
                 self._keep_lease(), name="livekit-lifecycle:store-lease"
             )
         if not self._lease_held:
-            await self._renew("new")  # raises while Redis is down: so does the caller's call
+            # One acquisition, however many calls wait on it (a burst of claims at
+            # start would otherwise open a connection each).
+            if self._acquiring is None or self._acquiring.done():
+                self._acquiring = asyncio.get_running_loop().create_task(self._acquire())
+            await asyncio.shield(self._acquiring)  # raises while Redis is down: so does the call
+
+    async def _acquire(self) -> None:
+        if not self._lease_held:
+            await self._renew("new")
             self._lease_held = True
 
     async def _renew(self, mode: str) -> bool:
@@ -507,7 +541,7 @@ class RedisStore:
         rooms held every third of their retention (one pipeline): the steady cost."""
         period = self._lease_ttl / 3
         last_rooms = time.monotonic()
-        while True:
+        while not self._closing:
             await asyncio.sleep(period)
             try:
                 if not self._lease_held:  # Redis was down when it was first needed
@@ -524,6 +558,10 @@ class RedisStore:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if self._closing:
+                    # redis-py can turn the cancellation of a call in flight into an
+                    # error of its own: without this the loop would outlive aclose().
+                    return
                 # The writer reports outages; here only the cost of a retry next period.
                 self._log.debug("store.lease_refresh_failed", category="store", error=str(exc))
 
@@ -533,9 +571,16 @@ class RedisStore:
         self._log.warning("store.lease_lost", category="store", lease=old, new_lease=self._lease)
 
     async def _reown_rooms(self) -> None:
-        for room in list(self._rooms):
-            await self._client.hset(self._room_key(room), "owner", self._lease)
-            await self._index_for_lease(room)
+        rooms = list(self._rooms)
+        name = self._lease_rooms(self._lease)
+        for start in range(0, len(rooms), _PER_CALL):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room in rooms[start : start + _PER_CALL]:
+                    pipe.hset(self._room_key(room), "owner", self._lease)
+                    pipe.sadd(name, _quote(room))
+                pipe.pexpire(name, self._retention_ms())
+                await pipe.execute()
+        self._indexed.update(rooms)
 
     async def _refresh_rooms(self) -> None:
         rooms = list(self._rooms.items())
@@ -626,11 +671,15 @@ class RedisStore:
     async def aclose(self) -> None:
         """Stop the lease loop and release connections. Records stay; the lease is
         given up only when this process holds no room any more."""
-        for task in (self._claiming, self._lease_task):
-            if task is not None and not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        self._closing = True
+        tasks = {t for t in (self._claiming, self._lease_task, self._acquiring) if t is not None}
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            # Bounded, and never swallowing this call's own cancellation (`await task`
+            # under suppress(CancelledError) did both wrong: a lease loop whose
+            # cancellation redis-py turned into its own error held aclose() for ever).
+            await asyncio.wait(tasks, timeout=_CLOSE_WAIT)
         if self._lease_held and not self._rooms:
             with contextlib.suppress(Exception):
                 await self._client.zrem(self._leases, self._lease)
@@ -640,24 +689,50 @@ class RedisStore:
         return f"RedisStore(namespace={self._namespace!r})"
 
 
-def _entry_args(entry: StoreWrite) -> list[str | int]:
+def _entry_args(entry: StoreWrite) -> list[str | int | bytes]:
     key = _quote(entry.key)
     record = entry.record
     if record is None:
         return [key, "d"]
+    # orjson refuses non-str keys and ints beyond 64 bits itself, but writes NaN as
+    # null: what JSON cannot carry is refused here, before anything is sent.
+    if record.data:
+        check_json(record.data, "session data")
     if record.conversation is not None:
         check_json(record.conversation, "conversation")
-    fields = record.as_dict()
-    history = fields["history"]
-    fields["history"] = []  # the h:K field's lines replace it when read (_with_history)
-    fields["v"] = RECORD_VERSION
-    text = json.dumps(fields, separators=(",", ":"), allow_nan=False)
+    for number in (record.connected_at, record.updated_at):
+        if not math.isfinite(number):
+            raise ValueError(f"record of {record.key!r}: time {number!r} is not finite")
+    for maybe in (record.disconnected_at, record.grace_deadline):
+        if maybe is not None and not math.isfinite(maybe):
+            raise ValueError(f"record of {record.key!r}: time {maybe!r} is not finite")
+    history = record.history
+    fields: dict[str, Any] = {
+        "room": record.room,
+        "key": record.key,
+        "state": record.state,
+        "identity": record.identity,
+        "sid": record.sid,
+        "user_id": record.user_id,
+        "data": record.data,
+        "reconnects": record.reconnects,
+        "cleanups": record.cleanups,
+        "connected_at": record.connected_at,
+        "disconnected_at": record.disconnected_at,
+        "grace_deadline": record.grace_deadline,
+        "history": [],  # the h:K field's lines replace it when read (_with_history)
+        "owner": record.owner,
+        "updated_at": record.updated_at,
+        "v": RECORD_VERSION,
+    }
+    if record.conversation is not None:
+        fields["conversation"] = record.conversation
+    text = orjson.dumps(fields)
     if entry.appended is None:
         new, op = history, "r"
     else:
-        new, op = history[len(history) - entry.appended :] if entry.appended else [], "a"
-    lines = [json.dumps(h, separators=(",", ":"), allow_nan=False) for h in new]
-    return [key, op, text, len(history), len(lines), *lines]
+        new, op = history[len(history) - entry.appended :] if entry.appended else (), "a"
+    return [key, op, text, len(history), len(new), *map(orjson.dumps, new)]
 
 
 def _with_history(text: bytes | str, history: bytes | str | None) -> bytes:
@@ -676,4 +751,5 @@ def _text(value: Any) -> str:
 
 def _quote(name: str) -> str:
     # Encodes ':' (the separator), the hash-tag braces and every glob character.
-    return quote(name, safe="")
+    # Most names need nothing: one regex match instead of quote()'s pass.
+    return name if _PLAIN.fullmatch(name) else quote(name, safe="")
