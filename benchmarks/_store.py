@@ -402,12 +402,15 @@ async def _fleet_scale(server: RedisServer, *, quick: bool) -> dict[str, tuple[f
         await fleet.aclose()
 
     try:
-        # Bounded: a full-size run once stalled here (issue 20's report); a row is
-        # then "not measured" instead of a hung benchmark.
+        # Bounded: a full-size run once stalled here (issue 20's report: RedisStore.aclose
+        # waited for ever on a lease loop whose cancellation redis-py had swallowed,
+        # after decoding 50,000 records at once had let that lease expire). A row
+        # measured before a stall says so; one not measured is "not measured".
         await asyncio.wait_for(restore_and_fleet(), 300)
     except asyncio.TimeoutError:
         for key in ("restore", "fleet"):
-            found.setdefault(key, (math.nan, "not measured: timed out after 300 s"))
+            value, note = found.get(key, (math.nan, "not measured"))
+            found[key] = (value, f"{note}; the step then timed out after 300 s")
     await client.flushall()
     await admin.aclose()
     return found

@@ -265,12 +265,12 @@ class Persistence:
             if record.key not in self._seen:
                 unseen.append(record)
             elif session is None or record.state == State.REMOVED.value:
-                self.writer.mark(record.key)  # gone here: deleted there
+                self.writer.mark(record.key, stored=True)  # gone here: deleted there
             else:
                 runtime.merge_stored(session, record.user_id, record.data)
                 if record.conversation is not None:
                     self.conversations.setdefault(record.key, record.conversation)
-                self.writer.mark(record.key)
+                self.writer.mark(record.key, stored=True)
                 self._log.session(
                     logging.INFO,
                     "session.merged",
@@ -330,7 +330,7 @@ class Persistence:
         config = self._config
         state = State(record.state)
         if record.key in runtime.sessions or state is State.REMOVED:
-            self.writer.mark(record.key)  # ours now (or gone): rewritten or deleted
+            self.writer.mark(record.key, stored=True)  # ours now (or gone): rewritten or deleted
             return
         if record.sid in runtime.by_sid:
             raise ValueError(f"its sid {record.sid!r} is another restored session's")
@@ -381,7 +381,7 @@ class Persistence:
         )
         if record.conversation is not None:
             self.conversations[record.key] = record.conversation
-        self.writer.mark(session._key)
+        self.writer.mark(session._key, stored=True)  # restored: its record is there
         if then is not None:
             then.append(session)
         self._stats["sessions_restored"] += 1

@@ -216,3 +216,37 @@ async def test_a_claim_of_a_dead_process_is_taken_over_with_a_higher_token(
         assert 0 < ttl <= 600_000
     finally:
         await second.aclose()
+
+
+async def test_a_burst_of_first_claims_takes_one_lease(redis_url: str) -> None:
+    # Each claim of a burst at start used to acquire the lease itself: 300 concurrent
+    # calls outran the client's pool of 100 connections ("Too many connections").
+    store = RedisStore.from_url(redis_url, namespace="burst")
+    try:
+        claims = await asyncio.wait_for(
+            asyncio.gather(*(store.claim("r", f"k{n}", f"PA_{n}", "me") for n in range(300))),
+            WAIT,
+        )
+        assert all(claim.won for claim in claims)
+        assert await store.client.zcard("burst:leases") == 1
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.parametrize("redis_url", ["redis"], indirect=True)
+async def test_aclose_is_bounded_while_redis_does_not_answer(redis_url: str) -> None:
+    store = RedisStore.from_url(redis_url, namespace="paused", lease_ttl=0.3)
+    admin = RedisStore.from_url(redis_url, namespace="paused-admin")
+    try:
+        await store.write([StoreWrite("r", "a", record("r", "a"), 60.0)])
+        # Every write waits 10 s: the lease loop's next refresh is in flight when
+        # aclose() cancels it (a cancellation redis-py may turn into its own error).
+        await admin.client.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        await asyncio.wait_for(store.aclose(), WAIT)
+        assert time.monotonic() - started < 5.0
+        assert store._lease_task is not None and store._lease_task.done()
+    finally:
+        await admin.client.execute_command("CLIENT", "UNPAUSE")
+        await admin.aclose()

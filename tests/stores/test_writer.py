@@ -153,3 +153,32 @@ async def test_marking_never_waits_for_a_stalled_store(redis_server: RedisServer
     finally:
         await writer.aclose(0.1)
         await store.aclose()
+
+
+async def test_a_session_gone_before_its_first_write_is_never_sent() -> None:
+    store, table = MemoryStore(), Table()
+    writes: list[list[str]] = []
+    write = store.write
+
+    async def counted(batch: Any) -> None:
+        writes.append([entry.key for entry in batch])
+        await write(batch)
+
+    store.write = counted  # type: ignore[method-assign]
+    writer = table.writer(store)
+    writer.start()
+    table.set("brief")
+    writer.mark("brief")
+    del table.records["brief"]  # removed within the coalescing window
+    writer.mark("brief")
+    table.set("kept")
+    writer.mark("kept")
+    assert await writer.flush(WAIT)
+    assert writes == [["kept"]]  # no delete of a record that was never written
+    del table.records["kept"]
+    writer.mark("kept")
+    writer.mark("restored", stored=True)  # a record the writer did not write: deleted
+    assert await writer.flush(WAIT)
+    assert writes[1:] == [["kept", "restored"]]
+    assert await stored(store) == {}
+    assert await writer.aclose(WAIT)

@@ -33,12 +33,13 @@ class SessionData(dict[str, Any]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
         self._on_change: Callable[[], None] | None = None
-        self.update(*args, **kwargs)
+        if args or kwargs:
+            self.update(*args, **kwargs)
 
     @classmethod
     def observed(cls, on_change: Callable[[], None], initial: Any = ()) -> SessionData:
         """A checked copy of ``initial`` that calls ``on_change()`` after every change."""
-        data = cls(initial)
+        data = cls(initial) if initial else cls()  # every new session: no update() for {}
         data._on_change = on_change
         return data
 
@@ -81,7 +82,7 @@ class SessionData(dict[str, Any]):
         items: list[tuple[Any, Any]] = []
         if args:
             source = args[0]
-            if isinstance(source, Mapping):
+            if isinstance(source, dict) or isinstance(source, Mapping):  # noqa: SIM101 (dict first: the ABC check is slow)
                 items.extend(source.items())
             elif hasattr(source, "keys"):
                 items.extend((k, source[k]) for k in source.keys())  # noqa: SIM118 (keys() is the protocol)

@@ -599,7 +599,8 @@ class RedisStore:
         A claim held by a process whose lease expired before the cleanup was
         written as done is taken over, with a higher token and ``retry`` set.
         """
-        await self._ensure_lease()
+        if not self._lease_held or self._lease_task is None:  # a coroutine less per claim
+            await self._ensure_lease()
         future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
         self._claims.setdefault(room, []).append(_PendingClaim(key, sid, owner, future))
         if self._claiming is None or self._claiming.done():

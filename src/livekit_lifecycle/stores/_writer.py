@@ -75,6 +75,9 @@ class StoreWriter:
         self._dirty: dict[str, None] = {}
         self._written: dict[str, dict[str, object]] = {}
         """Each session's newest history entry the store has: what is new is after it."""
+        self._stored: set[str] = set()
+        """Keys the store may hold a record of (written, or marked ``stored``): a session
+        gone before its first write (within one coalescing window) needs no delete."""
         self._refused: set[str] = set()
         """Keys of the batch in flight the store refused (their previous record stays)."""
         self._wake = asyncio.Event()
@@ -90,8 +93,14 @@ class StoreWriter:
         """False during an outage (from a failed store call until the next one that works)."""
         return self._down_since is None
 
-    def mark(self, key: str) -> None:
-        """Have ``key``'s session written (or its record deleted, once it is gone). O(1)."""
+    def mark(self, key: str, *, stored: bool = False) -> None:
+        """Have ``key``'s session written (or its record deleted, once it is gone). O(1).
+
+        ``stored``: the store holds a record of ``key`` this writer did not write
+        (a restored one): its deletion is never skipped (see :meth:`_batch`).
+        """
+        if stored:
+            self._stored.add(key)
         self._dirty[key] = None
         if not self._wake.is_set():
             self._wake.set()
@@ -178,6 +187,8 @@ class StoreWriter:
             keys = list(self._dirty)
             self._dirty.clear()
             batch = self._batch(room, keys)
+            if not batch:  # every key came and went unwritten
+                continue
             try:
                 await asyncio.wait_for(self._store.write(batch), self._timeout)
             except asyncio.CancelledError:
@@ -201,6 +212,8 @@ class StoreWriter:
                 self._stats["store_writes"] += len(batch)
             retry = _RETRY_FIRST
             for entry in batch:
+                if entry.record is None:
+                    self._stored.discard(entry.key)
                 history = entry.record.history if entry.record is not None else ()
                 if entry.key in self._refused:
                     continue  # the store has its previous record: appended to that next time
@@ -265,10 +278,13 @@ class StoreWriter:
                     check_json(record.data, "session data")
                     ttl = record_ttl(record, self._grace_period, margin, now)
                 else:
-                    batch.append(StoreWrite(room, key, None, 0.0))
+                    if key in self._stored:  # else never written: nothing to delete
+                        batch.append(StoreWrite(room, key, None, 0.0))
+                    self._written.pop(key, None)
                     continue
             except Exception as exc:
                 self._unserialisable(room, key, exc)
                 continue
+            self._stored.add(key)  # before the write: a failed one may have landed
             batch.append(StoreWrite(room, key, record, ttl, self._appended(key, record)))
         return batch
