@@ -3,7 +3,8 @@
 Decoding and re-encoding (``media="transcode"``) loses end-to-end-encrypted
 payloads (the server cannot decrypt them) and LiveKit's frame metadata
 trailers (they ride at the end of each encoded frame); forwarding RTP keeps
-both. Every scenario runs on both signalling paths.
+both, and the layers of a simulcast camera, of which each subscriber gets
+the one it asks for. Every scenario runs on both signalling paths.
 """
 
 from __future__ import annotations
@@ -64,11 +65,12 @@ async def test_end_to_end_encrypted_audio_is_heard_by_a_subscriber_with_the_key(
 
 @contextlib.asynccontextmanager
 async def _camera_with_metadata(
-    width: int = 160, height: int = 120
+    width: int = 160, height: int = 120, rgb: tuple[int, int, int] = (128, 128, 128)
 ) -> AsyncIterator[rtc.LocalVideoTrack]:
-    """A camera whose n-th frame carries user timestamp 1000 + n and frame id n."""
+    """A camera of one colour whose n-th frame carries user timestamp 1000 + n and frame id n."""
     source = rtc.VideoSource(width, height)
-    pixels = np.full((height, width, 4), 128, dtype=np.uint8)
+    pixels = np.full((height, width, 4), 255, dtype=np.uint8)
+    pixels[..., :3] = rgb
     frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, pixels.tobytes())
 
     async def play() -> None:
@@ -156,33 +158,121 @@ def test_media_mode_is_checked() -> None:
         LoopbackServer(media="sfu")  # type: ignore[arg-type]
 
 
-async def _frame_sizes(track: rtc.Track, count: int) -> list[tuple[int, int]]:
-    stream = rtc.VideoStream(track)
-    sizes: list[tuple[int, int]] = []
-    try:
+async def _frames_of_size(
+    stream: rtc.VideoStream, size: tuple[int, int], *, run: int = 3, timeout: float = WAIT
+) -> list[int]:
+    """Frame ids of the frames read until ``run`` in a row are ``size`` (the layer asked for)."""
+    frame_ids: list[int] = []
+    in_a_row = 0
+    seen: list[tuple[int, int]] = []
+
+    async def read() -> None:
+        nonlocal in_a_row
         async for event in stream:
-            sizes.append((event.frame.width, event.frame.height))
-            if len(sizes) == count:
-                break
-    finally:
-        await stream.aclose()
-    return sizes
+            frame = (event.frame.width, event.frame.height)
+            seen.append(frame)
+            if event.metadata is not None:
+                frame_ids.append(event.metadata.frame_id)
+            in_a_row = in_a_row + 1 if frame == size else 0
+            if in_a_row == run:
+                return
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"no {run} frames of {size} in a row; got {seen[-10:]}") from None
+    return frame_ids
+
+
+async def _keyframe_requests(track: rtc.LocalVideoTrack) -> dict[str, int]:
+    """rid -> PLIs the publisher's layer received (its outbound RTP stats)."""
+    found: dict[str, int] = {}
+    for stats in await track.get_stats():
+        if stats.WhichOneof("stats") == "outbound_rtp":
+            outbound = stats.outbound_rtp.outbound
+            found[outbound.rid] = outbound.pli_count
+    return found
 
 
 @both_paths
-async def test_a_camera_published_with_default_options_reaches_the_subscriber(
+async def test_each_subscriber_gets_the_simulcast_layer_it_asks_for(
     loopback_server: LoopbackServer, single_pc: bool
 ) -> None:
-    """The SDK's defaults for a camera include simulcast: it negotiates, one layer comes through."""
+    """A camera published with the SDK's defaults sends three layers; quality picks one."""
+    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
+    events = Recorder.on(listener)
+    watcher = await loopback_server.connect("watcher", ROOM, options=_options(not single_pc))
+    watcher_events = Recorder.on(watcher)
+    alice = await loopback_server.connect("alice", ROOM)
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+    options.frame_metadata_features.extend([track_pb2.FMF_FRAME_ID])
+    # Large enough for the SDK's three layers: 320x180 (q), 640x360 (h), 960x540 (f).
+    async with _camera_with_metadata(960, 540) as camera:
+        publication = await alice.local_participant.publish_track(camera, options)
+        track = await _subscribed(events, listener, publication.sid)
+        watched = await _subscribed(watcher_events, watcher, publication.sid)
+        remote = listener.remote_participants["alice"].track_publications[publication.sid]
+        assert remote.simulcasted
+        stream = rtc.VideoStream(track)
+        other = rtc.VideoStream(watched)
+        try:
+            # Nothing asked: the highest layer.
+            frame_ids = await _frames_of_size(stream, (960, 540))
+            before = await _keyframe_requests(camera)
+            remote.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_LOW)
+            frame_ids += await _frames_of_size(stream, (320, 180))
+            # The switch asked the low layer for a keyframe.
+            assert (await _keyframe_requests(camera)).get("q", 0) > before.get("q", 0)
+            # The watcher asked for nothing: it still gets the highest layer.
+            await _frames_of_size(other, (960, 540))
+            remote.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_MEDIUM)
+            frame_ids += await _frames_of_size(stream, (640, 360))
+            remote.set_video_quality(rtc.VideoQuality.VIDEO_QUALITY_HIGH)
+            frame_ids += await _frames_of_size(stream, (960, 540))
+        finally:
+            await stream.aclose()
+            await other.aclose()
+    # One stream to the decoder: each frame's own metadata, in order, across the switches
+    # (a picture the old layer sent may come again as the new layer's first keyframe).
+    assert frame_ids == sorted(frame_ids) and len(set(frame_ids)) >= len(frame_ids) - 3, frame_ids
+
+
+async def _colour(track: rtc.Track) -> tuple[float, ...]:
+    """The mean RGB colour of the fifth frame of ``track``."""
+    stream = rtc.VideoStream(track, format=rtc.VideoBufferType.RGBA)
+    try:
+        seen = 0
+        async for event in stream:
+            seen += 1
+            if seen == 5:
+                frame = event.frame
+                pixels = np.frombuffer(frame.data, dtype=np.uint8).reshape(frame.height, -1, 4)
+                return tuple(pixels[..., :3].reshape(-1, 3).mean(axis=0))
+    finally:
+        await stream.aclose()
+    raise AssertionError("the video stream ended")
+
+
+@both_paths
+async def test_two_simulcast_cameras_of_one_publisher_each_reach_the_subscriber(
+    loopback_server: LoopbackServer, single_pc: bool
+) -> None:
+    """Their layers share a payload type and announce no SSRC: the server tells them by mid."""
     listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
     events = Recorder.on(listener)
     alice = await loopback_server.connect("alice", ROOM)
-    camera_options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
-    # Large enough for the SDK to send more than one layer.
-    async with _camera_with_metadata(640, 360) as camera:
-        publication = await alice.local_participant.publish_track(camera, camera_options)
-        track = await _subscribed(events, listener, publication.sid)
-        sizes = await asyncio.wait_for(_frame_sizes(track, 10), WAIT)
-    assert len(sizes) == 10 and all(width > 0 and height > 0 for width, height in sizes)
-    remote = listener.remote_participants["alice"].track_publications[publication.sid]
-    assert remote.simulcasted  # as livekit-server announces it
+    camera = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA)
+    screen = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_SCREENSHARE, simulcast=True)
+    red, blue = (200, 30, 30), (30, 30, 200)
+    async with (
+        _camera_with_metadata(640, 360, red) as first,
+        _camera_with_metadata(640, 360, blue) as second,
+    ):
+        first_sid = (await alice.local_participant.publish_track(first, camera)).sid
+        second_sid = (await alice.local_participant.publish_track(second, screen)).sid
+        colours = [
+            await asyncio.wait_for(_colour(await _subscribed(events, listener, sid)), WAIT)
+            for sid in (first_sid, second_sid)
+        ]
+    assert np.allclose(colours[0], red, atol=12), colours
+    assert np.allclose(colours[1], blue, atol=12), colours

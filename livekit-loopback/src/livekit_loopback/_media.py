@@ -26,7 +26,7 @@ from av.frame import Frame
 from av.packet import Packet
 
 from ._log import get_logger
-from ._rtp_relay import RtpRelay
+from ._rtp_relay import LayerChoice, RtpRelay
 
 __all__ = ["ForwardedTrack", "TrackFeed"]
 
@@ -104,15 +104,20 @@ class TrackFeed:
     def live(self) -> bool:
         return not self._task.done()
 
-    def subscribe(self, key: str, track_sid: str) -> ForwardedTrack:
-        """A new track fed from now on, under ``key`` (a previous one there is ended)."""
+    def subscribe(
+        self, key: str, track_sid: str, choice: LayerChoice | None = None
+    ) -> ForwardedTrack:
+        """A new track fed from now on, under ``key`` (a previous one there is ended).
+
+        ``choice``: the layer it asked for (relayed RTP only: decoded frames have no layers).
+        """
         self.unsubscribe(key)
         sink = ForwardedTrack(self.kind, track_sid)
         if not self.live:
             sink.end()
         self._sinks[key] = sink
         if self.relay is not None:
-            self.relay.add(key, sink)
+            self.relay.add(key, sink, choice)
         return sink
 
     def unsubscribe(self, key: str) -> None:

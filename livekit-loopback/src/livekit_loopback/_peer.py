@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 
 from aiortc import (
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCDataChannel,
     RTCPeerConnection,
@@ -32,6 +33,7 @@ from livekit.protocol import rtc as signal
 
 from ._log import describe, get_logger
 from ._media import ForwardedTrack
+from ._simulcast import answer_sdp, extension_ids, route_by_mid
 
 __all__ = ["Peer", "msid_track_ids", "sending_tracks"]
 
@@ -62,6 +64,8 @@ class Peer:
     ``on_data`` gets each message on a data channel the client opened.
     ``arrange``, when set, runs between applying an offer and answering it:
     it may put tracks on the transceivers and returns mid -> track sid.
+    With ``simulcast`` its answers accept the layers a video section offers
+    (see :mod:`._simulcast`); without, the publisher sends one.
     """
 
     def __init__(
@@ -71,8 +75,10 @@ class Peer:
         *,
         on_track: OnTrack | None = None,
         on_data: OnData | None = None,
+        simulcast: bool = False,
     ) -> None:
         self._label = label
+        self._simulcast = simulcast
         self._on_connected = on_connected
         self._on_track = on_track
         self._on_data = on_data
@@ -80,7 +86,12 @@ class Peer:
         self._outbound: dict[str, RTCDataChannel] = {}
         self._unsent: list[bytes] = []
         self._remote_sdp = ""
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # LiveKit's SDKs bundle every section on one transport. With aiortc's
+        # default (balanced) policy, the second and later video sections of
+        # one offer took the first one's transport before BUNDLE moved that
+        # one, and kept a transport that never connects: nothing was sent on them.
+        configuration = RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        self._pc = RTCPeerConnection(configuration)
         self._lock = asyncio.Lock()
         self._described = False
         self._early: list[signal.TrickleRequest] = []
@@ -187,6 +198,10 @@ class Peer:
                 RTCSessionDescription(sdp=offer.sdp, type=offer.type or "offer")
             )
             await self._flush_early()
+            for transceiver in self._pc.getTransceivers():
+                if transceiver.mid is not None:
+                    extensions = extension_ids(offer.sdp, transceiver.mid)
+                    route_by_mid(transceiver.receiver.transport, extensions)
             mids: Mapping[str, str] = {}
             if self.arrange is not None:
                 mids = self.arrange(self._pc.getTransceivers())
@@ -195,7 +210,7 @@ class Peer:
             local = self._pc.localDescription
             return signal.SessionDescription(
                 type="answer",
-                sdp=with_rid_extensions(offer.sdp, local.sdp),
+                sdp=answer_sdp(offer.sdp, local.sdp, simulcast=self._simulcast),
                 id=offer.id,
                 mid_to_track_id=dict(mids),
             )
@@ -397,52 +412,3 @@ def sending_tracks(sdp: str) -> dict[str, str]:
             if len(parts) == 2:
                 current.append(parts[1])
     return found
-
-
-_RID_EXTENSIONS = (
-    "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id",
-    "urn:ietf:params:rtp-hdrext:sdes:repaired-rtp-stream-id",
-)
-
-
-def _sections(sdp: str) -> list[list[str]]:
-    """``sdp``'s lines, split before each ``m=`` line (the session part first)."""
-    sections: list[list[str]] = [[]]
-    for line in sdp.splitlines():
-        if line.startswith("m="):
-            sections.append([])
-        sections[-1].append(line)
-    return sections
-
-
-def with_rid_extensions(offer: str, answer: str) -> str:
-    """``answer`` accepting the offer's RID header extensions in its video sections.
-
-    aiortc knows no RID extension, so it leaves them out of its answers; but
-    libwebrtc offers a simulcast section only if RID was negotiated before in
-    the bundle ("negotiates simulcast but does not negotiate the RID RTP
-    header extension"), so without them a camera published with the SDK's
-    default options fails to negotiate. aiortc ignores the extension in what
-    it receives.
-    """
-    offered: dict[str, list[str]] = {}
-    for section in _sections(offer)[1:]:
-        mid = next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
-        if mid is not None:
-            offered[mid] = [
-                line
-                for line in section
-                if line.startswith("a=extmap:") and line.split()[-1] in _RID_EXTENSIONS
-            ]
-    out: list[str] = []
-    for section in _sections(answer):
-        mid = next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
-        extra = [] if mid is None or not section[0].startswith("m=video") else offered.get(mid, [])
-        extra = [line for line in extra if line not in section]
-        if extra:
-            at = max(
-                (i for i, line in enumerate(section) if line.startswith(("a=extmap:", "a=mid:"))),
-            )
-            section = [*section[: at + 1], *extra, *section[at + 1 :]]
-        out.extend(section)
-    return "\r\n".join(out) + "\r\n"

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from ._downlink import Downlink
     from ._media import TrackFeed
     from ._peer import Peer
+    from ._rtp_relay import LayerChoice
 
 __all__ = ["Participant", "ParticipantView", "Room", "SignalLink"]
 
@@ -70,6 +71,9 @@ class Participant:
     downlink: Downlink | None = None
     opted_in: set[str] = field(default_factory=set)
     opted_out: set[str] = field(default_factory=set)
+    # track sid -> the layer it asked for (UpdateTrackSettings), kept for
+    # subscriptions to come.
+    track_settings: dict[str, LayerChoice] = field(default_factory=dict)
     lost_timer: asyncio.TimerHandle | None = None
     dropped: bool = False
     removed: bool = False

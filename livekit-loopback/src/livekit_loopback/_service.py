@@ -47,7 +47,7 @@ from ._room import (
     is_active,
     new_participant_info,
 )
-from ._rtp_relay import RtpRelay
+from ._rtp_relay import Layer, LayerChoice, RtpRelay
 from ._signal import JoinParams
 from ._tokens import JoinGrant
 from ._track_info import negotiated, requested, sdp_codecs
@@ -301,6 +301,7 @@ class RoomService:
             on_connected=lambda: self.activate(participant),
             on_track=lambda track_id, track: self._track_arrived(participant, track_id, track),
             on_data=lambda label, payload: self._relay_data(participant, label, payload),
+            simulcast=self.settings.forward_rtp,
         )
         self._peers.add(peer)
         return peer
@@ -517,6 +518,8 @@ class RoomService:
             self._mute(participant, request.mute)
         elif kind == "subscription":
             self._update_subscription(participant, request.subscription)
+        elif kind == "track_setting":
+            self._update_track_settings(participant, request.track_setting)
         elif kind == "update_metadata":
             self._update_metadata(participant, request.update_metadata)
         elif kind == "leave":
@@ -524,8 +527,7 @@ class RoomService:
         elif kind == "simulate":
             self._simulate(participant, request.simulate)
         else:
-            # track_setting, sync_state, update_layers...: every subscriber
-            # gets the one layer the publisher sends, so nothing changes.
+            # sync_state, update_layers (the publisher's, deprecated)...
             self._log.debug("signal.ignored", identity=participant.identity, signal=kind)
 
     async def answer(self, participant: Participant, offer: signal.SessionDescription) -> None:
@@ -617,6 +619,11 @@ class RoomService:
             track = participant.pending_tracks.pop(cid)
             mid = mids.get(track_id, "")
             negotiated(track, mid=mid, mime_type=codecs.get(mid, ""))
+            feed = participant.feeds.get(track_id)
+            if feed is not None and feed.relay is not None:
+                feed.relay.set_layers(
+                    [Layer(x.rid, int(x.quality), x.width, x.height) for x in track.layers]
+                )
             participant.info.tracks.append(track)
             published.append(track.sid)
             participant.track_cids[track.sid] = track_id
@@ -685,7 +692,8 @@ class RoomService:
                 self._log.warning("track.no_media", identity=publisher.identity, track=track_sid)
             return
         first = feed.subscribers == 0
-        downlink.add(publisher.sid, feed.subscribe(subscriber.sid, track_sid))
+        choice = subscriber.track_settings.get(track_sid)
+        downlink.add(publisher.sid, feed.subscribe(subscriber.sid, track_sid, choice))
         if first:
             # The publisher's SDK reports its track subscribed (local_track_subscribed).
             publisher.send(
@@ -762,6 +770,32 @@ class RoomService:
             elif not request.subscribe:
                 self._unforward(publisher, track_sid, subscriber)
         self.changed()
+
+    def _update_track_settings(
+        self, subscriber: Participant, request: signal.UpdateTrackSettings
+    ) -> None:
+        """The subscriber says what it displays: which layer it gets, or nothing (``disabled``)."""
+        choice = LayerChoice(
+            quality=int(request.quality),
+            width=request.width,
+            height=request.height,
+            disabled=request.disabled,
+        )
+        for track_sid in request.track_sids:
+            subscriber.track_settings[track_sid] = choice
+            publisher = _publisher_of(subscriber.room, track_sid, subscriber)
+            feed = None if publisher is None else self._feed(publisher, track_sid)
+            if feed is not None and feed.relay is not None:
+                feed.relay.select(subscriber.sid, choice)
+        self._log.debug(
+            "track.settings",
+            identity=subscriber.identity,
+            tracks=list(request.track_sids),
+            quality=models.VideoQuality.Name(request.quality),
+            width=request.width,
+            height=request.height,
+            disabled=request.disabled,
+        )
 
     def _relay_data(self, sender: Participant, label: str, payload: bytes) -> None:
         """A data packet from ``sender``: to everyone else, or to the identities it names."""
