@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import itertools
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -45,6 +46,7 @@ from livekit_lifecycle.invariants import (
     raise_for,
 )
 from livekit_lifecycle.statechart import Edge, Statechart
+from livekit_lifecycle.stores import MemoryStore, SessionRecord, StoreWrite
 from livekit_lifecycle.testing import RoomDriver
 from livekit_lifecycle.testing.virtual_time import run
 
@@ -74,6 +76,8 @@ class Context:
     """The connection that will be bound next is already active."""
     busy: bool = False
     """The state's activity is running: inputs wait in the session's queue meanwhile."""
+    from_store: bool = False
+    """The path starts with a session a durable store kept, which a new manager restores."""
 
 
 Payload = frozenset[str]
@@ -88,6 +92,8 @@ GUARDS: dict[str, GuardModel] = {
     "has_pending_connection": lambda ctx, payload: ctx.pending,
     "grace_allowed": lambda ctx, payload: GRACE > 0 and ctx.grace_reason and not ctx.closing,
     "participant_is_active": lambda ctx, payload: ctx.bound_active,
+    "stored_cleaned": lambda ctx, payload: "stored_cleaned" in payload,
+    "connection_present": lambda ctx, payload: "connection_present" in payload,
 }
 """How each chart guard evaluates on the abstract context (see the guards' descriptions)."""
 
@@ -106,6 +112,14 @@ def _unchanged(ctx: Context) -> Context:
     return ctx
 
 
+class _DurableMemoryStore(MemoryStore):
+    """The reference store, kept as if it outlived the process: a manager restores from it."""
+
+    @property
+    def durable(self) -> bool:
+        return True
+
+
 # --------------------------------------------------------------------------- the real harness
 
 
@@ -116,22 +130,25 @@ class Harness:
     cleanup callback and, for any other activity, its implementation wait on one gate.
     """
 
-    def __init__(self, driver: RoomDriver, chart: Statechart = CHART) -> None:
+    def __init__(
+        self, driver: RoomDriver, chart: Statechart = CHART, *, from_store: bool = False
+    ) -> None:
         self.driver = driver
         self.chart = chart
+        self.store = _DurableMemoryStore() if from_store else None
+        config = LifecycleConfig(
+            grace_period=GRACE,
+            cleanup_timeout=10.0,
+            shutdown_timeout=30.0,
+            session_key=lambda p: p.attributes.get("user") or p.identity,
+        )
         self.manager = LifecycleManager(
-            LifecycleConfig(
-                grace_period=GRACE,
-                cleanup_timeout=10.0,
-                shutdown_timeout=30.0,
-                session_key=lambda p: p.attributes.get("user") or p.identity,
-            ),
+            config if self.store is None else replace(config, store=self.store),
             chart=chart,
             activities={a.name: self._activity for a in chart.activities if a.name != "cleanup"},
         )
         self.fired = record_edges(self.manager, chart)
         self.checker = InvariantChecker(self.manager, chart)
-        self.manager.attach(driver.room)
         self.gate = asyncio.Event()
         self.gate_open = False
         self.cleaned: list[str] = []
@@ -139,8 +156,49 @@ class Harness:
         self.close_task: asyncio.Future[None] | None = None
         self._ids = itertools.count(1)
         self.participants: dict[str, rtc.RemoteParticipant] = {}
-        self.current = self.connect_new(active=False)
+        self.current: str | None = None
         self.waiting: str | None = None
+        if self.store is None:
+            self.manager.attach(driver.room)
+            self.current = self.connect_new(active=False)
+
+    async def restart_from_store(self, stored: str) -> None:
+        """What a dead process left in the store for the user, restored by this manager.
+
+        ``stored``: ``grace`` (its window was open), ``present`` (connected, and still
+        in the room), ``gone`` (connected, and left while no process watched).
+        """
+        assert self.store is not None
+        now = time.time()
+        sid = "PA_gone"
+        if stored == "present":
+            self.current = self.connect_new(active=False)
+            sid = self.participant(self.current).sid
+        await self.store.write(
+            [
+                StoreWrite(
+                    self.driver.room.name,
+                    USER,
+                    SessionRecord(
+                        room=self.driver.room.name,
+                        key=USER,
+                        state="grace" if stored == "grace" else "active",
+                        identity=f"{USER}-0",
+                        sid=sid,
+                        user_id=None,
+                        data={},
+                        connected_at=now - 10,
+                        disconnected_at=now - 1 if stored == "grace" else None,
+                        grace_deadline=now + GRACE if stored == "grace" else None,
+                        cleanups=1 if stored == "grace" else 0,
+                        history=(),
+                        owner="host:1:dead",
+                    ),
+                    60.0,
+                )
+            ]
+        )
+        self.manager.attach(self.driver.room)
 
     async def _activity(self, session: Session) -> None:
         if not self.gate_open:
@@ -163,8 +221,15 @@ class Harness:
         gate, self.gate = self.gate, asyncio.Event()
         gate.set()
 
-    def participant(self, identity: str) -> rtc.RemoteParticipant:
+    @property
+    def me(self) -> str:
+        """The identity of the user's current connection."""
+        assert self.current is not None, "no connection of the user was seen yet"
+        return self.current
+
+    def participant(self, identity: str | None) -> rtc.RemoteParticipant:
         """The participant object of ``identity``'s connection (also after it left)."""
+        assert identity is not None, "no connection of the user was seen yet"
         return self.participants[identity]
 
     def redeliver_unpublish(self) -> None:
@@ -179,8 +244,8 @@ class Harness:
         """
         room = self.driver.room
         self.manager.detach()
-        track = self.driver.publish_track(self.current)
-        publication = self.driver.unpublish_track(self.current, track)
+        track = self.driver.publish_track(self.me)
+        publication = self.driver.unpublish_track(self.me, track)
         self.manager.attach(room)
         assert publication is not None
         self.driver.redeliver_unpublish(publication, self.participant(self.current))
@@ -259,24 +324,24 @@ CURRENT = frozenset({"is_current_sid"})
 
 
 async def _publish(h: Harness) -> None:
-    h.driver.publish_track(h.current)
+    h.driver.publish_track(h.me)
 
 
 async def _unpublish(h: Harness) -> None:
     publications = list(h.participant(h.current).track_publications)
     if publications:
-        h.driver.unpublish_track(h.current, publications[0])
+        h.driver.unpublish_track(h.me, publications[0])
     else:
         h.redeliver_unpublish()
 
 
 async def _activate(h: Harness) -> None:
-    h.driver.activate(h.current)
+    h.driver.activate(h.me)
 
 
 def _disconnect(reason: int) -> Callable[[Harness], Awaitable[None]]:
     async def go(h: Harness) -> None:
-        h.driver.disconnect(h.current, reason)
+        h.driver.disconnect(h.me, reason)
 
     return go
 
@@ -296,6 +361,13 @@ def _delay_passes(delay: str) -> Callable[[Harness], Awaitable[None]]:
     async def go(h: Harness) -> None:
         # Virtual time: the clock jumps to the timer the chart's delayed edge armed.
         await asyncio.sleep(float(getattr(h.manager.config, delay)))
+
+    return go
+
+
+def _restored(stored: str) -> Callable[[Harness], Awaitable[None]]:
+    async def go(h: Harness) -> None:
+        await h.restart_from_store(stored)
 
     return go
 
@@ -374,6 +446,24 @@ ROOM_STIMULI: tuple[Stimulus, ...] = (
 
 """What the room and the application do; time and activities come from the chart."""
 
+STORE_STIMULI: tuple[Stimulus, ...] = (
+    Stimulus(
+        "restored from a store (its grace window open)",
+        "restore",
+        _restored("grace"),
+        frozenset({"stored_cleaned"}),
+    ),
+    Stimulus(
+        "restored from a store (its connection still in the room)",
+        "restore",
+        _restored("present"),
+        frozenset({"connection_present"}),
+    ),
+    Stimulus("restored from a store (its connection gone meanwhile)", "restore", _restored("gone")),
+)
+"""A new manager restores what a dead one left in a durable store: the first step of a
+path that starts from the store (only there)."""
+
 
 def chart_stimuli(chart: Statechart) -> tuple[Stimulus, ...]:
     """The stimuli the chart itself defines: an activity ending, a delayed edge's time passing.
@@ -400,7 +490,7 @@ def chart_stimuli(chart: Statechart) -> tuple[Stimulus, ...]:
 
 
 def stimuli_for(chart: Statechart) -> tuple[Stimulus, ...]:
-    return ROOM_STIMULI + chart_stimuli(chart)
+    return ROOM_STIMULI + STORE_STIMULI + chart_stimuli(chart)
 
 
 STIMULI = stimuli_for(CHART)
@@ -443,11 +533,13 @@ def apply(chart: Statechart, ctx: Context, stimulus: Stimulus) -> Step | None:
     While the state's activity runs only its end is planned: anything else would wait
     in the session's queue (paths do not wait on queues).
     """
+    if ctx.from_store != (stimulus in STORE_STIMULI):
+        return None  # a store's restore starts its path, and only that path
     activity = chart.activity(ctx.state)
     ends = activity is not None and stimulus.trigger == activity.done
     if ctx.busy != ends:
         return None
-    world = replace(stimulus.world(ctx), busy=False)
+    world = replace(stimulus.world(ctx), busy=False, from_store=False)
     edge = _first_edge(chart, world, stimulus.trigger, stimulus.payload)
     if edge is None:
         return None
@@ -490,11 +582,23 @@ def missing_drivers(chart: Statechart, stimuli: tuple[Stimulus, ...]) -> list[st
 
 
 def plan_paths(chart: Statechart, stimuli: tuple[Stimulus, ...]) -> dict[Edge, list[Plan]]:
-    """Shortest stimulus sequence to every edge (BFS), with every last step that fires it."""
-    start = Context(chart.initial)
+    """Shortest stimulus sequence to every edge (BFS), with every last step that fires it.
+
+    Paths start from a user who just joined; an edge only a restore reaches (a store's
+    restore edges) from a session a durable store kept.
+    """
+    joined = _bfs(chart, stimuli, Context(chart.initial))
+    restored = _bfs(chart, stimuli, Context(chart.initial, from_store=True))
+    return joined | {edge: plans for edge, plans in restored.items() if edge not in joined}
+
+
+def _bfs(
+    chart: Statechart, stimuli: tuple[Stimulus, ...], start: Context
+) -> dict[Edge, list[Plan]]:
+    starts = [start]
     plans: dict[Edge, list[Plan]] = {}
-    seen = {start}
-    frontier: deque[tuple[Context, tuple[Step, ...]]] = deque([(start, ())])
+    seen = set(starts)
+    frontier: deque[tuple[Context, tuple[Step, ...]]] = deque((start, ()) for start in starts)
     while frontier:
         ctx, path = frontier.popleft()
         for stimulus in stimuli:
@@ -534,15 +638,22 @@ def _cases(chart: Statechart = CHART) -> Iterator[Any]:
 async def execute(plan: Plan, chart: Statechart = CHART) -> list[Edge]:
     """Run ``plan`` against a real room; check every step fires exactly the model's edges."""
     bound = chart.group("bound")
+    from_store = plan.steps[0].stimulus in STORE_STIMULI
     async with RoomDriver("model-room") as driver:
-        h = Harness(driver, chart)
+        h = Harness(driver, chart, from_store=from_store)
         session = h.manager.get(USER)
-        assert session is not None and session.state is chart.initial
+        if from_store:
+            assert session is None
+        else:
+            assert session is not None and session.state is chart.initial
         fired_all: list[Edge] = []
         for number, step in enumerate(plan.steps, 1):
             before = len(h.fired)
             await step.stimulus.run(h)
             await settle()
+            if session is None:
+                session = h.manager.get(USER)
+                assert session is not None, "nothing restored"
             fired = h.fired[before:]
             where = f"step {number} ({step.stimulus.name}) of {plan.describe()}"
             assert [edge_id(e) for _, e in fired] == [edge_id(e) for e in step.fired], where
@@ -556,7 +667,7 @@ async def execute(plan: Plan, chart: Statechart = CHART) -> list[Edge]:
             expected = None if step.after.state in chart.final else step.after.state
             assert h.manager.state_of(USER) is expected, where
             assert session.state is step.after.state, where
-            if session.state in bound:
+            if session.state in bound and session.participant is not None:
                 assert session.sid == h.participant(h.current).sid, f"{where}: bound to wrong sid"
             raise_for(check_manager(h.manager, chart))
         stats = h.manager.stats

@@ -75,6 +75,14 @@ def participant_is_active(ev: EventData) -> bool:
     )
 
 
+def stored_cleaned(ev: EventData) -> bool:
+    return bool(ev.kwargs["input"].cleaned)
+
+
+def connection_present(ev: EventData) -> bool:
+    return ev.kwargs["input"].participant is not None
+
+
 def guards(host: ActionHost) -> dict[str, Callable[[EventData], bool]]:
     """Every guard of the chart, by name."""
 
@@ -93,6 +101,8 @@ def guards(host: ActionHost) -> dict[str, Callable[[EventData], bool]]:
         "grace_allowed": grace_allowed,
         "is_current_timer": is_current_timer,
         "participant_is_active": participant_is_active,
+        "stored_cleaned": stored_cleaned,
+        "connection_present": connection_present,
     }
 
 
@@ -117,6 +127,18 @@ def takeover(ev: EventData) -> None:
     rec.pending = ev.kwargs["input"].participant
     session._disconnect_reason = None
     session._disconnected_at = time.time()
+
+
+def restore(ev: EventData) -> None:
+    """A restored session takes the connection that is still in the room, if any."""
+    session: Session = ev.model
+    inp = ev.kwargs["input"]
+    if inp.cleaned:
+        return
+    if inp.participant is not None:
+        session._participant = inp.participant
+    elif session._disconnected_at is None:
+        session._disconnected_at = time.time()
 
 
 def cleanup_done(ev: EventData) -> None:
@@ -194,4 +216,5 @@ def effects(host: ActionHost) -> dict[str, Callable[[EventData], None]]:
         "cleanup_done": cleanup_done,
         "reconnect": reconnect,
         "rejoin": rejoin,
+        "restore": restore,
     }

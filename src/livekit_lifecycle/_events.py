@@ -23,6 +23,7 @@ class InputKind(str, enum.Enum):
     TRACK_UNPUBLISHED = "track_unpublished"
     EXPIRE = "grace_expired"
     SHUTDOWN = "shutdown"
+    RESTORED = "restored"
 
 
 @dataclass(slots=True)
@@ -41,3 +42,5 @@ class Input:
     reason: int | None = None
     track_sid: str = ""
     epoch: int = 0
+    cleaned: bool = False
+    """For ``restored``: the stored session's connection had already been cleaned."""

@@ -285,13 +285,19 @@ class Persistence:
         self._rebuild(unseen)
 
     def _rebuild(self, records: list[SessionRecord]) -> None:
-        """Sessions as the records left them, then brought in line with who is in the room."""
+        """Sessions as the records left them, then brought in line with who is in the room.
+
+        Each is registered in the chart's initial state, then every one is fed the
+        chart's ``restored`` input, whose edges take it where its record left it: its
+        grace window goes on, its connection (still in the room) is bound again, or
+        its connection is cleaned (it ended while no process watched, or during a
+        cleanup a dead process had claimed).
+        """
         runtime, intake = self._runtime, self._intake
         room = intake.room
         present = {p.sid: p for p in room.remote_participants.values()} if room else {}
         now = time.time()
-        ended: list[Session] = []
-        interrupted: list[Session] = []
+        restored: list[tuple[Session, Input]] = []
         for record in sorted(records, key=lambda r: r.key):
             if record.room != (self._log.room_name() or ""):
                 # parse_record checks the room a store read it under; a store that
@@ -299,18 +305,12 @@ class Persistence:
                 self._skipped(SkippedRecord(record.key, record.room, record.key, "another room's"))
                 continue
             try:
-                self._rebuild_one(record, present, now, ended, interrupted)
+                self._rebuild_one(record, present, now, restored)
             except Exception as exc:  # one record, never the room (nor the held events)
                 reason = f"{type(exc).__name__}: {exc}"
                 self._skipped(SkippedRecord(record.key, record.room, record.key, reason))
-        for session in ended:
-            runtime.feed(session, Input(InputKind.DISCONNECTED, session._key, sid=session._sid))
-        for session in interrupted:
-            # Its process died during the cleanup: the claim is taken over once that
-            # process's lease has expired (claim() waits for it), and the callbacks run
-            # here with `session.cleanup_claim.retry`; unless the cleanup was done.
-            self._interrupted.add(session._key)
-            runtime.enter_restored(session)
+        for session, inp in restored:
+            runtime.enter_restored(session, inp)
         for participant in present.values():
             if participant.sid in runtime.by_sid or participant.kind not in self._config.kinds:
                 continue
@@ -323,8 +323,7 @@ class Persistence:
         record: SessionRecord,
         present: dict[str, rtc.RemoteParticipant],
         now: float,
-        ended: list[Session],
-        interrupted: list[Session],
+        restored: list[tuple[Session, Input]],
     ) -> None:
         runtime = self._runtime
         config = self._config
@@ -343,17 +342,17 @@ class Persistence:
             except ValueError:
                 continue
         grace_remaining: float | None = None
-        then: list[Session] | None = None
         participant = None
+        cleaned = False
         if state in _BOUND:
-            state = State.ACTIVE if state is State.RECONNECTED else state
-            participant = present.get(record.sid)
-            if participant is None:
-                then = ended  # left while no process was watching
+            participant = present.get(record.sid)  # None: it left while no process watched
         elif state is State.DISCONNECTING:
-            then = interrupted  # its process died during the cleanup
+            # Its process died during the cleanup: the claim is taken over once that
+            # process's lease has expired (claim() waits for it), and the callbacks run
+            # here with `session.cleanup_claim.retry`; unless the cleanup was done.
+            self._interrupted.add(record.key)
         else:  # grace (or cleaned, a state a record is never written in)
-            state = State.GRACE
+            cleaned = True
             deadline = record.grace_deadline
             if deadline is None:
                 deadline = (record.disconnected_at or now) + config.grace_period
@@ -364,10 +363,8 @@ class Persistence:
                 self._stats["sessions_expired_while_away"] += 1
         session = runtime.restore(
             record.key,
-            state,
             identity=record.identity,
             sid=record.sid,
-            participant=participant,
             fields={
                 "user_id": record.user_id,
                 "reconnects": record.reconnects,
@@ -382,8 +379,18 @@ class Persistence:
         if record.conversation is not None:
             self.conversations[record.key] = record.conversation
         self.writer.mark(session._key, stored=True)  # restored: its record is there
-        if then is not None:
-            then.append(session)
+        restored.append(
+            (
+                session,
+                Input(
+                    InputKind.RESTORED,
+                    record.key,
+                    sid=record.sid,
+                    participant=participant,
+                    cleaned=cleaned,
+                ),
+            )
+        )
         self._stats["sessions_restored"] += 1
         self._log.session(
             logging.INFO,
@@ -395,8 +402,6 @@ class Persistence:
             written_by=record.owner,
             grace_remaining=None if grace_remaining is None else round(grace_remaining, 3),
         )
-        if then is not interrupted:
-            runtime.enter_restored(session)
 
     def _skipped(self, skip: SkippedRecord) -> None:
         """A stored record not restored: one log line, counted (the room's others are)."""

@@ -112,8 +112,8 @@ class SessionRuntime:
         self.connected = chart.group("connected") if chart.groups else ()
         self._busy: set[Session] = set()
         self._batch: _Batch | None = None
-        self._entering: dict[Session, float | None] = {}
-        """Restored sessions whose state's entry is still to run (-> their timers' delay)."""
+        self._delay_override: dict[Session, float] = {}
+        """Restored sessions -> the seconds their next timers get (what was left of them)."""
         activities_by_state: dict[Any, tuple[str, ActivityRun]] = {}
         for activity in chart.activities:
             if activity.name not in activities:
@@ -253,7 +253,7 @@ class SessionRuntime:
             rec.pending = None
         session._participant = None
         session._tracks = None
-        self._entering.pop(session, None)
+        self._delay_override.pop(session, None)
 
     def abandon(self, session: Session) -> None:
         """Forget a session whose work was cancelled (a shutdown past its deadline)."""
@@ -273,31 +273,31 @@ class SessionRuntime:
     def restore(
         self,
         key: str,
-        state: State,
         *,
         identity: str,
         sid: str,
-        participant: rtc.RemoteParticipant | None,
         fields: Mapping[str, Any],
         history: list[Transition],
         data: dict[str, Any],
         delay: float | None = None,
     ) -> Session:
-        """A session rebuilt from a store, in ``state``, registered.
+        """A session rebuilt from a store's record, registered, in the chart's initial state.
 
-        ``fields`` are the stored counters and times (``user_id``, ``reconnects``,
-        ``cleanups``, ``connected_at``, ``disconnected_at``). The state's entry
-        (its delayed edges' timers, ``delay`` seconds instead of the configured
-        ones when given; its activity) runs with :meth:`enter_restored`, once every
-        restored session is registered.
+        Like a new session, with what the store kept: ``fields`` are the stored
+        counters and times (``user_id``, ``reconnects``, ``cleanups``, ``connected_at``,
+        ``disconnected_at``), ``history`` its stored transitions. Nothing is announced
+        yet: :meth:`enter_restored` does it and feeds the chart's restore input, whose
+        edges take the session where the store left it (guards, history, notifications
+        see it). ``delay``: the seconds left of the timers the session's next delayed
+        edges arm (a grace window that was already running), instead of the configured ones.
         """
         session = Session.__new__(Session)
         session._key = key
         session._identity = key if identity == key else identity
         session._sid = sid
-        session._participant = participant
+        session._participant = None
         session._user_id = fields.get("user_id")
-        session._state = state
+        session._state = self.chart.initial
         session._tracks = None
         session._connected_at = fields["connected_at"]
         session._disconnected_at = fields.get("disconnected_at")
@@ -311,21 +311,14 @@ class SessionRuntime:
         session._record = None
         session._data = self._store.data(key, data) if self._store is not None else data
         self._register(session)
-        self._entering[session] = delay
+        if delay is not None:
+            self._delay_override[session] = delay
         return session
 
-    def enter_restored(self, session: Session) -> None:
-        """Announce a restored session, then run its state's entry: timers, activity."""
-        if session not in self._entering:
-            return
-        delay = self._entering.pop(session)
+    def enter_restored(self, session: Session, inp: Input) -> None:
+        """Announce a restored session (``created``), then feed it the restore input ``inp``."""
         self._events_out.created(session)
-        state = session._state
-        if state in self._delayed:
-            self._arm(session, delay)
-        if state in self._activity_states:
-            self._busy.add(session)
-            self._schedule(session)
+        self.feed(session, inp)
 
     # ------------------------------------------------------------------ inputs
 
@@ -528,7 +521,8 @@ class SessionRuntime:
     # ------------------------------------------------------------------ timers
 
     def _arm_timers(self, ev: EventData) -> None:
-        self._arm(ev.model, None)
+        override = self._delay_override
+        self._arm(ev.model, override.pop(ev.model, None) if override else None)
 
     def _arm(self, session: Session, delay: float | None) -> None:
         """Arm the timers of the delayed edges out of the session's state.

@@ -25,7 +25,8 @@ The invariants (ids are stable; :data:`INVARIANTS` describes each):
 ``chart.state``        the session's state is one the chart defines
 ``chart.edge``         every transition is an edge of the chart
 ``chart.path``         the history is a connected walk from the chart's initial state
-                       that ends in the current state
+                       that ends in the current state (a restore from a store starts
+                       the walk again at the initial state)
 ``cleanups.bounded``   ``cleanups`` never exceeds ``connections``
 ``cleanups.exact``     every connection that ended was cleaned exactly once
 ``grace.timer``        a session in ``grace`` has a live timer; any other has none
@@ -98,6 +99,12 @@ INVARIANTS: dict[str, str] = {
 def _group(chart: Statechart, name: str) -> tuple[State, ...]:
     """The chart's state group ``name``; a chart declaring none (a test's variant) uses ours."""
     return chart.group(name) if chart.groups else PARTICIPANT_CHART.group(name)
+
+
+def _restarts(chart: Statechart) -> frozenset[str]:
+    """Triggers a restore fires: a session rebuilt from a store starts its walk again
+    at the initial state, after the transitions its record kept."""
+    return frozenset(e.trigger for e in chart.edges if e.input == "restored")
 
 
 def _is_state(chart: Statechart, state: object) -> bool:
@@ -274,8 +281,11 @@ def _check_path(
             f"latest transition ends in {history[-1].dest.value}, state is {session._state.value}",
         )
     recent = history if full_history else history[-2:]
+    restarts = _restarts(chart)
     for before, after in itertools.pairwise(recent):
-        if before.dest is not after.source:
+        if before.dest is not after.source and not (
+            after.source is chart.initial and after.trigger in restarts
+        ):
             bad(
                 "chart.path",
                 f"{before.trigger} ended in {before.dest.value}"

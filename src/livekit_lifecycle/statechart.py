@@ -361,6 +361,16 @@ PARTICIPANT_CHART = Statechart(
             "participant active",
             "The new connection is already ACTIVE or already publishes tracks.",
         ),
+        Guard(
+            "stored_cleaned",
+            "stored cleaned",
+            "The restored session's connection had ended and been cleaned (it was in grace).",
+        ),
+        Guard(
+            "connection_present",
+            "connection present",
+            "The restored session's connection is still in the room (and was not being cleaned).",
+        ),
     ),
     edges=(
         Edge(
@@ -515,6 +525,30 @@ PARTICIPANT_CHART = Statechart(
             unless=("participant_is_active",),
             automatic=True,
         ),
+        Edge(
+            "restore",
+            _S.CONNECTING,
+            _S.CLEANED,
+            "restored from a durable store: its window was open (the grace window goes on)",
+            guards=("stored_cleaned",),
+            input="restored",
+        ),
+        Edge(
+            "restore",
+            _S.CONNECTING,
+            _S.CONNECTING,
+            "restored from a durable store: its connection is still in the room",
+            guards=("connection_present",),
+            input="restored",
+        ),
+        Edge(
+            "restore",
+            _S.CONNECTING,
+            _S.DISCONNECTING,
+            "restored from a durable store: its connection ended while no process watched it,"
+            " or during its cleanup (which runs here)",
+            input="restored",
+        ),
     ),
     inputs=(
         ChartInput(
@@ -539,6 +573,11 @@ PARTICIPANT_CHART = Statechart(
         ChartInput("track_unpublished", "track", "The participant unpublished a track."),
         ChartInput("grace_expired", "session", "The grace timer fired."),
         ChartInput("shutdown", "shutdown", "aclose(), or the room disconnected."),
+        ChartInput(
+            "restored",
+            "store",
+            "A session a durable store kept, rebuilt by a new process (docs/stores.md).",
+        ),
     ),
     activities=(
         Activity(
@@ -571,6 +610,7 @@ PARTICIPANT_CHART = Statechart(
         "reconnect": "connect",
         "expire": "session",
         "resume": "session",
+        "restore": "store",
     },
     meanings={
         State.CONNECTING: "the participant joined; no media yet",
