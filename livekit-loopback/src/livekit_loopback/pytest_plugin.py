@@ -44,8 +44,12 @@ Fixtures:
     A real ``redis-server`` of its own (a
     :class:`~livekit_loopback.redis_server.RedisServer`) on a free
     loopback port with its files in ``tmp_path``, stopped at teardown. Mark
-    such tests ``redis``. Without a ``redis-server`` the test is skipped with
-    the reason, unless ``LIVEKIT_LIFECYCLE_REQUIRE_REDIS=1`` is set (CI sets it).
+    such tests ``redis``; ``@pytest.mark.redis(arguments=[...])`` adds
+    ``redis-server`` options (``["--appendonly", "yes", "--appendfsync",
+    "always"]``: a server that keeps every acknowledged write across
+    :meth:`~livekit_loopback.redis_server.RedisServer.kill`). Without a
+    ``redis-server`` the test is skipped with the reason, unless
+    ``LIVEKIT_LIFECYCLE_REQUIRE_REDIS=1`` is set (CI sets it).
 
 ``redis_cluster``
     A real 3-master Redis Cluster of its own (a
@@ -221,7 +225,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        "redis: runs against a real redis-server the redis_server fixture starts",
+        "redis(arguments=[...]): runs against a real redis-server the redis_server fixture"
+        " starts (with these redis-server options)",
     )
 
 
@@ -358,7 +363,10 @@ async def redis_server(
         find_redis_server()
     except RedisUnavailable as exc:
         skip_missing(request, [REDIS_SERVER], str(exc))
-    async with _running_redis(RedisServer(tmp_path / "redis")) as server:
+    arguments: list[str] = []
+    for marker in request.node.iter_markers("redis"):
+        arguments += marker.kwargs.get("arguments", ())
+    async with _running_redis(RedisServer(tmp_path / "redis", arguments=arguments)) as server:
         yield server
 
 
