@@ -92,8 +92,6 @@ class SessionRuntime:
         supervisor: Supervisor,
         events: SessionEvents,
         activities: Mapping[str, ActivityRun],
-        route: Callable[[Input], None],
-        on_bound: Callable[[Session], None],
         store: SessionStoreSeam | None = None,
     ) -> None:
         self.chart = chart
@@ -102,8 +100,8 @@ class SessionRuntime:
         self.stats = log.stats
         self.supervisor = supervisor
         self._events_out = events
-        self._route = route
-        self._on_bound = on_bound
+        self._route: Callable[[Input], None] = _unwired
+        self._on_bound: Callable[[Session], None] = _unwired
         self._store = store
         self.sessions: dict[str, Session] = {}
         self.by_sid: dict[str, Session] = {}
@@ -172,6 +170,17 @@ class SessionRuntime:
         self._check: Callable[[Session], None] | None = None
 
     # ------------------------------------------------------------------ wiring
+
+    def wire(self, *, route: Callable[[Input], None], on_bound: Callable[[Session], None]) -> None:
+        """The room side's callbacks (the intake is built after the runtime it feeds).
+
+        ``route(input)``: an input for a session that is gone, addressed afresh by key
+        and sid (a connect then starts a new session). ``on_bound(session)``: a new
+        connection was bound to ``session`` (created, reconnected, rejoined): the room
+        side catches up with what it already has, inside the same step.
+        """
+        self._route = route
+        self._on_bound = on_bound
 
     def add_transition_hook(self, hook: Callable[[Session], None]) -> None:
         """Call ``hook(session)`` after every change of state, once it is recorded.
@@ -321,10 +330,6 @@ class SessionRuntime:
         self.feed(session, inp)
 
     # ------------------------------------------------------------------ inputs
-
-    def route(self, inp: Input) -> None:
-        """An input addressed by key and sid, not to a session object (see ``route``)."""
-        self._route(inp)
 
     def feed(self, session: Session, inp: Input) -> None:
         """Process ``inp`` now if the session is idle, else queue it behind the running work.
@@ -530,21 +535,17 @@ class SessionRuntime:
         Each fires its edge's input with the current epoch: an expiry that was
         queued before the state was left and entered again is stale.
         """
-        rec = record(session)
-        rec.epoch += 1
-        epoch = rec.epoch
-        loop = asyncio.get_running_loop()
+        rec = session._record
+        if rec is None:
+            rec = record(session)
+        epoch = rec.epoch = rec.epoch + 1
+        call_later = asyncio.get_running_loop().call_later
         config = self.config
-        rec.timers = tuple(
-            loop.call_later(
-                float(getattr(config, edge.delay or "")) if delay is None else delay,
-                self._expired,
-                session,
-                kind,
-                epoch,
-            )
-            for edge, kind in self._delayed[session._state]
-        )
+        timers = []
+        for edge, kind in self._delayed[session._state]:
+            seconds = float(getattr(config, edge.delay or "")) if delay is None else delay
+            timers.append(call_later(seconds, self._expired, session, kind, epoch))
+        rec.timers = tuple(timers)
 
     def _cancel_timers(self, ev: EventData) -> None:
         rec = ev.model._record
@@ -617,3 +618,7 @@ class SessionRuntime:
             event_sid=inp.sid or None,
             why=why,
         )
+
+
+def _unwired(_: object) -> None:
+    raise RuntimeError("SessionRuntime.wire() was not called")

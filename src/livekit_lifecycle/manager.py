@@ -109,8 +109,6 @@ class LifecycleManager:
                 },
                 "cleanup": cleanup.run,
             },
-            route=lambda inp: self._intake.route(inp),
-            on_bound=lambda session: self._intake.adopt(session),
             store=persist,
         )
         self._sessions = runtime.sessions
@@ -118,6 +116,7 @@ class LifecycleManager:
         self._intake = intake = RoomIntake(
             config, log, runtime, on_room_disconnected=self._start_close
         )
+        runtime.wire(route=intake.route, on_bound=intake.adopt)
         log.room_name = intake.room_name
         if config.check_invariants:
             runtime.check_with(self._check_invariants)
