@@ -48,6 +48,7 @@ class RoomIntake:
         on_room_disconnected: Callable[[], None],
     ) -> None:
         self._config = config
+        self._kinds = config.kinds
         self._log = log
         self._stats = log.stats
         self._runtime = runtime
@@ -198,7 +199,7 @@ class RoomIntake:
             self._log.debug("event.ignored", "handlers", input=kind.value, why="manager closed")
             return
         try:
-            if participant.kind not in self._config.kinds:
+            if participant.kind not in self._kinds:
                 stats["ignored_kind"] += 1
                 self._log.debug(
                     "event.ignored",

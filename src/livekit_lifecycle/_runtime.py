@@ -57,6 +57,7 @@ ActivityRun = Callable[[Session], Coroutine[Any, Any, None] | None]
 """An activity's implementation: runs for ``session``; ``None`` when it finished inline,
 else a coroutine that finishes it. It must not raise (it isolates user code itself)."""
 
+_append = list.append
 _Batch = tuple[list[tuple[Session, contextvars.Context]], "asyncio.Future[None]"]
 
 
@@ -97,6 +98,7 @@ class SessionRuntime:
         self.chart = chart
         self.config = config
         self.log = log
+        self._enabled = log.stdlog.isEnabledFor
         self.stats = log.stats
         self.supervisor = supervisor
         self._events_out = events
@@ -209,7 +211,7 @@ class SessionRuntime:
         if store is not None:
             session._data = store.data(key, {})
         self._register(session)
-        if self.log.enabled(logging.INFO):
+        if self._enabled(logging.INFO):
             self.log.session(logging.INFO, "session.created", "connect", session)
         # Busy meanwhile, so events a `created` listener causes wait their turn.
         busy = self._busy
@@ -581,11 +583,14 @@ class SessionRuntime:
         dest = session._state
         source = self._state_by_name[ev.transition.source]
         transition = Transition(source, dest, ev.event.name, session._sid, time.time())
-        session._history.append(transition)
+        history = session._history
+        _append(history, transition)  # _History.append, without its frame
+        if len(history) > history.maxlen:
+            del history[0]
         self.stats["transitions"] += 1
         if self._check is not None:
             self._check(session)
-        if self.log.enabled(logging.INFO):  # spares building the fields when off
+        if self._enabled(logging.INFO):  # spares building the fields when off
             self.log.session(
                 logging.INFO,
                 "session.transition",
