@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
@@ -47,8 +49,13 @@ RESUME_KEY = "livekit_lifecycle"
 {"resume": true, "dead_owner": ..., "sessions": n, "watchdog": ...}}``."""
 
 DEFAULT_INTERVAL = 1.0
-"""Seconds between two polls of the store: added to the lease TTL in the recovery time."""
+"""Seconds between two polls of the store at most. A watchdog also wakes as the next lease
+expires (when its store says when), so the interval does not add to the recovery time as
+long as it is under two thirds of the lease TTL (the least time from a death to its lease's
+expiry, leases being refreshed every third of their TTL)."""
 _BACKOFF_MAX = 10.0
+_EXPIRY_SLACK = 0.02
+"""Seconds after a lease's expiry the watchdog polls: the lease is then surely expired."""
 
 
 class _RoomInfo(Protocol):
@@ -70,6 +77,9 @@ class RecoveryStore(Protocol):
     async def claim_recovery(self, room: str, dead_lease: str, claimant: str) -> bool:
         """Set once per ``(room, dead_lease)``: True for the first claimant (and it again)."""
         ...
+
+    # Optional: ``async def next_lease_expiry(self) -> float | None``, when the next live
+    # lease expires (wall-clock s). Without it the watchdog polls every interval only.
 
 
 class DeadRoom(NamedTuple):
@@ -296,7 +306,8 @@ class Watchdog:
             self._log.info("watchdog.store_available", category="recovery")
 
     async def run(self) -> None:
-        """Poll until cancelled: every ``interval`` s, with a backoff while the store is down."""
+        """Poll until cancelled: every ``interval`` s and as the next lease expires, with a
+        backoff while the store is down."""
         self._log.info(
             "watchdog.started", category="recovery", watchdog=self.name, interval=self._interval
         )
@@ -308,7 +319,24 @@ class Watchdog:
             else:
                 delay = self._interval
             # Jitter: replicas started together do not poll in lockstep.
-            await asyncio.sleep(delay * random.uniform(0.9, 1.1))
+            wait = delay * random.uniform(0.9, 1.1)
+            if not self._unavailable:
+                wait = min(wait, await self._until_next_expiry())
+            await asyncio.sleep(wait)
+
+    async def _until_next_expiry(self) -> float:
+        """Seconds until just after the next lease expires (``inf``: unknown, or none)."""
+        next_expiry = getattr(self._store, "next_lease_expiry", None)
+        if next_expiry is None:
+            return math.inf
+        try:
+            expiry = await next_expiry()
+        except Exception as exc:
+            self._store_failed("next_lease_expiry", exc)
+            return math.inf
+        if expiry is None:
+            return math.inf
+        return max(float(expiry) - time.time(), 0.0) + _EXPIRY_SLACK
 
     def start(self) -> None:
         """Run :meth:`run` in the background (in a worker process, say) until :meth:`aclose`."""

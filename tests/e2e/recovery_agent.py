@@ -19,7 +19,8 @@ is checked on one record.
 
 Configured by the environment: ``RECOVERY_REDIS_URL``, ``RECOVERY_NAMESPACE``,
 ``RECOVERY_CLEANUPS`` (required), ``RECOVERY_GRACE`` (seconds, default 20),
-``RECOVERY_LEASE_TTL`` (seconds, default: the store's).
+``RECOVERY_LEASE_TTL`` (seconds, default: the store's), ``RECOVERY_WATCHDOG`` (set: the
+worker process runs a watchdog, as docs/recovery.md's in-worker recipe does).
 """
 
 from __future__ import annotations
@@ -43,12 +44,28 @@ from livekit.agents.voice.room_io import RoomOptions
 from livekit_lifecycle import LifecycleConfig, Session
 from livekit_lifecycle.agents import for_job
 from livekit_lifecycle.stores import RedisStore
-from livekit_lifecycle.watchdog import resume_info
+from livekit_lifecycle.watchdog import Watchdog, resume_info
 from tests.e2e.recall_llm import RecallLLM  # the test puts the repository on PYTHONPATH
 
 log = logging.getLogger("recovery")
 
 server = AgentServer()
+watchdogs: list[Watchdog] = []
+"""The worker process's watchdog (a strong reference: the loop only keeps its task weakly)."""
+
+
+def open_store(**options: Any) -> RedisStore:
+    options["namespace"] = os.environ["RECOVERY_NAMESPACE"]
+    return RedisStore.from_url(os.environ["RECOVERY_REDIS_URL"], **options)
+
+
+@server.on("worker_started")
+def start_watchdog() -> None:
+    """The in-worker recipe: one watchdog in the worker process (not in its jobs)."""
+    if os.environ.get("RECOVERY_WATCHDOG"):
+        watchdog = Watchdog(open_store(), interval=0.5)  # LIVEKIT_* from the environment
+        watchdog.start()
+        watchdogs.append(watchdog)
 
 
 def record_cleanup(user: Session, pid: int) -> None:
@@ -73,10 +90,10 @@ def record_cleanup(user: Session, pid: int) -> None:
 
 @server.rtc_session()
 async def entrypoint(ctx: JobContext) -> None:
-    store_options: dict[str, Any] = {"namespace": os.environ["RECOVERY_NAMESPACE"]}
+    store_options: dict[str, Any] = {}
     if "RECOVERY_LEASE_TTL" in os.environ:
         store_options["lease_ttl"] = float(os.environ["RECOVERY_LEASE_TTL"])
-    store = RedisStore.from_url(os.environ["RECOVERY_REDIS_URL"], **store_options)
+    store = open_store(**store_options)
     info = resume_info(ctx.job.metadata)
     log.info(
         "recovery.job_started",

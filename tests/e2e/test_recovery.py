@@ -93,11 +93,12 @@ class Recovery:
         self.watchdogs: list[Watchdog] = []
         self.commands: list[subprocess.Popen[bytes]] = []
 
-    async def worker(self) -> AgentWorker:
+    async def worker(self, **env: str) -> AgentWorker:
         worker = await self._start_worker(
             AGENT,
             self.server,
             env={
+                **env,
                 "RECOVERY_REDIS_URL": self.redis.url,
                 "RECOVERY_NAMESPACE": self.namespace,
                 "RECOVERY_CLEANUPS": str(self.cleanup_file),
@@ -363,10 +364,10 @@ async def test_a_job_process_killed_alone_recovers_the_same_way_and_bob_comes_ba
     recovery: Recovery,
 ) -> None:
     """The OOM killer takes only the job process: its worker serves on, reports the job
-    failed, and gets the room again from the watchdog; bob, in his window during the crash,
-    comes back to his session in the new job."""
+    failed, and gets the room again from the watchdog it runs itself (the in-worker recipe);
+    bob, in his window during the crash, comes back to his session in the new job."""
     server = recovery.server
-    a = await recovery.worker()
+    a = await recovery.worker(RECOVERY_WATCHDOG="1")
     alice = await server.connect("alice", ROOM)
     first = await reached(a, "alice", "active")
     await a.wait_for_line(matches("agents.linked", key="alice"), timeout=SLOW)
@@ -384,29 +385,30 @@ async def test_a_job_process_killed_alone_recovers_the_same_way_and_bob_comes_ba
 
     old_pid = int(first["pid"])
     assert old_pid != a.pid
-    async with recovery.watchdog("wd-api") as watchdog:
-        os.kill(old_pid, signal.SIGKILL)
-        # The new job process's AgentSession started (it restored the conversation first).
-        started = await a.wait_for_line(
-            lambda r: matches("recovery.agent_session", linked="alice")(r) and r["pid"] != old_pid,
-            timeout=SLOW,
-        )
-        new_pid = started["pid"]
-        assert started["history"] == ["remember 42", "you said: remember 42"]
-        assert a.returncode is None  # the worker served on
-        assert await chat(a, sdk_chat(alice), "what number?") == (
-            "you said: remember 42 | what number?"
-        )
-        bob = await server.connect("bob", ROOM)  # inside his window, on a new connection
-        back = await a.wait_for_line(
-            lambda r: (
-                matches("session.transition", key="bob", to_state="reconnected")(r)
-                and r["pid"] == new_pid
-            ),
-            timeout=SLOW,
-        )
-        assert back["sid"] == bob.local_participant.sid != bob_sid
-        assert watchdog.stats["dispatched"] == 1
+    os.kill(old_pid, signal.SIGKILL)
+    # The new job process's AgentSession started (it restored the conversation first).
+    started = await a.wait_for_line(
+        lambda r: matches("recovery.agent_session", linked="alice")(r) and r["pid"] != old_pid,
+        timeout=SLOW,
+    )
+    new_pid = started["pid"]
+    assert started["history"] == ["remember 42", "you said: remember 42"]
+    assert a.returncode is None  # the worker served on
+    assert await chat(a, sdk_chat(alice), "what number?") == (
+        "you said: remember 42 | what number?"
+    )
+    bob = await server.connect("bob", ROOM)  # inside his window, on a new connection
+    back = await a.wait_for_line(
+        lambda r: (
+            matches("session.transition", key="bob", to_state="reconnected")(r)
+            and r["pid"] == new_pid
+        ),
+        timeout=SLOW,
+    )
+    assert back["sid"] == bob.local_participant.sid != bob_sid
+    # The worker's own watchdog dispatched it (its log line, from the worker process).
+    [dispatched] = job_lines(a, "watchdog.dispatched")
+    assert dispatched["pid"] == a.pid and dispatched["sessions"] == 2
     assert len(recovery.resume_dispatches()) == 1
     [bob_restored] = [r for r in job_lines(a, "session.restored", key="bob") if r["pid"] == new_pid]
     assert bob_restored["user_id"] == "id-bob" and bob_restored["stored_state"] == "grace"

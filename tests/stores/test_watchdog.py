@@ -83,9 +83,11 @@ async def poll_until(what: str, predicate: Callable[[], bool], *watchdogs: Watch
         await asyncio.sleep(0.02)
 
 
-async def dead_job(fleet: Fleet, room: RoomDriver) -> tuple[RedisStore, LifecycleManager]:
+async def dead_job(
+    fleet: Fleet, room: RoomDriver, **store_options: Any
+) -> tuple[RedisStore, LifecycleManager]:
     """A job with alice active and bob in his window, killed: its lease is left to expire."""
-    store = fleet.store()
+    store = fleet.store(**store_options)
     manager = LifecycleManager(LifecycleConfig(store=store, grace_period=30.0))
     manager.attach(room.room)
     await manager.idle()
@@ -239,3 +241,37 @@ async def test_the_default_dispatcher_creates_the_dispatch_on_a_livekit_server(
         assert info is not None and info["dead_owner"] == dead_store.lease
     finally:
         await watchdog.aclose()
+
+
+async def test_a_background_watchdog_wakes_as_the_lease_expires_not_an_interval_later(
+    fleet: Fleet,
+) -> None:
+    """Polling every 30 s, the watchdog still dispatches as the dead lease expires: it
+    sleeps until the next lease expiry when that comes first (issue 22 point 4)."""
+    lease = 2.0
+    watchdog = fleet.watchdog("wd-wake", interval=30.0)
+    try:
+        async with RoomDriver(ROOM) as room:
+            dead_store, _ = await dead_job(fleet, room, lease_ttl=lease)
+            crashed = time.monotonic()
+            watchdog.start()  # its first poll finds the lease alive, and when it expires
+            await until(lambda: len(fleet.dispatched) == 1, "the dispatch", timeout=lease + 10.0)
+            waited = time.monotonic() - crashed
+            assert lease * 0.6 <= waited < lease + 3.0  # at the expiry, not 30 s later
+            assert watchdog.stats["polls"] <= 3
+            index = dead_store._lease_rooms(dead_store.lease)
+            assert len(await dead_store.client.smembers(index)) == 1  # the room, still dead
+
+        # The new job takes the room over: the next poll drops it from the dead lease's rooms.
+        async with RoomDriver(ROOM) as room:
+            room.connect("alice", active=True)
+            new_job = LifecycleManager(LifecycleConfig(store=fleet.store(), grace_period=30.0))
+            new_job.attach(room.room)
+            await until(lambda: new_job.stats["sessions_restored"] == 2, "the restore")
+            assert new_job._persist is not None and await new_job._persist.writer.flush(WAIT)
+            assert await watchdog.poll() == []
+            assert await dead_store.client.smembers(index) == set()
+            await new_job.aclose()
+    finally:
+        await watchdog.aclose()
+    assert len(fleet.dispatched) == 1

@@ -421,26 +421,47 @@ class RedisStore:
         sessions or owed cleanups): what a watchdog dispatches again.
 
         Costs one ``ZRANGEBYSCORE`` when no lease is dead; then, per dead lease, its
-        rooms (one ``SMEMBERS``) and one ``HGETALL`` per such room.
+        rooms (one ``SMEMBERS``) and one pipelined ``HGETALL`` per such room. A room
+        another process took over (or that emptied) is dropped from the dead lease's
+        rooms then (one ``SREM``), so it is read once after its recovery, not at every
+        poll until the dead lease's index expires.
         """
         now_ms = round(time.time() * 1000)
         dead = await self._client.zrangebyscore(self._leases, "-inf", now_ms)
         found: list[RoomInfo] = []
         for lease in map(_text, dead):
-            rooms = sorted(
-                unquote(_text(r)) for r in await self._client.smembers(self._lease_rooms(lease))
-            )
-            if not rooms:
+            index = self._lease_rooms(lease)
+            quoted = sorted(_text(r) for r in await self._client.smembers(index))
+            if not quoted:
                 continue
-            for room, records in (await self.load_many(rooms)).items():
-                info = await self._room_meta(room)
-                if info[0] == lease and records:
-                    found.append(RoomInfo(room, lease, False, info[1], tuple(records)))
+            rooms = [unquote(r) for r in quoted]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for room in rooms:
+                    pipe.hgetall(self._room_key(room))
+                answers = await pipe.execute()
+            settled: list[str] = []
+            for name, room, fields in zip(quoted, rooms, answers, strict=True):
+                texts = {_text(k): v for k, v in fields.items()}
+                owner = _text(texts.get("owner", b""))
+                records = self._parse(room, fields, None) if owner == lease else []
+                if not records:
+                    settled.append(name)  # recovered, or nothing left to recover
+                    continue
+                changed = float(_text(texts.get("changed", b"0")) or 0) / 1000
+                found.append(RoomInfo(room, lease, False, changed, tuple(records)))
+            if settled:
+                await self._client.srem(index, *settled)
         return found
 
-    async def _room_meta(self, room: str) -> tuple[str, float]:
-        owner, changed = await self._client.hmget(self._room_key(room), ["owner", "changed"])
-        return (_text(owner) if owner else "", float(_text(changed)) / 1000 if changed else 0.0)
+    async def next_lease_expiry(self) -> float | None:
+        """When the next live lease expires (wall-clock s), ``None`` with none: one
+        ``ZRANGEBYSCORE ... LIMIT 0 1``. A watchdog wakes then, so a dead process's rooms
+        are dispatched as its lease expires, not up to a poll interval later."""
+        now_ms = round(time.time() * 1000)
+        entries = await self._client.zrangebyscore(
+            self._leases, f"({now_ms}", "+inf", start=0, num=1, withscores=True
+        )
+        return float(entries[0][1]) / 1000 if entries else None
 
     async def claim_recovery(self, room: str, dead_lease: str, claimant: str) -> bool:
         """Set-once: True for the first ``claimant`` to recover ``room`` from ``dead_lease``.
