@@ -8,27 +8,30 @@ Usage::
 Real parts only: a LoopbackServer with agent dispatch, a redis-server of its own,
 real livekit-agents workers running ``benchmarks/_recovery_agent.py`` (a
 ``RedisStore`` and a model-less AgentSession, as a user writes them), and a
-:class:`~livekit_lifecycle.watchdog.Watchdog` with its default dispatcher
-(livekit-api's ``AgentDispatchService``). Each run: alice joins a new room (its
-job goes to one of two workers), bob joins and leaves (he is in his window),
-the store holds both; then the worker holding the room is SIGKILLed (``worker``
-runs) or only its job process (``job`` runs, what the OOM killer does), and the
-clock runs until the job the watchdog dispatched logged both sessions restored,
-and until its AgentSession started. Times are wall-clock, read from the job's
-own log lines (same machine, same clock). A killed worker is replaced before
-the next run, so a warm worker is always there, as in a fleet.
+:class:`~livekit_lifecycle.watchdog.Watchdog` as a sidecar (its own process, this
+module with ``--sidecar``) with its default dispatcher (livekit-api's
+``AgentDispatchService``). Each run: alice joins a new room (its job goes to one
+of two workers), bob joins and leaves (he is in his window), the store holds
+both; then, at a random point of the lease's refresh period, the worker holding
+the room is SIGKILLed (``worker`` runs) or only its job process (``job`` runs,
+what the OOM killer does), and the clock runs until the job the watchdog
+dispatched logged both sessions restored, and until its AgentSession started.
+Times are wall-clock, from the jobs' own log lines and the sidecar's report
+(same machine, same clock). A killed worker is replaced before the next run,
+so a warm worker is always there, as in a fleet.
 
 The watchdog's Redis cost is counted on its own client (a pipeline's commands
-one by one), per poll: while no job is dead, while a dead room waits for its
-dispatch, and after (the dead lease stays listed until its rooms' retention
-ends). Then, without workers, per poll with 1, 100 and 1,000 rooms of one dead
-process. Not a test: it prints figures (medians and maxima).
+one by one), per poll: before any death, and between deaths (earlier dead
+leases stay listed in ``ns:leases``). Then, in this process and without
+workers, per poll with 1, 100 and 1,000 rooms of one dead process. Not a test:
+it prints figures (medians and maxima).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
 import random
@@ -39,10 +42,10 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from livekit_lifecycle.stores import RedisStore, SessionRecord, StoreWrite
 from livekit_lifecycle.stores._redis import DEFAULT_LEASE_TTL
@@ -54,6 +57,7 @@ from livekit_loopback.redis_server import RedisServer
 from ._store import _Commands
 
 AGENT = Path(__file__).resolve().parent / "_recovery_agent.py"
+REPOSITORY = Path(__file__).resolve().parent.parent
 WAIT = 60.0
 Line = dict[str, Any]
 
@@ -74,22 +78,84 @@ class Run:
     """Seconds from the kill to the new job's AgentSession started (conversation given back)."""
 
 
-@dataclass
-class Costs:
-    """Commands per poll the watchdog sent, phase by phase (its own client)."""
+class Sidecar:
+    """The watchdog as a sidecar: its own process (this module with ``--sidecar``), so the
+    benchmark's server and clients never delay it. It reports each dispatch (when it was
+    called) and, after each poll, its counters, as JSON lines in a file."""
 
-    sent: _Commands
-    watchdog: Watchdog
-    phases: dict[str, list[float]] = field(default_factory=dict)
-    _mark: tuple[int, int] = (0, 0)
+    def __init__(self, fleet: Fleet, interval: float) -> None:
+        self.report = fleet.directory / "sidecar.jsonl"
+        server = fleet.server
+        self._command = [
+            *(sys.executable, "-m", "benchmarks.recovery", "--sidecar", str(self.report)),
+            *("--redis", fleet.redis.url, "--namespace", fleet.namespace),
+            *("--url", server.url, "--api-key", server.api_key),
+            *("--api-secret", server.api_secret, "--interval", str(interval)),
+        ]
+        self._process: asyncio.subprocess.Process | None = None
+        self.phases: dict[str, list[float]] = {}
+        self._mark = (0, 0)
+
+    async def start(self) -> None:
+        self._process = await asyncio.create_subprocess_exec(*self._command, cwd=REPOSITORY)
+
+    def lines(self) -> list[Line]:
+        try:
+            text = self.report.read_text()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in text.splitlines() if line.endswith("}")]
+
+    def dispatched(self, room: str) -> float | None:
+        return next((r["called"] for r in self.lines() if r.get("room") == room), None)
 
     def end(self, phase: str) -> None:
         """The phase since the previous call ends now: record its commands per poll."""
-        commands, polls = self.sent.sent, self.watchdog.stats["polls"]
+        counters = [r for r in self.lines() if "polls" in r]
+        if not counters:
+            return
+        commands, polls = counters[-1]["commands"], counters[-1]["polls"]
         if polls > self._mark[1]:
             per_poll = (commands - self._mark[0]) / (polls - self._mark[1])
             self.phases.setdefault(phase, []).append(per_poll)
         self._mark = (commands, polls)
+
+    async def stop(self) -> None:
+        process = self._process
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def sidecar(args: argparse.Namespace, report: TextIO) -> None:
+    """``--sidecar REPORT``: run a watchdog until killed, reporting to REPORT."""
+    dispatch, close = livekit_dispatcher(
+        url=args.url, api_key=args.api_key, api_secret=args.api_secret
+    )
+
+    async def timed(room: str, metadata: str) -> None:
+        called = time.time()
+        await dispatch(room, metadata)
+        report.write(json.dumps({"room": room, "called": called, "rpc": time.time() - called}))
+        report.write("\n")
+
+    store = RedisStore.from_url(args.redis, namespace=args.namespace)
+    sent = _Commands(store)
+    watchdog = Watchdog(store, dispatch=timed, interval=args.interval, name="bench-sidecar")
+    poll = watchdog.poll
+
+    async def counted_poll() -> Any:
+        done = await poll()
+        counters = {"polls": watchdog.stats["polls"], "commands": sent.sent}
+        report.write(json.dumps(counters) + "\n")
+        return done
+
+    watchdog.poll = counted_poll  # type: ignore[method-assign]
+    try:
+        await watchdog.run()
+    finally:
+        await close()
+        await store.aclose()
 
 
 class Fleet:
@@ -146,8 +212,7 @@ async def one_run(
     kind: str,
     number: int,
     reader: RedisStore,
-    dispatches: dict[str, float],
-    costs: Costs,
+    costs: Sidecar,
 ) -> Run:
     server = fleet.server
     room = f"bench-{kind}-{number}"
@@ -178,7 +243,6 @@ async def one_run(
         if time.monotonic() > deadline:
             raise TimeoutError(f"the store never held alice active and bob in grace: {states}")
         await asyncio.sleep(0.02)
-    expiry = await reader.client.zscore(f"{fleet.namespace}:leases", info.owner)
     costs.end("before any death" if number == 0 and kind == "worker" else "between deaths")
 
     # The kill comes at any point of the lease's refresh period, as a crash does.
@@ -200,10 +264,12 @@ async def one_run(
     restored_lines = [r for r in fleet.lines(room, "session.restored") if int(r["pid"]) == new_pid]
     assert len(restored_lines) == 2, restored_lines
     assert ready["sessions"] == 2
+    # Read once the job is dead for sure: a refresh may land just before the kill.
+    expiry = await reader.client.zscore(f"{fleet.namespace}:leases", info.owner)
     run = Run(
         kind,
         lease_expired=float(expiry) / 1000 - killed,
-        dispatched=dispatches[room] - killed,
+        dispatched=(costs.dispatched(room) or math.nan) - killed,
         restored=max(_at(r) for r in restored_lines) - killed,
         ready=_at(ready) - killed,
     )
@@ -273,30 +339,16 @@ async def main(args: argparse.Namespace) -> None:
         directory = Path(tmp)
         async with RedisServer(directory / "redis") as redis, LoopbackServer() as server:
             fleet = Fleet(server, redis, directory, args.lease_ttl)
-            dispatches: dict[str, float] = {}
-            dispatch, close = livekit_dispatcher(
-                url=server.url.replace("ws://", "http://"),
-                api_key=server.api_key,
-                api_secret=server.api_secret,
-            )
-
-            async def timed(room: str, metadata: str) -> None:
-                await dispatch(room, metadata)
-                dispatches[room] = time.time()
-
-            store = RedisStore.from_url(redis.url, namespace=fleet.namespace)
             reader = RedisStore.from_url(redis.url, namespace=fleet.namespace)
-            sent = _Commands(store)
-            watchdog = Watchdog(store, dispatch=timed, interval=interval, name="bench")
-            costs = Costs(sent, watchdog)
+            costs = Sidecar(fleet, interval)
             runs: list[Run] = []
             try:
                 await fleet.add_worker()
                 await fleet.add_worker()
-                watchdog.start()
+                await costs.start()
                 for kind in args.kinds:
                     for number in range(args.runs):
-                        run = await one_run(fleet, kind, number, reader, dispatches, costs)
+                        run = await one_run(fleet, kind, number, reader, costs)
                         runs.append(run)
                         print(
                             f"  {kind} run {number + 1}: lease expired +{run.lease_expired:.2f} s,"
@@ -305,10 +357,8 @@ async def main(args: argparse.Namespace) -> None:
                             flush=True,
                         )
             finally:
-                await watchdog.aclose()
-                await close()
+                await costs.stop()
                 await fleet.aclose()
-                await store.aclose()
                 await reader.aclose()
             print()
             print(
@@ -325,12 +375,12 @@ async def main(args: argparse.Namespace) -> None:
                     f" | {_summary([r.restored for r in mine])}"
                     f" | {_summary([r.ready for r in mine])} |"
                 )
-            bound = lease_ttl + interval
             print(
-                f"\nbound: lease_ttl + interval + one job start = {bound:g} s + job start;"
-                f" the dead lease expires {lease_ttl * 2 / 3:.2f}-{lease_ttl:.2f} s after the kill"
+                f"\nbound: lease_ttl + one job start = {lease_ttl:g} s + job start (the watchdog"
+                f" wakes as a lease expires); the dead lease expires"
+                f" {lease_ttl * 2 / 3:.2f}-{lease_ttl:.2f} s after the kill"
             )
-            print("\nwatchdog commands per poll (its own client), by phase:")
+            print("\nwatchdog commands per poll (the sidecar's client), by phase:")
             for phase, values in costs.phases.items():
                 print(f"  {phase}: median {statistics.median(values):.1f}")
             print("\nwatchdog commands per poll, rooms of one dead process (no workers):")
@@ -354,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--lease-ttl", type=float, default=None, help="the agents' lease TTL")
     parser.add_argument("--interval", type=float, default=None, help="the watchdog's interval")
+    parser.add_argument("--sidecar", metavar="REPORT", help=argparse.SUPPRESS)
+    for name in ("--redis", "--namespace", "--url", "--api-key", "--api-secret"):
+        parser.add_argument(name, help=argparse.SUPPRESS)
     parser.add_argument(
         "--dead-rooms",
         type=int,
@@ -368,11 +421,17 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.kinds = args.kinds or ["worker", "job"]
     args.dead_rooms = args.dead_rooms or [1, 100, 1000]
+    if args.sidecar and args.interval is None:
+        args.interval = DEFAULT_INTERVAL
     if args.runs < 1 or any(
         not math.isfinite(v) for v in (args.lease_ttl or 1, args.interval or 1)
     ):
         raise SystemExit("--runs must be >= 1 and times finite")
-    asyncio.run(main(args))
+    if args.sidecar:
+        with open(args.sidecar, "a", buffering=1) as report:
+            asyncio.run(sidecar(args, report))
+    else:
+        asyncio.run(main(args))
     return 0
 
 
