@@ -319,7 +319,7 @@ async def _fleet_scale(server: RedisServer, *, quick: bool) -> dict[str, tuple[f
     minutes = sessions * window / 60
     found["steady_commands"] = (
         (sent.sent - commands) / minutes,
-        f"{sessions:,} idle sessions, {window:.0f} s, lease_ttl 5 s",
+        f"{sessions:,} idle sessions, {window:.0f} s, lease_ttl {holder.lease_ttl:g} s",
     )
     found["steady_bytes"] = (
         (received2 - received - 26) / minutes,
