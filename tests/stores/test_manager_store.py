@@ -473,3 +473,22 @@ async def until_stored(fleet: Fleet, key: str, state: str) -> None:
     while (record := (await fleet.stored()).get(key)) is None or record.state != state:
         assert time.monotonic() < deadline, f"{key} never stored as {state}"
         await asyncio.sleep(0.02)
+
+
+async def test_the_stored_history_is_the_sessions_history_as_it_grows_and_is_capped(
+    fleet: Fleet,
+) -> None:
+    # Each write converts only the new transitions (the rest come from the previous
+    # write's): the stored history must still be the session's, oldest dropped.
+    async with RoomDriver(ROOM) as driver:
+        manager = fleet.manager(driver.room, grace_period=5.0, history_limit=4)
+        await manager.idle()
+        driver.connect("alice", active=True)
+        for _ in range(4):
+            driver.refresh("alice")  # disconnect, cleanup, grace, reconnect
+            await settled(manager)
+            session = manager.get("alice")
+            assert session is not None
+            stored = (await fleet.stored())["alice"]
+            assert list(stored.history) == [t.as_dict() for t in session.history]
+        assert len(session.history) == 4

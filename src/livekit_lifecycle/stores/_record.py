@@ -24,9 +24,7 @@ __all__ = [
     "SkippedRecord",
     "UnreadableRecord",
     "collector_paused",
-    "decode_record",
     "parse_record",
-    "record_from_fields",
     "record_ttl",
 ]
 
@@ -205,10 +203,10 @@ def parse_record(
     Raises:
         UnreadableRecord: (a ``ValueError``) for anything else, with the reason.
     """
-    return record_from_fields(decode_record(text), room=room, key=key)
+    return _record_from_fields(_decode_record(text), room=room, key=key)
 
 
-def decode_record(text: str | bytes) -> Any:
+def _decode_record(text: str | bytes) -> Any:
     """``text`` decoded as JSON (:func:`parse_record`'s first half): any JSON value.
 
     orjson decodes (strict JSON: no ``NaN``, no ``Infinity``, no float out of
@@ -237,7 +235,7 @@ def decode_record(text: str | bytes) -> Any:
         raise UnreadableRecord(f"not JSON: {_short(exc)}") from None
 
 
-def record_from_fields(
+def _record_from_fields(
     raw: Any, *, room: str | None = None, key: str | None = None
 ) -> SessionRecord:
     """:func:`parse_record`'s second half: the record a decoded JSON value holds.

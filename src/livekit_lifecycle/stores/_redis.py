@@ -68,9 +68,9 @@ _NAMESPACE = re.compile(r"[A-Za-z0-9._-]+")
 _PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
 """What ``quote(name, safe="")`` leaves as it is."""
 _PER_CALL = 500
+"""Entries in one script call at most: no call holds Redis for long (a script runs alone)."""
 _CLOSE_WAIT = 2.0
 """Seconds aclose() waits for the store's own tasks to end once cancelled."""
-"""Entries in one script call at most: no call holds Redis for long (a script runs alone)."""
 
 # One room's upserts and deletes in one call, in order. KEYS[1] the room hash.
 # ARGV: lease, now (ms), room TTL (ms), entry count, then per entry
@@ -725,33 +725,14 @@ def _entry_args(entry: StoreWrite) -> list[str | int | bytes]:
         check_json(record.data, "session data")
     if record.conversation is not None:
         check_json(record.conversation, "conversation")
-    for number in (record.connected_at, record.updated_at):
-        if not math.isfinite(number):
-            raise ValueError(f"record of {record.key!r}: time {number!r} is not finite")
-    for maybe in (record.disconnected_at, record.grace_deadline):
-        if maybe is not None and not math.isfinite(maybe):
-            raise ValueError(f"record of {record.key!r}: time {maybe!r} is not finite")
+    times = (record.connected_at, record.updated_at, record.disconnected_at, record.grace_deadline)
+    for at in times:
+        if at is not None and not math.isfinite(at):
+            raise ValueError(f"record of {record.key!r}: time {at!r} is not finite")
+    fields = record.as_dict()
     history = record.history
-    fields: dict[str, Any] = {
-        "room": record.room,
-        "key": record.key,
-        "state": record.state,
-        "identity": record.identity,
-        "sid": record.sid,
-        "user_id": record.user_id,
-        "data": record.data,
-        "reconnects": record.reconnects,
-        "cleanups": record.cleanups,
-        "connected_at": record.connected_at,
-        "disconnected_at": record.disconnected_at,
-        "grace_deadline": record.grace_deadline,
-        "history": [],  # the h:K field's lines replace it when read (_with_history)
-        "owner": record.owner,
-        "updated_at": record.updated_at,
-        "v": RECORD_VERSION,
-    }
-    if record.conversation is not None:
-        fields["conversation"] = record.conversation
+    fields["history"] = []  # the h:K field's lines replace it when read (_with_history)
+    fields["v"] = RECORD_VERSION
     text = orjson.dumps(fields)
     if entry.appended is None:
         new, op = history, "r"
