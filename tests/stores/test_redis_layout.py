@@ -250,3 +250,33 @@ async def test_aclose_is_bounded_while_redis_does_not_answer(redis_url: str) -> 
     finally:
         await admin.client.execute_command("CLIENT", "UNPAUSE")
         await admin.aclose()
+
+
+async def test_the_fleet_view_shows_each_record_as_its_session_entry(redis_url: str) -> None:
+    # fleet_snapshot builds RedisStore's entries straight from the checked JSON: they
+    # must be what session_entry makes of the record load() returns, key order included.
+    from livekit_lifecycle.stores._fleet import session_entry
+
+    store = RedisStore.from_url(redis_url, namespace="entries")
+    try:
+        await store.write(
+            [
+                StoreWrite("r", "a", record("r", "a", data={"n": [1, {"x": 2.5}]}), 60.0),
+                StoreWrite(
+                    "r",
+                    "b",
+                    record("r", "b", state="grace", grace_deadline=time.time() + 20, user_id="u"),
+                    60.0,
+                ),
+                StoreWrite(
+                    "r", "c", record("r", "c", conversation={"items": []}, history=history(1)), 60.0
+                ),
+            ]
+        )
+        snapshot = await fleet_snapshot(store)
+        loaded = {r.key: session_entry(r, snapshot["taken_at"]) for r in await store.load("r")}
+        assert snapshot["rooms"]["r"] == loaded
+        for key, entry in snapshot["rooms"]["r"].items():
+            assert list(entry) == list(loaded[key])
+    finally:
+        await store.aclose()

@@ -23,7 +23,10 @@ __all__ = [
     "SessionRecord",
     "SkippedRecord",
     "UnreadableRecord",
+    "FIELD_ORDER",
     "collector_paused",
+    "decode_record",
+    "fast_fields",
     "parse_record",
     "record_ttl",
 ]
@@ -35,23 +38,26 @@ MAX_RECORD_BYTES = 16 * 1024 * 1024
 """Largest stored record read (16 MiB): a bigger one is corrupt, or not ours."""
 
 _NUMBER = (int, float)
-_FIELDS = operator.itemgetter(
+FIELD_ORDER = (
     "room",
     "key",
     "state",
     "identity",
     "sid",
-    "owner",
     "user_id",
     "data",
-    "history",
     "reconnects",
     "cleanups",
     "connected_at",
-    "updated_at",
     "disconnected_at",
     "grace_deadline",
+    "history",
+    "owner",
+    "updated_at",
+    "conversation",
 )
+"""The fields :func:`fast_fields` returns, in :meth:`SessionRecord.as_dict`'s order."""
+_FIELDS = operator.itemgetter(*FIELD_ORDER[:-1])
 """Every field a record must have, in one call (the fast path's)."""
 _STATES = frozenset(
     {"connecting", "active", "disconnecting", "cleaned", "grace", "reconnected", "removed"}
@@ -203,10 +209,10 @@ def parse_record(
     Raises:
         UnreadableRecord: (a ``ValueError``) for anything else, with the reason.
     """
-    return _record_from_fields(_decode_record(text), room=room, key=key)
+    return _record_from_fields(decode_record(text), room=room, key=key)
 
 
-def _decode_record(text: str | bytes) -> Any:
+def decode_record(text: str | bytes) -> Any:
     """``text`` decoded as JSON (:func:`parse_record`'s first half): any JSON value.
 
     orjson decodes (strict JSON: no ``NaN``, no ``Infinity``, no float out of
@@ -244,16 +250,65 @@ def _record_from_fields(
     type tests; anything that fails it is checked again field by field, to
     name the field and why.
     """
-    if type(raw) is dict and raw.get("v") == RECORD_VERSION:
-        record = _fast(raw)
-        if record is not None:
-            _check_place(record, room, key)
-            return record
+    record = _fast(raw)
+    if record is not None:
+        _check_place(record, room, key)
+        return record
     return _checked(raw, room, key)
 
 
-def _fast(raw: dict[str, Any]) -> SessionRecord | None:
+def _fast(raw: Any) -> SessionRecord | None:
     """The record ``raw`` holds if every field is as a manager writes it; None otherwise."""
+    values = fast_fields(raw)
+    if values is None:
+        return None
+    (
+        r_room,
+        r_key,
+        state,
+        identity,
+        sid,
+        user_id,
+        data,
+        reconnects,
+        cleanups,
+        connected_at,
+        disconnected_at,
+        grace_deadline,
+        history,
+        owner,
+        updated_at,
+        conversation,
+    ) = values
+    return SessionRecord(
+        room=r_room,
+        key=r_key,
+        state=state,
+        identity=identity,
+        sid=sid,
+        user_id=user_id,
+        data=data,
+        reconnects=reconnects,
+        cleanups=cleanups,
+        connected_at=connected_at,
+        disconnected_at=disconnected_at,
+        grace_deadline=grace_deadline,
+        history=tuple(history),
+        owner=owner,
+        updated_at=updated_at,
+        conversation=conversation,
+    )
+
+
+def fast_fields(raw: Any) -> tuple[Any, ...] | None:
+    """The one pass of exact type checks (the common case: what a manager wrote).
+
+    Returns the fields in :data:`FIELD_ORDER` (times as floats, ``history`` the
+    entries kept, a list; ``conversation`` last), or ``None`` when any check
+    fails: :func:`parse_record` then checks field by field, to say why.
+    """
+    if type(raw) is not dict or raw.get("v") != RECORD_VERSION:
+        return None
     try:
         (
             r_room,
@@ -261,16 +316,16 @@ def _fast(raw: dict[str, Any]) -> SessionRecord | None:
             state,
             identity,
             sid,
-            owner,
             user_id,
             data,
-            history,
             reconnects,
             cleanups,
             connected_at,
-            updated_at,
             disconnected_at,
             grace_deadline,
+            history,
+            owner,
+            updated_at,
         ) = _FIELDS(raw)
     except KeyError:
         return None  # _checked names the missing field
@@ -311,23 +366,23 @@ def _fast(raw: dict[str, Any]) -> SessionRecord | None:
             check_json(data, "data")
         except TypeError:
             return None
-    return SessionRecord(
-        room=r_room,
-        key=r_key,
-        state=state,
-        identity=identity,
-        sid=sid,
-        user_id=user_id,
-        data=data,
-        reconnects=reconnects,
-        cleanups=cleanups,
-        connected_at=float(connected_at),
-        disconnected_at=None if disconnected_at is None else float(disconnected_at),
-        grace_deadline=None if grace_deadline is None else float(grace_deadline),
-        history=_history(history),
-        owner=owner,
-        updated_at=float(updated_at),
-        conversation=None if conversation is None else _conversation(conversation),
+    return (
+        r_room,
+        r_key,
+        state,
+        identity,
+        sid,
+        user_id,
+        data,
+        reconnects,
+        cleanups,
+        float(connected_at),
+        None if disconnected_at is None else float(disconnected_at),
+        None if grace_deadline is None else float(grace_deadline),
+        _history(history),
+        owner,
+        float(updated_at),
+        None if conversation is None else _conversation(conversation),
     )
 
 
@@ -356,7 +411,7 @@ def _checked(raw: Any, room: str | None, key: str | None) -> SessionRecord:
             connected_at=_time(raw, "connected_at"),
             disconnected_at=_optional_time(raw, "disconnected_at"),
             grace_deadline=_optional_time(raw, "grace_deadline"),
-            history=_history(_typed(raw, "history", list)),
+            history=tuple(_history(_typed(raw, "history", list))),
             owner=_typed(raw, "owner", str),
             updated_at=_time(raw, "updated_at"),
             conversation=_conversation(raw.get("conversation")),
@@ -437,7 +492,7 @@ def _conversation(value: Any) -> dict[str, Any] | None:
     return value
 
 
-def _history(entries: list[Any]) -> tuple[dict[str, Any], ...]:
+def _history(entries: list[Any]) -> list[dict[str, Any]]:
     # History is for reading: an entry that is not a transition's dict is dropped (the
     # session's restore skips what Transition.from_dict refuses), never the record.
     kept = []
@@ -451,7 +506,7 @@ def _history(entries: list[Any]) -> tuple[dict[str, Any], ...]:
             break
         else:
             kept.append(entry)
-    return tuple(kept)
+    return kept
 
 
 @contextlib.contextmanager

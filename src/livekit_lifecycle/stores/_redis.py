@@ -33,7 +33,7 @@ import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote, unquote
 
 import orjson
@@ -53,6 +53,9 @@ from ._record import (
 )
 
 _Skipped = Callable[[SkippedRecord], None] | None
+_T = TypeVar("_T")
+_Convert = Callable[[bytes, str, str], _T]
+"""What a read makes of one record's text (with its history), its room and key."""
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis, RedisCluster
@@ -355,7 +358,14 @@ class RedisStore:
         self, rooms: Sequence[str], *, skipped: _Skipped = None
     ) -> dict[str, list[SessionRecord]]:
         """The records of several rooms, in pipelined ``HGETALL`` calls (the fleet view)."""
-        result: dict[str, list[SessionRecord]] = {}
+        return await self._read_rooms(rooms, _as_record, skipped)
+
+    async def _read_rooms(
+        self, rooms: Sequence[str], convert: _Convert[_T], skipped: _Skipped
+    ) -> dict[str, list[_T]]:
+        """Each room's records, each made by ``convert(text, room, key)`` (which raises
+        :class:`UnreadableRecord` for a record it refuses)."""
+        result: dict[str, list[_T]] = {}
         # One pause of the collector for the whole read, not one per room: the
         # records of every room read so far survive, and full collections of a
         # growing heap were half of a 100,000-session fleet view.
@@ -367,7 +377,7 @@ class RedisStore:
                         pipe.hgetall(self._room_key(room))
                     answers = await pipe.execute()
                 for room, fields in zip(chunk, answers, strict=True):
-                    result[room] = self._parse(room, fields, skipped)
+                    result[room] = self._parse_fields(room, fields, skipped, convert)
                     # A turn of the loop between rooms: decoding 500 rooms at once held
                     # the loop for seconds, long enough for this process's lease to expire.
                     await asyncio.sleep(0)
@@ -375,11 +385,11 @@ class RedisStore:
 
     def _parse(self, room: str, fields: dict[Any, Any], skipped: _Skipped) -> list[SessionRecord]:
         with collector_paused():
-            return self._parse_fields(room, fields, skipped)
+            return self._parse_fields(room, fields, skipped, _as_record)
 
     def _parse_fields(
-        self, room: str, fields: dict[Any, Any], skipped: _Skipped
-    ) -> list[SessionRecord]:
+        self, room: str, fields: dict[Any, Any], skipped: _Skipped, convert: _Convert[_T]
+    ) -> list[_T]:
         records = []
         for name, text in fields.items():
             field = name if isinstance(name, bytes) else name.encode()
@@ -389,7 +399,7 @@ class RedisStore:
             key = unquote(quoted) if "%" in quoted else quoted
             history = fields.get(b"h:" + field[2:] if name is field else f"h:{quoted}")
             try:
-                records.append(parse_record(_with_history(text, history), room=room, key=key))
+                records.append(convert(_with_history(text, history), room, key))
             except UnreadableRecord as exc:
                 skip = SkippedRecord(f"{self._room_key(room)} s:{quoted}", room, key, exc.reason)
                 if skipped is None:
@@ -739,6 +749,10 @@ def _entry_args(entry: StoreWrite) -> list[str | int | bytes]:
     else:
         new, op = history[len(history) - entry.appended :] if entry.appended else (), "a"
     return [key, op, text, len(history), len(new), *map(orjson.dumps, new)]
+
+
+def _as_record(text: bytes, room: str, key: str) -> SessionRecord:
+    return parse_record(text, room=room, key=key)
 
 
 def _with_history(text: bytes | str, history: bytes | str | None) -> bytes:
