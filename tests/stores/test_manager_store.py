@@ -491,4 +491,4 @@ async def test_the_stored_history_is_the_sessions_history_as_it_grows_and_is_cap
             assert session is not None
             stored = (await fleet.stored())["alice"]
             assert list(stored.history) == [t.as_dict() for t in session.history]
-        assert len(session.history) == 4
+            assert len(session.history) == 4  # capped from the first refresh on
