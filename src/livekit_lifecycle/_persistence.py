@@ -346,12 +346,7 @@ class Persistence:
         cleaned = False
         if state in _BOUND:
             participant = present.get(record.sid)  # None: it left while no process watched
-        elif state is State.DISCONNECTING:
-            # Its process died during the cleanup: the claim is taken over once that
-            # process's lease has expired (claim() waits for it), and the callbacks run
-            # here with `session.cleanup_claim.retry`; unless the cleanup was done.
-            self._interrupted.add(record.key)
-        else:  # grace (or cleaned, a state a record is never written in)
+        elif state is not State.DISCONNECTING:  # grace (or cleaned, never written)
             cleaned = True
             deadline = record.grace_deadline
             if deadline is None:
@@ -376,6 +371,11 @@ class Persistence:
             data=dict(record.data),
             delay=grace_remaining,
         )
+        if state is State.DISCONNECTING:
+            # Its process died during the cleanup: the claim is taken over once that
+            # process's lease has expired (claim() waits for it), and the callbacks run
+            # here with `session.cleanup_claim.retry`; unless the cleanup was done.
+            self._interrupted.add(record.key)
         if record.conversation is not None:
             self.conversations[record.key] = record.conversation
         self.writer.mark(session._key, stored=True)  # restored: its record is there
