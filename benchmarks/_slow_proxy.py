@@ -10,13 +10,21 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+async def pipe(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: Callable[[], float]
+) -> None:
+    """Copy ``reader`` to ``writer``, each chunk ``delay()`` seconds late, until either ends.
+
+    Also the fault-injection suite's proxy (tests/e2e/test_fault_injection.py), whose
+    delay changes while it runs.
+    """
     try:
         while chunk := await reader.read(65536):
-            if delay:
-                await asyncio.sleep(delay)
+            if seconds := delay():
+                await asyncio.sleep(seconds)
             writer.write(chunk)
             await writer.drain()
     except OSError:
@@ -28,7 +36,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, dela
 async def _serve(upstream: int, delay: float) -> None:
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", upstream)
-        await asyncio.gather(_pipe(reader, up_writer, 0.0), _pipe(up_reader, writer, delay))
+        await asyncio.gather(
+            pipe(reader, up_writer, lambda: 0.0), pipe(up_reader, writer, lambda: delay)
+        )
 
     server = await asyncio.start_server(accept, "127.0.0.1", 0)
     print("listening", server.sockets[0].getsockname()[1], flush=True)

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks._slow_proxy import pipe
 from livekit import rtc
 
 from livekit_lifecycle.stores import RedisStore
@@ -211,28 +212,14 @@ class LatencyProxy:
                 return  # Redis is down: the client sees its connection closed
             try:
                 await asyncio.gather(
-                    self._pipe(reader, up_writer, slow=False),
-                    self._pipe(up_reader, writer, slow=True),
+                    pipe(reader, up_writer, lambda: 0.0),
+                    pipe(up_reader, writer, lambda: self.delay),
                 )
             finally:
                 up_writer.close()
         finally:
             writer.close()
             self._handlers.discard(me)
-
-    async def _pipe(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, slow: bool
-    ) -> None:
-        try:
-            while chunk := await reader.read(65536):
-                if slow and self.delay:
-                    await asyncio.sleep(self.delay)
-                writer.write(chunk)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            writer.close()
 
 
 @dataclasses.dataclass
