@@ -371,10 +371,13 @@ class Persistence:
             data=dict(record.data),
             delay=grace_remaining,
         )
-        if state is State.DISCONNECTING:
-            # Its process died during the cleanup: the claim is taken over once that
-            # process's lease has expired (claim() waits for it), and the callbacks run
-            # here with `session.cleanup_claim.retry`; unless the cleanup was done.
+        if state is State.DISCONNECTING or (state in _BOUND and participant is None):
+            # Its process died during the cleanup, or it left while no process watched
+            # and its process may have won the claim and died before its record said so
+            # (writes are behind): a claim held by a dead lease is taken over once that
+            # lease has expired (claim() waits for it), and the callbacks run here with
+            # `session.cleanup_claim.retry`, unless the cleanup was done; a free claim is
+            # won at once.
             self._interrupted.add(record.key)
         if record.conversation is not None:
             self.conversations[record.key] = record.conversation

@@ -468,6 +468,45 @@ async def test_a_cleanup_interrupted_by_a_crash_is_taken_over_once_with_a_higher
     await first.idle()
 
 
+@pytest.mark.redis
+async def test_a_claim_won_by_a_process_that_died_before_writing_it_is_taken_over(
+    fleet: Fleet,
+) -> None:
+    # Found by the fault-injection suite (seed 1027): the first process won the claim and
+    # was killed before its record said `disconnecting` (writes are behind), so the record
+    # still shows the connection active. The next process sees a connection that ended
+    # while nobody watched; its claim is held by a dead lease: taken over, not lost.
+    async with RoomDriver(ROOM) as first_room:
+        first_store = fleet.store(lease_ttl=0.5)
+        first = fleet.manager(first_room.room, store=first_store)
+        await first.idle()
+        alice = first_room.connect("alice", active=True)
+        first.set_user_id("alice", "u-alice")
+        await settled(first)
+        assert first._persist is not None
+        held = await first_store.claim(ROOM, "alice", alice.sid, first._persist.owner)
+        assert held.won
+        crash(first)  # before the disconnect was even seen
+        task = first_store._lease_task
+        assert task is not None
+        task.cancel()  # the process is gone: its lease is no longer refreshed
+    assert (await fleet.stored())["alice"].state == "active"
+
+    async with RoomDriver(ROOM) as second_room:  # alice left while no process was alive
+        second = fleet.manager(None, cleanup_timeout=5.0)
+        retried: list[Any] = []
+        second.add_cleanup(lambda s: retried.append((s.key, s.sid, s.cleanup_claim)))
+        second.attach(second_room.room)
+        await until(lambda: bool(retried), "the cleanup taken over", timeout=WAIT)
+        await second.idle()
+        ((key, sid, claim),) = retried
+        assert (key, sid) == ("alice", alice.sid)
+        assert claim is not None and claim.retry and claim.token > held.token
+        assert second.state_of("alice") is State.GRACE
+        assert second.stats["store_claims_lost"] == 0
+        await second.aclose()
+
+
 async def until_stored(fleet: Fleet, key: str, state: str) -> None:
     deadline = time.monotonic() + WAIT
     while (record := (await fleet.stored()).get(key)) is None or record.state != state:
