@@ -470,3 +470,32 @@ async def test_redis_frozen_while_the_watchdogs_run_dispatches_nothing_then_once
         assert one.stats["dispatched"] + two.stats["dispatched"] == 1
     assert len(recovery.resume_dispatches()) == 1
     assert errors(b) == [], b.tail()
+
+
+# --------------------------------------------------------------------------- nobody left
+
+
+async def test_a_room_left_while_no_job_was_alive_gets_its_cleanup_once_then_the_job_ends(
+    recovery: Recovery,
+) -> None:
+    """Alice leaves while her job is dead: the room is dispatched anyway, the new job runs
+    the cleanup her connection was owed (once), her window runs out, and the job ends."""
+    server = recovery.server
+    a = await recovery.worker(RECOVERY_GRACE="2")
+    alice = await server.connect("alice", ROOM)
+    alice_sid = alice.local_participant.sid
+    await reached(a, "alice", "active")
+    await a.wait_for_line(matches("recovery.agent_session", linked="alice"), timeout=SLOW)
+    b = await recovery.worker(RECOVERY_GRACE="2")
+    await recovery.stored(lambda r: r.get("alice") is not None and r["alice"].state == "active")
+    async with recovery.watchdog("wd-api"):
+        await a.kill()
+        await leave(alice)  # nobody is in the room; the dead job still owes her cleanup
+        cleaned = await b.wait_for_line(matches("recovery.cleanup", key="alice"), timeout=SLOW)
+        assert cleaned["sid"] == alice_sid
+        await b.wait_for_line(matches("agents.job_ending", key="alice"), timeout=SLOW)
+        await b.wait_for_line(matches("shutdown.done"), timeout=SLOW)
+    assert [c["sid"] for c in recovery.cleanups()] == [alice_sid]
+    assert len(recovery.resume_dispatches()) == 1
+    assert b.returncode is None  # the worker serves on; only the job ended
+    assert errors(b) == [], b.tail()
