@@ -124,6 +124,32 @@ async def test_frame_metadata_reaches_the_subscriber(
     assert frame_ids == sorted(frame_ids) and len(set(frame_ids)) == 5, found
 
 
+@pytest.mark.parametrize(
+    ("codec", "single_pc"),
+    [(rtc.VideoCodec.VP9, True), (rtc.VideoCodec.AV1, False)],
+    ids=["vp9-rtc-v1", "av1-rtc-v0"],
+)
+async def test_vp9_and_av1_reach_the_subscriber_with_their_frame_metadata(
+    loopback_server: LoopbackServer, codec: rtc.VideoCodec.ValueType, single_pc: bool
+) -> None:
+    """Codecs the server cannot decode: forwarded all the same, with what their frames carry."""
+    listener = await loopback_server.connect("listener", ROOM, options=_options(single_pc))
+    events = Recorder.on(listener)
+    alice = await loopback_server.connect("alice", ROOM, options=_options(not single_pc))
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, video_codec=codec)
+    options.frame_metadata_features.extend([track_pb2.FMF_USER_TIMESTAMP, track_pb2.FMF_FRAME_ID])
+    async with _camera_with_metadata(320, 180) as camera:
+        sid = (await alice.local_participant.publish_track(camera, options)).sid
+        track = await _subscribed(events, listener, sid)
+        found = await asyncio.wait_for(_metadata_of_frames(track, 5), WAIT)
+    remote = listener.remote_participants["alice"].track_publications[sid]
+    name = rtc.VideoCodec.Name(codec)
+    assert remote.mime_type.lower() == f"video/{name.lower()}"
+    assert all(timestamp == 1000 + frame_id for timestamp, frame_id in found), found
+    frame_ids = [frame_id for _, frame_id in found]
+    assert frame_ids == sorted(frame_ids) and len(set(frame_ids)) == 5, found
+
+
 async def test_the_server_forwards_without_decoding(loopback_server: LoopbackServer) -> None:
     listener = await loopback_server.connect("listener", ROOM)
     events = Recorder.on(listener)
@@ -276,3 +302,26 @@ async def test_two_simulcast_cameras_of_one_publisher_each_reach_the_subscriber(
         ]
     assert np.allclose(colours[0], red, atol=12), colours
     assert np.allclose(colours[1], blue, atol=12), colours
+
+
+@pytest.mark.parametrize(
+    ("codec", "single_pc"),
+    [(rtc.VideoCodec.VP8, True), (rtc.VideoCodec.VP9, False), (rtc.VideoCodec.H264, True)],
+    ids=["vp8-rtc-v1", "vp9-rtc-v0", "h264-rtc-v1"],
+)
+async def test_end_to_end_encrypted_video_is_seen_by_a_subscriber_with_the_key(
+    loopback_server: LoopbackServer, codec: rtc.VideoCodec.ValueType, single_pc: bool
+) -> None:
+    key = rtc.KeyProviderOptions(shared_key=b"only the clients know this")
+    encryption = rtc.E2EEOptions(key_provider_options=key)
+    listener = await loopback_server.connect(
+        "listener", ROOM, options=_options(single_pc, encryption)
+    )
+    events = Recorder.on(listener)
+    alice = await loopback_server.connect("alice", ROOM, options=_options(True, encryption))
+    options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_CAMERA, video_codec=codec)
+    green = (30, 200, 30)
+    async with _camera_with_metadata(320, 180, green) as camera:
+        sid = (await alice.local_participant.publish_track(camera, options)).sid
+        colour = await asyncio.wait_for(_colour(await _subscribed(events, listener, sid)), WAIT)
+    assert np.allclose(colour, green, atol=12), colour

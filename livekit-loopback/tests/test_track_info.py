@@ -126,10 +126,16 @@ def test_requested_track_info_follows_livekit_server() -> None:
         models.VideoQuality.LOW,
         models.VideoQuality.HIGH,
     ]
-    # VP9 is not accepted here, so VP8 stands in, as with a codec livekit-server disables.
-    assert [codec.mime_type for codec in track.codecs] == ["video/vp8", "video/h264"]
-    assert track.simulcast
+    # VP9 is forwarded as received; an SVC codec announces several layers in one stream.
+    assert [codec.mime_type for codec in track.codecs] == ["video/vp9", "video/h264"]
+    several = models.VideoLayer.MULTIPLE_SPATIAL_LAYERS_PER_STREAM
+    assert track.codecs[0].video_layer_mode == several
+    assert not track.simulcast
     assert list(track.packet_trailer_features) == [models.PTF_USER_TIMESTAMP]
+    # Transcoding cannot decode VP9, so VP8 stands in, as with a codec livekit-server disables.
+    transcoded = requested("TR_x", request, forwarded=False)
+    assert [codec.mime_type for codec in transcoded.codecs] == ["video/vp8", "video/h264"]
+    assert transcoded.simulcast
 
     audio = requested(
         "TR_y", signal.AddTrackRequest(cid="a", type=models.AUDIO, stereo=True, disable_dtx=True)

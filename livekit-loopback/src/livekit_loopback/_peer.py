@@ -31,6 +31,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import rtc as signal
 
+from ._codecs import accept_forwarded_codecs, as_offered, decodable_only
 from ._log import describe, get_logger
 from ._media import ForwardedTrack
 from ._simulcast import answer_sdp, extension_ids, route_by_mid
@@ -64,8 +65,10 @@ class Peer:
     ``on_data`` gets each message on a data channel the client opened.
     ``arrange``, when set, runs between applying an offer and answering it:
     it may put tracks on the transceivers and returns mid -> track sid.
-    With ``simulcast`` its answers accept the layers a video section offers
-    (see :mod:`._simulcast`); without, the publisher sends one.
+    With ``forward_rtp`` (nothing it receives is decoded) it negotiates VP9
+    and AV1 too (see :mod:`._codecs`) and its answers accept the layers a
+    video section offers (see :mod:`._simulcast`); without, it keeps to the
+    codecs aiortc decodes and the publisher sends one layer.
     """
 
     def __init__(
@@ -75,10 +78,12 @@ class Peer:
         *,
         on_track: OnTrack | None = None,
         on_data: OnData | None = None,
-        simulcast: bool = False,
+        forward_rtp: bool = False,
     ) -> None:
         self._label = label
-        self._simulcast = simulcast
+        self._forward_rtp = forward_rtp
+        if forward_rtp:
+            accept_forwarded_codecs()
         self._on_connected = on_connected
         self._on_track = on_track
         self._on_data = on_data
@@ -202,6 +207,10 @@ class Peer:
                 if transceiver.mid is not None:
                     extensions = extension_ids(offer.sdp, transceiver.mid)
                     route_by_mid(transceiver.receiver.transport, extensions)
+                if self._forward_rtp:
+                    as_offered(transceiver, offer.sdp)
+                else:
+                    decodable_only(transceiver)
             mids: Mapping[str, str] = {}
             if self.arrange is not None:
                 mids = self.arrange(self._pc.getTransceivers())
@@ -210,7 +219,7 @@ class Peer:
             local = self._pc.localDescription
             return signal.SessionDescription(
                 type="answer",
-                sdp=answer_sdp(offer.sdp, local.sdp, simulcast=self._simulcast),
+                sdp=answer_sdp(offer.sdp, local.sdp, simulcast=self._forward_rtp),
                 id=offer.id,
                 mid_to_track_id=dict(mids),
             )
@@ -249,6 +258,8 @@ class Peer:
     def add_sender(self, track: MediaStreamTrack, stream_id: str) -> RTCRtpTransceiver:
         """A new sendonly transceiver for ``track`` (goes out with the next offer)."""
         transceiver = self._pc.addTransceiver(track, direction="sendonly")
+        if not self._forward_rtp:
+            decodable_only(transceiver)
         _name_stream(transceiver.sender, stream_id)
         _placed(track, transceiver)
         return transceiver

@@ -99,15 +99,24 @@ class _NoDecode:
         return self._queue.get(*args, **kwargs)
 
 
+# The format parameters that must agree, with their default (RFC 6184, the VP9
+# and AV1 RTP payload formats).
+_SAME_PARAMETERS = {
+    "video/h264": {"packetization-mode": "0", "profile-level-id": ""},
+    "video/vp9": {"profile-id": "0"},
+    "video/av1": {"profile": "0"},
+}
+
+
 def _same_codec(ours: RTCRtpCodecParameters, theirs: RTCRtpCodecParameters) -> bool:
-    if ours.mimeType.lower() != theirs.mimeType.lower() or ours.clockRate != theirs.clockRate:
+    mime_type = ours.mimeType.lower()
+    if mime_type != theirs.mimeType.lower() or ours.clockRate != theirs.clockRate:
         return False
-    if ours.mimeType.lower() != "video/h264":
-        return True
-    keys = ("packetization-mode", "profile-level-id")
+    keys = _SAME_PARAMETERS.get(mime_type, {})
     return all(
-        str(ours.parameters.get(key, "")).lower() == str(theirs.parameters.get(key, "")).lower()
-        for key in keys
+        str(ours.parameters.get(key, default)).lower()
+        == str(theirs.parameters.get(key, default)).lower()
+        for key, default in keys.items()
     )
 
 

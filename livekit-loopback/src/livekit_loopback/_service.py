@@ -301,7 +301,7 @@ class RoomService:
             on_connected=lambda: self.activate(participant),
             on_track=lambda track_id, track: self._track_arrived(participant, track_id, track),
             on_data=lambda label, payload: self._relay_data(participant, label, payload),
-            simulcast=self.settings.forward_rtp,
+            forward_rtp=self.settings.forward_rtp,
         )
         self._peers.add(peer)
         return peer
@@ -318,7 +318,11 @@ class RoomService:
             assert participant.peer is not None
             peer = participant.peer
         else:
-            peer = Peer(f"{label}/subscriber", on_connected=lambda: None)
+            peer = Peer(
+                f"{label}/subscriber",
+                on_connected=lambda: None,
+                forward_rtp=self.settings.forward_rtp,
+            )
             self._peers.add(peer)
         downlink = Downlink(
             peer,
@@ -552,7 +556,7 @@ class RoomService:
                 )
             )
             return
-        track = requested(_sid("TR_"), request)
+        track = requested(_sid("TR_"), request, forwarded=self.settings.forward_rtp)
         participant.send(
             signal.SignalResponse(
                 track_published=signal.TrackPublishedResponse(cid=request.cid, track=track)

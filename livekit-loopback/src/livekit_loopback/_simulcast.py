@@ -151,12 +151,20 @@ def _with_start_bitrate(section: list[str]) -> list[str]:
     fmtp = "a=fmtp:"
     with_fmtp = {line[len(fmtp) :].split()[0] for line in section if line.startswith(fmtp)}
     out = [
-        f"{line};{parameter}"
-        if line.startswith("a=fmtp:") and line[len("a=fmtp:") :].split()[0] in codecs
+        _with_parameter(line, parameter)
+        if line.startswith(fmtp) and line[len(fmtp) :].split()[0] in codecs
         else line
         for line in section
     ]
     return out + [f"a=fmtp:{pt} {parameter}" for pt in codecs if pt not in with_fmtp]
+
+
+def _with_parameter(fmtp_line: str, parameter: str) -> str:
+    """``fmtp_line`` with ``parameter`` (``name=value``) set, replacing the same name's value."""
+    head, _, text = fmtp_line.partition(" ")
+    name = parameter.split("=", 1)[0]
+    kept = [p for p in text.split(";") if p and p.split("=", 1)[0] != name]
+    return f"{head} {';'.join([*kept, parameter])}"
 
 
 def route_by_mid(transport: Any, extensions: Mapping[str, int]) -> None:

@@ -14,9 +14,11 @@ several of them back on the publication (``frame_metadata_features`` from
 - :func:`negotiated` once the client's offer carries the track: the mime type
   and mid, and each layer's spatial index and rid.
 
-The codecs this server accepts are aiortc's: a requested codec aiortc cannot
-receive (VP9, AV1) is replaced by VP8, as livekit-server replaces a codec its
-configuration does not enable.
+The codecs this server accepts are the ones it negotiates: Opus, PCMU, PCMA,
+VP8 and H.264, and VP9 and AV1 when RTP is forwarded as received (aiortc
+cannot decode them for ``media="transcode"``). Another requested codec is
+replaced by VP8, as livekit-server replaces a codec its configuration does
+not enable.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ from livekit.protocol import rtc as signal
 __all__ = ["negotiated", "requested", "sdp_codecs"]
 
 _ACCEPTED_VIDEO = ("video/vp8", "video/h264")
+_FORWARDED_VIDEO = ("video/vp9", "video/av1")
+# livekit-server's mime.IsMimeTypeStringSVCCapable: one stream, several spatial layers.
+_SVC = ("video/vp9", "video/av1")
 _ACCEPTED_AUDIO = ("audio/opus", "audio/pcmu", "audio/pcma")
 # livekit-server's default rid names, low to high (buffer.DefaultVideoLayersRid).
 _RIDS = ("q", "h", "f")
@@ -53,18 +58,24 @@ def _sorted_layers(layers: list[models.VideoLayer]) -> list[models.VideoLayer]:
     return sorted(copies, key=lambda layer: int(layer.quality))
 
 
-def _accepted_mime(kind: int, codec: str) -> str:
+def _accepted_mime(kind: int, codec: str, forwarded: bool) -> str:
     """The full mime type of ``codec``, or the one this server takes instead."""
     codec = codec.lower()  # the accepted lists are lower case; so is what clients send
     if kind == models.VIDEO:
         mime = codec if codec.startswith("video/") else f"video/{codec}"
-        return mime if mime in _ACCEPTED_VIDEO else _ACCEPTED_VIDEO[0]
+        accepted = _ACCEPTED_VIDEO + (_FORWARDED_VIDEO if forwarded else ())
+        return mime if mime in accepted else _ACCEPTED_VIDEO[0]
     mime = codec if codec.startswith("audio/") else f"audio/{codec}"
     return mime if mime in _ACCEPTED_AUDIO else _ACCEPTED_AUDIO[0]
 
 
-def requested(sid: str, request: signal.AddTrackRequest) -> models.TrackInfo:
-    """The ``TrackInfo`` livekit-server answers ``request`` with (``TrackPublishedResponse``)."""
+def requested(
+    sid: str, request: signal.AddTrackRequest, *, forwarded: bool = True
+) -> models.TrackInfo:
+    """The ``TrackInfo`` livekit-server answers ``request`` with (``TrackPublishedResponse``).
+
+    ``forwarded``: RTP is forwarded as received, so VP9 and AV1 are accepted.
+    """
     policy = request.backup_codec_policy
     if request.type == models.AUDIO and policy != models.BackupCodecPolicy.REGRESSION:
         policy = models.BackupCodecPolicy.SIMULCAST  # audio: simulcast codecs by default
@@ -106,18 +117,22 @@ def requested(sid: str, request: signal.AddTrackRequest) -> models.TrackInfo:
     for codec in request.simulcast_codecs:
         if not codec.codec:
             continue
-        mime = _accepted_mime(request.type, codec.codec)
+        mime = _accepted_mime(request.type, codec.codec, forwarded)
         if mime in seen:
             continue
         seen.add(mime)
         mode = codec.video_layer_mode
         if request.type == models.VIDEO and mode == models.VideoLayer.MODE_UNUSED:
-            # No accepted codec is SVC-capable (VP9 and AV1 were replaced above).
-            mode = one_layer_per_stream
+            svc = mime in _SVC
+            mode = (
+                models.VideoLayer.MULTIPLE_SPATIAL_LAYERS_PER_STREAM
+                if svc
+                else one_layer_per_stream
+            )
         own_layers = (
             c.layers
             for c in request.simulcast_codecs
-            if c.layers and _accepted_mime(request.type, c.codec) == mime
+            if c.layers and _accepted_mime(request.type, c.codec, forwarded) == mime
         )
         layers = next(own_layers, request.layers)
         track.codecs.append(
