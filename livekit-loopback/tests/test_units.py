@@ -200,3 +200,40 @@ def test_sending_tracks_lists_the_sending_sections_with_their_kind() -> None:
 def test_ice_addresses_leave_out_loopback() -> None:
     addresses = [ipaddress.ip_address(a) for a in ice_addresses()]
     assert not any(a.is_loopback or a.is_link_local for a in addresses)
+
+
+# --------------------------------------------------------------------------- data tracks
+
+
+def test_a_data_track_request_is_refused_as_livekit_server_refuses_it() -> None:
+    from livekit_loopback import _data_tracks as data_tracks
+
+    reason = signal.RequestResponse.Reason
+    taken = [models.DataTrackInfo(pub_handle=1, sid="DTR_a", name="sensor")]
+    for request, expected in [
+        (signal.PublishDataTrackRequest(pub_handle=0, name="x"), reason.INVALID_HANDLE),
+        (signal.PublishDataTrackRequest(pub_handle=2, name=""), reason.INVALID_NAME),
+        (signal.PublishDataTrackRequest(pub_handle=1, name="x"), reason.DUPLICATE_HANDLE),
+        (signal.PublishDataTrackRequest(pub_handle=2, name="sensor"), reason.DUPLICATE_NAME),
+    ]:
+        answer = data_tracks.publish(taken, request)
+        assert isinstance(answer, signal.RequestResponse) and answer.reason == expected
+        assert answer.publish_data_track == request
+    info = data_tracks.publish(taken, signal.PublishDataTrackRequest(pub_handle=2, name="y"))
+    assert isinstance(info, models.DataTrackInfo) and info.sid.startswith("DTR_")
+
+
+def test_each_data_subscription_gets_its_own_handle_written_into_the_packets() -> None:
+    from livekit_loopback import _data_tracks as data_tracks
+
+    subscriptions = data_tracks.DataSubscriptions()
+    first = subscriptions.add("alice", "PA_a", "DTR_1")
+    second = subscriptions.add("alice", "PA_a", "DTR_2")
+    assert first != second and subscriptions.add("alice", "PA_a", "DTR_1") == first
+    handles = subscriptions.message().data_track_subscriber_handles.sub_handles
+    assert {h: t.track_sid for h, t in handles.items()} == {first: "DTR_1", second: "DTR_2"}
+    packet = bytes([0x18, 0x00, 0x00, 0x07]) + bytes(8) + b"payload"
+    assert data_tracks.publisher_handle(packet) == 7
+    moved = data_tracks.rewritten(packet, second)
+    assert data_tracks.publisher_handle(moved) == second and moved[4:] == packet[4:]
+    assert subscriptions.remove("DTR_1") and subscriptions.handle_of("DTR_1") is None

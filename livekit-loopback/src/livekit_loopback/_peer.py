@@ -32,6 +32,7 @@ from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import rtc as signal
 
 from ._codecs import accept_forwarded_codecs, as_offered, decodable_only
+from ._data_tracks import DATA_TRACK
 from ._log import describe, get_logger
 from ._media import ForwardedTrack
 from ._simulcast import answer_sdp, extension_ids, route_by_mid
@@ -284,7 +285,7 @@ class Peer:
         _name_stream(transceiver.sender, f"retired-{uuid.uuid4()}", str(uuid.uuid4()))
 
     def open_data_channels(self) -> None:
-        """Open the server's reliable and lossy data channels (idempotent).
+        """Open the server's reliable, lossy and data track channels (idempotent).
 
         Clients read data packets from the channels the server opens, not
         from their own.
@@ -294,7 +295,10 @@ class Peer:
         reliable = self._pc.createDataChannel(RELIABLE, ordered=True)
         reliable.on("open", self._flush_reliable)
         self._outbound[RELIABLE] = reliable
-        self._outbound[LOSSY] = self._pc.createDataChannel(LOSSY, ordered=False, maxRetransmits=0)
+        for label in (LOSSY, DATA_TRACK):
+            self._outbound[label] = self._pc.createDataChannel(
+                label, ordered=False, maxRetransmits=0
+            )
 
     def send_data(self, label: str, payload: bytes) -> bool:
         """Send ``payload`` on the server's channel ``label``.

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 from livekit.protocol import models
 from livekit.protocol import rtc as signal
 
+from ._data_tracks import DataSubscriptions
 from ._tokens import JoinGrant
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class Participant:
     # track sid -> the layer it asked for (UpdateTrackSettings), kept for
     # subscriptions to come.
     track_settings: dict[str, LayerChoice] = field(default_factory=dict)
+    data_subscriptions: DataSubscriptions = field(default_factory=DataSubscriptions)
     lost_timer: asyncio.TimerHandle | None = None
     dropped: bool = False
     removed: bool = False

@@ -35,6 +35,8 @@ from livekit.protocol import rtc as signal
 from livekit.protocol.agent_dispatch import RoomAgentDispatch
 from livekit.protocol.room import RoomConfiguration
 
+from . import _data_tracks as data_tracks
+from ._data_tracks import DATA_TRACK
 from ._downlink import Downlink
 from ._log import get_logger
 from ._media import TrackFeed
@@ -413,6 +415,7 @@ class RoomService:
             link.close()
         room.broadcast(participant, disconnected_info(participant, reason))
         self._stop_media(participant)
+        self._drop_data_subscriptions(room, [t.sid for t in participant.info.data_tracks])
         if (
             self.observer is not None
             and participant.info.kind == models.ParticipantInfo.AGENT
@@ -524,6 +527,12 @@ class RoomService:
             self._update_subscription(participant, request.subscription)
         elif kind == "track_setting":
             self._update_track_settings(participant, request.track_setting)
+        elif kind == "publish_data_track_request":
+            self._publish_data_track(participant, request.publish_data_track_request)
+        elif kind == "unpublish_data_track_request":
+            self._unpublish_data_track(participant, request.unpublish_data_track_request)
+        elif kind == "update_data_subscription":
+            self._update_data_subscription(participant, request.update_data_subscription)
         elif kind == "update_metadata":
             self._update_metadata(participant, request.update_metadata)
         elif kind == "leave":
@@ -801,9 +810,120 @@ class RoomService:
             disabled=request.disabled,
         )
 
+    # ------------------------------------------------------------------ data tracks
+
+    def _publish_data_track(
+        self, participant: Participant, request: signal.PublishDataTrackRequest
+    ) -> None:
+        tracks = participant.info.data_tracks
+        answer: models.DataTrackInfo | signal.RequestResponse
+        if not participant.grant.can_publish_data:
+            reason = signal.RequestResponse.NOT_ALLOWED
+            answer = data_tracks.refusal(request, reason, "the token does not grant data")
+        else:
+            answer = data_tracks.publish(tracks, request)
+        if isinstance(answer, signal.RequestResponse):
+            self._log.info(
+                "data_track.refused",
+                identity=participant.identity,
+                name=request.name,
+                reason=signal.RequestResponse.Reason.Name(answer.reason),
+            )
+            participant.send(signal.SignalResponse(request_response=answer))
+            return
+        tracks.append(answer)
+        participant.send(
+            signal.SignalResponse(
+                publish_data_track_response=signal.PublishDataTrackResponse(info=answer)
+            )
+        )
+        participant.changed()
+        participant.room.broadcast(participant)
+        self._log.info(
+            "data_track.published",
+            room=participant.room.name,
+            identity=participant.identity,
+            track=answer.sid,
+            name=answer.name,
+        )
+        self.changed()
+
+    def _unpublish_data_track(
+        self, participant: Participant, request: signal.UnpublishDataTrackRequest
+    ) -> None:
+        track = data_tracks.unpublish(participant.info.data_tracks, request)
+        if track is None:
+            return
+        participant.send(
+            signal.SignalResponse(
+                unpublish_data_track_response=signal.UnpublishDataTrackResponse(info=track)
+            )
+        )
+        self._drop_data_subscriptions(participant.room, [track.sid])
+        participant.changed()
+        participant.room.broadcast(participant)
+        self._log.info(
+            "data_track.unpublished",
+            room=participant.room.name,
+            identity=participant.identity,
+            track=track.sid,
+        )
+        self.changed()
+
+    def _drop_data_subscriptions(self, room: Room, track_sids: list[str]) -> None:
+        for member in room:
+            if any([member.data_subscriptions.remove(sid) for sid in track_sids]):
+                member.send(member.data_subscriptions.message())
+
+    def _update_data_subscription(
+        self, subscriber: Participant, request: signal.UpdateDataSubscription
+    ) -> None:
+        for update in request.updates:
+            publisher = next(
+                (
+                    p
+                    for p in subscriber.room
+                    if p is not subscriber
+                    and any(t.sid == update.track_sid for t in p.info.data_tracks)
+                ),
+                None,
+            )
+            if not update.subscribe:
+                subscriber.data_subscriptions.remove(update.track_sid)
+            elif publisher is None or not subscriber.grant.can_subscribe:
+                self._log.info(
+                    "data_track.subscription_refused",
+                    identity=subscriber.identity,
+                    track=update.track_sid,
+                )
+            else:
+                subscriber.data_subscriptions.add(
+                    publisher.identity, publisher.sid, update.track_sid
+                )
+        subscriber.send(subscriber.data_subscriptions.message())
+        self.changed()
+
+    def _forward_data_track(self, publisher: Participant, packet: bytes) -> None:
+        """A data track packet: a copy to each subscriber, under its handle."""
+        handle = data_tracks.publisher_handle(packet)
+        track = next((t for t in publisher.info.data_tracks if t.pub_handle == handle), None)
+        if track is None:
+            self._log.debug("data_track.unknown_handle", identity=publisher.identity, handle=handle)
+            return
+        for member in publisher.room:
+            theirs = member.data_subscriptions.handle_of(track.sid)
+            if member is publisher or theirs is None or member.downlink is None:
+                continue
+            member.downlink.peer.send_data(DATA_TRACK, data_tracks.rewritten(packet, theirs))
+
+    # ------------------------------------------------------------------ data packets
+
     def _relay_data(self, sender: Participant, label: str, payload: bytes) -> None:
         """A data packet from ``sender``: to everyone else, or to the identities it names."""
         if sender.removed:
+            return
+        if label == DATA_TRACK:
+            self._forward_data_track(sender, payload)
             return
         if not sender.grant.can_publish_data:
             self._log.info("data.not_allowed", identity=sender.identity)
