@@ -105,6 +105,16 @@ async def _metadata_of_frames(track: rtc.Track, count: int) -> list[tuple[int, i
     return found
 
 
+def _each_frame_its_own_metadata(found: list[tuple[int, int]], count: int) -> bool:
+    """``count`` frames, in order, each with the user timestamp its frame id says (1000 + id)."""
+    frame_ids = [frame_id for _, frame_id in found]
+    return (
+        all(timestamp == 1000 + frame_id for timestamp, frame_id in found)
+        and frame_ids == sorted(frame_ids)
+        and len(set(frame_ids)) == count
+    )
+
+
 @both_paths
 async def test_frame_metadata_reaches_the_subscriber(
     loopback_server: LoopbackServer, single_pc: bool
@@ -119,9 +129,7 @@ async def test_frame_metadata_reaches_the_subscriber(
         track = await _subscribed(events, listener, sid)
         found = await asyncio.wait_for(_metadata_of_frames(track, 5), WAIT)
     # Each frame's own metadata, in order: the user timestamp is its frame id + 1000.
-    assert all(timestamp == 1000 + frame_id for timestamp, frame_id in found), found
-    frame_ids = [frame_id for _, frame_id in found]
-    assert frame_ids == sorted(frame_ids) and len(set(frame_ids)) == 5, found
+    assert _each_frame_its_own_metadata(found, 5), found
 
 
 @pytest.mark.parametrize(
@@ -145,9 +153,7 @@ async def test_vp9_and_av1_reach_the_subscriber_with_their_frame_metadata(
     remote = listener.remote_participants["alice"].track_publications[sid]
     name = rtc.VideoCodec.Name(codec)
     assert remote.mime_type.lower() == f"video/{name.lower()}"
-    assert all(timestamp == 1000 + frame_id for timestamp, frame_id in found), found
-    frame_ids = [frame_id for _, frame_id in found]
-    assert frame_ids == sorted(frame_ids) and len(set(frame_ids)) == 5, found
+    assert _each_frame_its_own_metadata(found, 5), found
 
 
 async def test_the_server_forwards_without_decoding(loopback_server: LoopbackServer) -> None:
