@@ -1,4 +1,6 @@
-"""The package's import graph: no cycle, and integrations depend on the core, never the reverse.
+"""The package's import graph: no cycle, and integrations depend on the core, never the reverse;
+and its seams: only the runtime writes a session's fields, no module writes another object's
+private attributes, nothing reaches into the façade but through its documented seams.
 
 Read from the source (``ast``), so function-local imports count as much as
 module-level ones. Imports under ``if TYPE_CHECKING:`` are left out: they
@@ -207,3 +209,121 @@ def test_no_part_of_the_manager_subclasses_another() -> None:
                 if bases & parts:
                     found.append(f"{name}.{node.name}({', '.join(sorted(bases & parts))})")
     assert found == []
+
+
+# ---------------------------------------------------------------------- seams (issue 23, point 3)
+
+RUNTIME = ("_runtime", "_actions", "_bookkeeping", "_machine")
+"""The session runtime: the only modules that write a session's fields (``_actions`` holds
+the chart's guards and effects, ``_bookkeeping`` makes the runtime's private record,
+``_machine`` sets the state the chart's edge leads to)."""
+
+OTHERS_PRIVATE_WRITES = {
+    f"{PACKAGE}.stores._data": "SessionData.observed sets up the mapping its class just made",
+    f"{PACKAGE}.testing._driver": "RoomDriver drives a real rtc.Room through its internals",
+}
+"""Modules allowed to write a private attribute of an object other than ``self``, and why."""
+
+FACADE_SEAMS = ("_add_observer", "_set_shutdown_limit", "_conversation_store")
+"""The façade's private members an integration may use (docs/architecture.md, "Seams")."""
+
+
+_SETTERS = ("setattr", "delattr", "object.__setattr__", "object.__delattr__")
+
+
+def _attribute_writes(tree: ast.AST) -> list[tuple[int, str, str]]:
+    """(line, object, attribute) of every attribute assigned, augmented or deleted, and of
+    every ``setattr``/``object.__setattr__``/``delattr`` with a literal attribute name."""
+    found: list[tuple[int, str, str]] = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.Delete)):
+            targets = list(node.targets)
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        elif (
+            isinstance(node, ast.Call)
+            and ast.unparse(node.func) in _SETTERS
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+        ):
+            found.append((node.lineno, ast.unparse(node.args[0]), str(node.args[1].value)))
+        while targets:
+            target = targets.pop()
+            if isinstance(target, (ast.Tuple, ast.List)):
+                targets.extend(target.elts)
+            elif isinstance(target, ast.Starred):
+                targets.append(target.value)
+            elif isinstance(target, ast.Attribute):
+                found.append((getattr(node, "lineno", 0), ast.unparse(target.value), target.attr))
+    return found
+
+
+def _private(attribute: str) -> bool:
+    return attribute.startswith("_") and not attribute.startswith("__")
+
+
+def test_only_the_runtime_writes_a_sessions_fields() -> None:
+    """Nothing outside the runtime assigns a field of a ``Session`` (other than the class
+    itself, through ``self``): the store's side, the cleanup activity, the integrations go
+    through runtime methods (``set_cleanup_claim``, ``restore``, ``merge_stored``...)."""
+    from livekit_lifecycle import Session
+
+    fields = set(Session.__slots__)
+    runtime = {f"{PACKAGE}.{name}" for name in RUNTIME}
+    wrong = sorted(
+        f"{name}:{line} {obj}.{attribute}"
+        for name, path in _modules().items()
+        if name not in runtime
+        for line, obj, attribute in _attribute_writes(ast.parse(path.read_text()))
+        if attribute in fields and obj not in ("self", "cls")
+    )
+    assert wrong == []
+
+
+def test_no_module_writes_another_objects_private_attributes() -> None:
+    """Private attributes are written by their own object (``self._x = ...``); the runtime
+    writing a session's fields and the listed exceptions aside."""
+    runtime = {f"{PACKAGE}.{name}" for name in RUNTIME}
+    wrong = sorted(
+        f"{name}:{line} {obj}.{attribute}"
+        for name, path in _modules().items()
+        if name not in runtime and name not in OTHERS_PRIVATE_WRITES
+        for line, obj, attribute in _attribute_writes(ast.parse(path.read_text()))
+        if _private(attribute) and obj not in ("self", "cls")
+    )
+    assert wrong == []
+
+
+def _facade_privates() -> set[str]:
+    """The private attributes and methods ``LifecycleManager`` defines (read from its source)."""
+    tree = ast.parse((ROOT / "manager.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "LifecycleManager":
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    found.add(inner.name)
+            found.update(
+                attribute for _, obj, attribute in _attribute_writes(node) if obj == "self"
+            )
+    return {name for name in found if _private(name)}
+
+
+def test_nothing_reaches_into_the_facade_but_through_its_seams() -> None:
+    """Outside the façade (and ``_view.InternalView``, its documented read-only window),
+    a manager's private members are used only where a seam is documented for them."""
+    privates = _facade_privates()
+    assert {"_runtime", "_persist", "_observer", *FACADE_SEAMS} <= privates  # it was read
+    allowed = {f"{PACKAGE}.manager", f"{PACKAGE}._view"}
+    wrong = sorted(
+        f"{name}:{node.lineno} {ast.unparse(node)}"
+        for name, path in _modules().items()
+        if name not in allowed
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+        and node.attr in privates
+        and node.attr not in FACADE_SEAMS
+        and ast.unparse(node.value) not in ("self", "cls")
+    )
+    assert wrong == []

@@ -42,7 +42,7 @@ async def test_a_cleanup_claim_decides_whether_callbacks_run_here(
             raise RuntimeError("store down")  # logged; the cleanup runs here
         return session.key != "bob", None  # bob's cleanup already ran elsewhere
 
-    manager._cleanup.claim = claim
+    manager._cleanup.use_claim(claim, manager._runtime.set_cleanup_claim)
     for name in ("alice", "bob", "carol"):
         driver.connect(name, active=True)
         driver.disconnect(name)
@@ -52,7 +52,7 @@ async def test_a_cleanup_claim_decides_whether_callbacks_run_here(
     assert claimed == ["alice", "bob", "carol"]
     assert cleaned == ["alice", "carol"]
     assert manager.stats["internal_errors"] == 1
-    manager._cleanup.claim = None  # unset: the callbacks run inline again, no claim asked
+    manager._cleanup.use_claim(None)  # unset: the callbacks run inline again, no claim asked
     driver.connect("dave", active=True)
     driver.disconnect("dave")
     await manager.wait_for("dave", State.GRACE, WAIT)

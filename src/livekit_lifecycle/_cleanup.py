@@ -10,11 +10,14 @@ isolated and bounded; nothing cancels the run but a shutdown past its deadline.
 
 Seams (internal):
 
-- :attr:`CleanupActivity.claim` ``(async claim(session) -> (run_here, Claim | None))``:
-  a durable store's claim on the cleanup, awaited before the callbacks;
-  ``run_here`` false means the cleanup already ran elsewhere. A claim that
-  raises is logged (``manager.internal_error``, ``during="cleanup_claim"``)
-  and the cleanup runs here.
+- :meth:`CleanupActivity.use_claim` ``(claim, record)``: ``await claim(session) ->
+  (run_here, Claim | None)`` is a durable store's claim on the cleanup, awaited
+  before the callbacks; ``run_here`` false means the cleanup already ran
+  elsewhere. A claim that raises is logged (``manager.internal_error``,
+  ``during="cleanup_claim"``) and the cleanup runs here. ``record(session, won)``
+  is how the claim won reaches :attr:`Session.cleanup_claim
+  <livekit_lifecycle.Session.cleanup_claim>`: the runtime writes the session's
+  fields (``SessionRuntime.set_cleanup_claim``), this module never does.
 - :attr:`CleanupActivity.observer` (an :class:`~._observer.Observer`): told
   when a run starts and ends, and about each callback that fails or times out.
 """
@@ -36,12 +39,21 @@ from .session import Session, reason_name
 if TYPE_CHECKING:
     from .stores import Claim
 
-__all__ = ["CleanupActivity", "CleanupCallback", "CleanupClaim", "UserActivity", "user_activity"]
+__all__ = [
+    "CleanupActivity",
+    "CleanupCallback",
+    "CleanupClaim",
+    "RecordClaim",
+    "UserActivity",
+    "user_activity",
+]
 
 CleanupCallback = Callable[[Session], Any]
 """``fn(session)``, sync or async; called while the session is ``disconnecting``."""
 CleanupClaim = Callable[[Session], Awaitable["tuple[bool, Claim | None]"]]
 """``await claim(session)``: (run the cleanup here?, the claim won, if the store gave one)."""
+RecordClaim = Callable[[Session, "Claim | None"], None]
+"""``record(session, claim)``: the claim of the session's current cleanup (None: none yet)."""
 
 
 class CleanupActivity:
@@ -52,23 +64,32 @@ class CleanupActivity:
         self._supervisor = supervisor
         self.callbacks: list[CleanupCallback] = []
         """In registration order (``LifecycleManager.add_cleanup`` appends)."""
-        self.claim: CleanupClaim | None = None
+        self._claim: CleanupClaim | None = None
+        self._record_claim: RecordClaim = _unrecorded
         self.observer: Observer = Observer()
+
+    def use_claim(self, claim: CleanupClaim | None, record: RecordClaim | None = None) -> None:
+        """Await ``claim`` before the callbacks (None: run them at once, no claim asked);
+        ``record`` is told the claim won (and None when a run starts)."""
+        self._claim = claim
+        self._record_claim = record or _unrecorded
 
     def run(self, session: Session) -> Coroutine[Any, Any, None] | None:
         """The activity: ``None`` when every callback ran inline, else a coroutine for the rest."""
-        if self.claim is not None:
-            return self._claimed_run(session, self.claim)
+        claim = self._claim
+        if claim is not None:
+            return self._claimed_run(session, claim)
         return self._run(session)
 
     async def _claimed_run(self, session: Session, claim: CleanupClaim) -> None:
-        session._claim = None
+        record = self._record_claim
+        record(session, None)  # the previous connection's claim is not this run's
         try:
             here, won = await claim(session)
         except Exception:
             self._log.internal_error(session, "cleanup_claim")
             here, won = True, None
-        session._claim = won
+        record(session, won)
         if not here:
             self.observer.cleanup_ended(session)  # observability hook
             return
@@ -84,8 +105,8 @@ class CleanupActivity:
                 "cleanup.started",
                 "cleanup",
                 session,
-                tracks=len(session._tracks or ()),
-                reason=reason_name(session._disconnect_reason),
+                tracks=len(session.tracks),
+                reason=reason_name(session.disconnect_reason),
             )
         callbacks = list(self.callbacks)
         for index, callback in enumerate(callbacks):
@@ -160,6 +181,10 @@ def user_activity(
 
 async def _bounded(awaitable: Awaitable[Any], report: Report, supervisor: Supervisor) -> None:
     await supervisor.run(lambda: awaitable, (), report)
+
+
+def _unrecorded(session: Session, claim: Claim | None) -> None:
+    return None
 
 
 def _uncancel_current_task() -> None:

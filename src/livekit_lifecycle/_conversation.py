@@ -28,7 +28,7 @@ from .statechart import State
 from .stores import check_json
 
 if TYPE_CHECKING:
-    from ._persistence import Persistence
+    from ._persistence import ConversationStore
     from .agents import JobLifecycleManager
 
 __all__ = ["MAX_BYTES", "MAX_ITEMS", "MAX_USERDATA_BYTES", "ConversationKeeper"]
@@ -48,7 +48,7 @@ class ConversationKeeper:
     """Keeps the linked user's conversation in the store and gives it back (see the module doc)."""
 
     def __init__(
-        self, manager: JobLifecycleManager, persist: Persistence, session: AgentSession[Any]
+        self, manager: JobLifecycleManager, persist: ConversationStore, session: AgentSession[Any]
     ) -> None:
         self._manager = manager
         self._persist = persist

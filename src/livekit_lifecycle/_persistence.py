@@ -27,8 +27,8 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from livekit import rtc
 
@@ -46,7 +46,23 @@ if TYPE_CHECKING:
     from ._intake import RoomIntake
     from ._runtime import SessionRuntime
 
-__all__ = ["PERSISTENCE_STATS", "Persistence"]
+__all__ = ["PERSISTENCE_STATS", "ConversationStore", "Persistence"]
+
+
+class ConversationStore(Protocol):
+    """What the livekit-agents integration (``_conversation``) may use of a durable store's
+    side: the façade's ``_conversation_store()`` hands it over, nothing else of it."""
+
+    @property
+    def conversations(self) -> Mapping[str, dict[str, Any]]:
+        """Session key -> the conversation stored with it (restored records' too)."""
+
+    async def restored(self, timeout: float) -> None:
+        """Wait (bounded) until the stored sessions are loaded and rebuilt."""
+
+    def set_conversation(self, key: str, conversation: dict[str, Any]) -> None:
+        """Write ``conversation`` with session ``key``'s record from now on."""
+
 
 PERSISTENCE_STATS = (
     *STORE_STATS,
@@ -276,7 +292,7 @@ class Persistence:
                     "session.merged",
                     "session",
                     session,
-                    user_id=session._user_id,
+                    user_id=session.user_id,
                     stored_state=record.state,
                     stored_sid=record.sid,
                     written_by=record.owner,
@@ -381,7 +397,7 @@ class Persistence:
             self._interrupted.add(record.key)
         if record.conversation is not None:
             self.conversations[record.key] = record.conversation
-        self.writer.mark(session._key, stored=True)  # restored: its record is there
+        self.writer.mark(session.key, stored=True)  # restored: its record is there
         restored.append(
             (
                 session,
@@ -400,7 +416,7 @@ class Persistence:
             "session.restored",
             "session",
             session,
-            user_id=session._user_id,
+            user_id=session.user_id,
             stored_state=record.state,
             written_by=record.owner,
             grace_remaining=None if grace_remaining is None else round(grace_remaining, 3),
@@ -421,7 +437,7 @@ class Persistence:
 
     def written(self, session: Session) -> None:
         """``session`` changed: write it behind the event path."""
-        self.writer.mark(session._key)
+        self.writer.mark(session.key)
 
     def set_conversation(self, key: str, conversation: dict[str, Any]) -> None:
         """Write ``conversation`` (JSON) with session ``key``'s record from now on."""
@@ -431,29 +447,29 @@ class Persistence:
     def _render(self, key: str) -> SessionRecord | None:
         runtime = self._runtime
         session = runtime.sessions.get(key)
-        if session is None or session._state is State.REMOVED:
+        if session is None or session.state is State.REMOVED:
             self.conversations.pop(key, None)
             self._rendered.pop(key, None)
             return None
         return SessionRecord(
             room=self._log.room_name() or "",
             key=key,
-            state=session._state.value,
-            identity=session._identity,
-            sid=session._sid,
-            user_id=session._user_id,
-            data=dict(session._data or {}),
-            reconnects=session._reconnects,
-            cleanups=session._cleanups,
-            connected_at=session._connected_at,
-            disconnected_at=session._disconnected_at,
+            state=session.state.value,
+            identity=session.identity,
+            sid=session.sid,
+            user_id=session.user_id,
+            data=dict(session.data),
+            reconnects=session.reconnects,
+            cleanups=session.cleanups,
+            connected_at=session.connected_at,
+            disconnected_at=session.disconnected_at,
             grace_deadline=runtime.timer_deadline(session),
-            history=self._history_of(key, session._history),
+            history=self._history_of(key, session.history),
             owner=self.owner,
             conversation=self.conversations.get(key),
         )
 
-    def _history_of(self, key: str, history: list[Transition]) -> tuple[dict[str, Any], ...]:
+    def _history_of(self, key: str, history: Sequence[Transition]) -> tuple[dict[str, Any], ...]:
         """``history`` as dicts, each transition converted once: a write of a session
         with a long history costs its new transitions, not the whole history again."""
         if not history:
@@ -488,10 +504,10 @@ class Persistence:
         timeout = max(self._supervisor.callback_timeout(), 0.1)
         try:
             claim = await _bounded(
-                self._store.claim(room, session._key, session._sid, self.owner), timeout
+                self._store.claim(room, session.key, session.sid, self.owner), timeout
             )
-            if session._key in self._interrupted:
-                self._interrupted.discard(session._key)
+            if session.key in self._interrupted:
+                self._interrupted.discard(session.key)
                 claim = await self._take_over(room, session, claim, timeout)
         except asyncio.CancelledError:
             raise
@@ -537,7 +553,7 @@ class Persistence:
         while not claim.won and not claim.done and claim.lease and loop.time() < deadline:
             await asyncio.sleep(max(lease_ttl / 4, 0.05))
             claim = await asyncio.wait_for(
-                self._store.claim(room, session._key, session._sid, self.owner), timeout
+                self._store.claim(room, session.key, session.sid, self.owner), timeout
             )
         return claim
 

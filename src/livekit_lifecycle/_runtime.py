@@ -37,7 +37,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from livekit import rtc
 
@@ -50,6 +50,9 @@ from ._machine import EventData, build_machine
 from .config import LifecycleConfig
 from .session import Session, Transition, _History
 from .statechart import Edge, State, Statechart
+
+if TYPE_CHECKING:
+    from .stores import Claim
 
 __all__ = ["ActivityRun", "SessionEvents", "SessionRuntime", "SessionStoreSeam"]
 
@@ -241,6 +244,11 @@ class SessionRuntime:
         session._user_id = user_id
         if self._store is not None:
             self._store.written(session)
+
+    def set_cleanup_claim(self, session: Session, claim: Claim | None) -> None:
+        """The store's claim on ``session``'s current cleanup (``Session.cleanup_claim``);
+        ``None`` while a run has not won one. The cleanup activity's ``record``."""
+        session._claim = claim
 
     def merge_stored(self, session: Session, user_id: str | None, data: Mapping[str, Any]) -> None:
         """A live session takes a stored ``user_id`` when it has none, and the stored

@@ -232,9 +232,9 @@ class JobLifecycleManager:
             ctx.room.on("participant_disconnected", self._on_room_participant_disconnected)
         self.on("removed", self._on_any_removed)
         self._conversation: ConversationKeeper | None = None
-        persist = manager._persist  # the durable store's side, None with a MemoryStore
-        if session is not None and persist is not None:
-            self._conversation = ConversationKeeper(self, persist, session)
+        store = manager._conversation_store()  # None with a MemoryStore
+        if session is not None and store is not None:
+            self._conversation = ConversationKeeper(self, store, session)
         ctx.add_shutdown_callback(self._on_job_shutdown)
         self._check_departure_timeout()
         self._check_shutdown_budget()

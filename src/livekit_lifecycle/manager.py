@@ -23,7 +23,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from livekit import rtc
 
@@ -40,6 +40,9 @@ from .config import LifecycleConfig
 from .invariants import check_session
 from .session import Session
 from .statechart import PARTICIPANT_CHART, State, Statechart
+
+if TYPE_CHECKING:
+    from ._persistence import ConversationStore
 
 __all__ = ["CleanupCallback", "LifecycleManager"]
 
@@ -124,7 +127,7 @@ class LifecycleManager:
             persist.bind(runtime, intake)
             intake.persist = persist
             runtime.add_transition_hook(persist.written)
-            cleanup.claim = persist.claim
+            cleanup.use_claim(persist.claim, runtime.set_cleanup_claim)
 
     def _add_observer(self, observer: Observer) -> None:
         """Seam for metrics and tracing: ``observer`` is told about cleanups and shutdowns."""
@@ -377,6 +380,11 @@ class LifecycleManager:
         below ``config.shutdown_timeout`` replaces it in :attr:`config`.
         """
         self._shutdown_limit = limit
+
+    def _conversation_store(self) -> ConversationStore | None:
+        """Seam for the livekit-agents integration (:mod:`._conversation`): where a linked
+        AgentSession's conversation is written and read back; ``None`` without a durable store."""
+        return self._persist
 
     def _start_close(self) -> None:
         limit = self._shutdown_limit

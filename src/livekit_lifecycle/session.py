@@ -163,9 +163,7 @@ class Session:
             self._data = value
             return
         # A checked mapping stays checked, and observed: copy into a new one.
-        replacement = SessionData.observed(current._on_change or _nothing, value)
-        self._data = replacement
-        replacement._changed()
+        self._data = current.replaced(value)
 
     @property
     def key(self) -> str:
@@ -273,10 +271,6 @@ class Session:
             f" user_id={self._user_id!r}, reconnects={self._reconnects},"
             f" cleanups={self._cleanups})"
         )
-
-
-def _nothing() -> None:
-    return None
 
 
 def reason_name(reason: int | None) -> str | None:

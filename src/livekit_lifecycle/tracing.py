@@ -37,6 +37,10 @@ CLEANUP_SPAN = "livekit_lifecycle.cleanup"
 SHUTDOWN_SPAN = "livekit_lifecycle.shutdown"
 _ATTR = "livekit_lifecycle."
 
+_TRACED: weakref.WeakSet[LifecycleManager] = weakref.WeakSet()
+"""Managers with tracing on. Kept here, not asked of the manager: what it reports to its
+observers is all this integration takes from it (docs/architecture.md, "Seams")."""
+
 
 def enable_tracing(
     manager: LifecycleManager, tracer_provider: TracerProvider | None = None
@@ -55,12 +59,13 @@ def enable_tracing(
             "livekit-lifecycle tracing needs opentelemetry-api:"
             " pip install 'livekit-lifecycle[tracing]'"
         ) from None
-    if any(isinstance(member, _Tracing) for member in manager._observer.members()):
+    if manager in _TRACED:
         return
     from ._version import __version__
 
     tracer = trace.get_tracer("livekit_lifecycle", __version__, tracer_provider=tracer_provider)
-    manager._add_observer(_Tracing(manager, tracer))
+    manager._add_observer(_Tracing(manager, tracer))  # the façade's seam for observers
+    _TRACED.add(manager)
 
 
 class _Tracing(Observer):

@@ -43,6 +43,13 @@ class SessionData(dict[str, Any]):
         data._on_change = on_change
         return data
 
+    def replaced(self, value: Any) -> SessionData:
+        """A checked copy of ``value`` observed like this mapping, its change reported
+        (``session.data = {...}`` with a store: the new mapping is written behind too)."""
+        replacement = SessionData.observed(self._on_change or _nothing, value)
+        replacement._changed()
+        return replacement
+
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
@@ -102,6 +109,10 @@ class SessionData(dict[str, Any]):
 
     def __repr__(self) -> str:
         return f"SessionData({dict.__repr__(self)})"
+
+
+def _nothing() -> None:
+    return None
 
 
 def _pairs(source: Iterable[Any]) -> list[tuple[Any, Any]]:
