@@ -4,18 +4,33 @@ Credentials and URL as the LiveKit CLIs take them: ``--url`` / ``LIVEKIT_URL``,
 ``--api-key`` / ``LIVEKIT_API_KEY``, ``--api-secret`` / ``LIVEKIT_API_SECRET``.
 Runs until SIGINT or SIGTERM. Needs ``livekit-api`` and ``redis`` (the
 ``watchdog`` extra).
+
+Standard output: one line when it starts, one per dispatch, one when it stops.
+A dispatch's line is stable, for scripts and log search (logfmt: a value is
+written as it is when it is made of ``A-Z a-z 0-9 . _ : @ / + -`` only, else as
+a JSON string)::
+
+    livekit-lifecycle watchdog: dispatched room=r1 dead_lease=h:42:1a2b sessions=2 dispatch_id=AD_x8
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import math
 import os
+import re
 import signal
 import sys
+from typing import TYPE_CHECKING
 
-__all__ = ["configure_parser", "run"]
+if TYPE_CHECKING:
+    from .watchdog import DeadRoom
+
+__all__ = ["configure_parser", "dispatch_line", "run"]
+
+_BARE = re.compile(r"[A-Za-z0-9._:@/+-]+")
 
 _EXIT_USAGE = 2
 
@@ -91,6 +106,7 @@ async def _watch(
         api_secret=secret,
         agent_name=agent_name,
         interval=interval,
+        on_dispatch=lambda dead_room: print(dispatch_line(dead_room), flush=True),
     )
     print(f"livekit-lifecycle watchdog {watchdog.name}: watching {url}", flush=True)
     try:
@@ -99,6 +115,22 @@ async def _watch(
     finally:
         await store.aclose()  # type: ignore[attr-defined]
     print(f"livekit-lifecycle watchdog: stopped ({watchdog.stats})", flush=True)
+
+
+def dispatch_line(dead_room: DeadRoom) -> str:
+    """The command's line for one dispatch (see the module doc)."""
+    fields = (
+        ("room", dead_room.room),
+        ("dead_lease", dead_room.dead_owner),
+        ("sessions", str(dead_room.sessions)),
+        ("dispatch_id", dead_room.dispatch_id),
+    )
+    text = " ".join(f"{name}={_value(value)}" for name, value in fields)
+    return f"livekit-lifecycle watchdog: dispatched {text}"
+
+
+def _value(value: str) -> str:
+    return value if _BARE.fullmatch(value) else json.dumps(value, ensure_ascii=False)
 
 
 def _usage(message: str) -> int:

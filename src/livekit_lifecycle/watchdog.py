@@ -38,6 +38,7 @@ __all__ = [
     "RESUME_KEY",
     "DeadRoom",
     "Dispatcher",
+    "OnDispatch",
     "RecoveryStore",
     "Watchdog",
     "livekit_dispatcher",
@@ -92,10 +93,17 @@ class DeadRoom(NamedTuple):
     """Sessions stored for the room (unfinished, or with a cleanup still owed)."""
     metadata: str
     """The dispatch metadata (JSON, see :data:`RESUME_KEY`)."""
+    dispatch_id: str = ""
+    """The dispatch's id as the server gave it (``AD_...``); ``""`` when the dispatcher
+    returned none."""
 
 
-Dispatcher = Callable[[str, str], Awaitable[None]]
-"""``dispatch(room, metadata)``: create the agent dispatch for ``room``; raise on failure."""
+Dispatcher = Callable[[str, str], Awaitable["str | None"]]
+"""``dispatch(room, metadata)``: create the agent dispatch for ``room`` and return its id
+(``None`` when there is none to tell); raise on failure."""
+
+OnDispatch = Callable[[DeadRoom], None]
+"""``on_dispatch(dead_room)``: told of each dispatch a watchdog made, right after it."""
 
 
 def livekit_dispatcher(
@@ -120,10 +128,11 @@ def livekit_dispatcher(
         api_secret=api_secret or os.environ.get("LIVEKIT_API_SECRET"),
     )
 
-    async def dispatch(room: str, metadata: str) -> None:
-        await lkapi.agent_dispatch.create_dispatch(
+    async def dispatch(room: str, metadata: str) -> str:
+        created = await lkapi.agent_dispatch.create_dispatch(
             api.CreateAgentDispatchRequest(agent_name=agent_name, room=room, metadata=metadata)
         )
+        return str(created.id)
 
     return dispatch, lkapi.aclose
 
@@ -163,6 +172,10 @@ class Watchdog:
             from ``url``, ``api_key``, ``api_secret`` and ``agent_name``.
         interval: Seconds between polls.
         name: This watchdog in claims and logs (default ``host:pid:nonce``).
+        on_dispatch: Told of each dispatch made (a :class:`DeadRoom` with the
+            dispatch's id), after the ``watchdog.dispatched`` log line; the
+            ``livekit-lifecycle watchdog`` command prints a line with it. An
+            exception it raises is logged (``watchdog.on_dispatch_failed``).
     """
 
     def __init__(
@@ -176,6 +189,7 @@ class Watchdog:
         dispatch: Dispatcher | None = None,
         interval: float = DEFAULT_INTERVAL,
         name: str | None = None,
+        on_dispatch: OnDispatch | None = None,
     ) -> None:
         if not callable(getattr(store, "dead_rooms", None)) or not callable(
             getattr(store, "claim_recovery", None)
@@ -196,6 +210,7 @@ class Watchdog:
                 url=url, api_key=api_key, api_secret=api_secret, agent_name=agent_name
             )
         self._dispatch = dispatch
+        self._on_dispatch = on_dispatch
         self._interval = float(interval)
         self.name = name or process_owner()
         self._dispatched: set[tuple[str, str]] = set()
@@ -248,7 +263,7 @@ class Watchdog:
                 continue
             dead_room = self._describe(info)
             try:
-                await self._dispatch(info.room, dead_room.metadata)
+                dispatch_id = await self._dispatch(info.room, dead_room.metadata)
             except Exception as exc:
                 self.stats["dispatch_failures"] += 1
                 self._log.warning(
@@ -262,16 +277,34 @@ class Watchdog:
                 continue
             self._dispatched.add((info.room, info.owner))
             self.stats["dispatched"] += 1
+            # A dispatcher written before it returned the id may return anything.
+            if isinstance(dispatch_id, str) and dispatch_id:
+                dead_room = dead_room._replace(dispatch_id=dispatch_id)
             self._log.info(
                 "watchdog.dispatched",
                 category="recovery",
                 room=info.room,
                 dead_owner=info.owner,
                 sessions=dead_room.sessions,
+                dispatch_id=dead_room.dispatch_id,
                 watchdog=self.name,
             )
+            self._told(dead_room)
             done.append(dead_room)
         return done
+
+    def _told(self, dead_room: DeadRoom) -> None:
+        if self._on_dispatch is None:
+            return
+        try:
+            self._on_dispatch(dead_room)
+        except Exception:
+            self._log.error(
+                "watchdog.on_dispatch_failed",
+                category="recovery",
+                room=dead_room.room,
+                exc_info=True,
+            )
 
     def _describe(self, info: _RoomInfo) -> DeadRoom:
         sessions = len(info.records)

@@ -133,7 +133,7 @@ class Recovery:
 
     def watchdog_command(self) -> subprocess.Popen[bytes]:
         """``livekit-lifecycle watchdog`` as its own process, configured as a user would."""
-        log = (self.directory / f"watchdog-{len(self.commands) + 1}.log").open("wb")
+        log = self.command_log(len(self.commands)).open("wb")
         command = subprocess.Popen(
             [
                 *(sys.executable, "-m", "livekit_lifecycle", "watchdog"),
@@ -153,6 +153,19 @@ class Recovery:
         log.close()
         self.commands.append(command)
         return command
+
+    def command_log(self, index: int) -> Path:
+        """Where the ``index``-th watchdog command writes its output (stdout and stderr)."""
+        return self.directory / f"watchdog-{index + 1}.log"
+
+    def command_dispatches(self, index: int) -> list[str]:
+        """The dispatch lines the ``index``-th watchdog command printed."""
+        text = self.command_log(index).read_text(errors="replace")
+        return [
+            line
+            for line in text.splitlines()
+            if line.startswith("livekit-lifecycle watchdog: dispatched ")
+        ]
 
     def resume_dispatches(self) -> list[Any]:
         """The room's dispatches a watchdog made (their metadata says they resume)."""
@@ -302,7 +315,7 @@ async def test_a_killed_workers_room_goes_to_another_worker_with_sessions_and_co
     assert job_lines(b, "recovery.job_started") == []
 
     command = recovery.watchdog_command()
-    async with recovery.watchdog("wd-api"):
+    async with recovery.watchdog("wd-api") as in_process:
         await a.kill()  # SIGKILL: no shutdown, no cleanup, the lease is left to expire
         # B's job started its AgentSession, after giving it the conversation back.
         agent_session = await b.wait_for_line(matches("recovery.agent_session"), timeout=SLOW)
@@ -340,9 +353,17 @@ async def test_a_killed_workers_room_goes_to_another_worker_with_sessions_and_co
     assert command.poll() is None, "the watchdog command exited"
     command.send_signal(signal.SIGINT)
     assert command.wait(SLOW) == 0
-    assert len(recovery.resume_dispatches()) == 1
-    info = resume_info(recovery.resume_dispatches()[0].metadata)
+    [dispatch] = recovery.resume_dispatches()
+    info = resume_info(dispatch.metadata)
     assert info is not None and info["sessions"] == 2
+    # The command prints one line per dispatch it made (none when the other one won).
+    lines = recovery.command_dispatches(0)
+    assert len(lines) + in_process.stats["dispatched"] == 1
+    if lines:
+        assert lines == [
+            f"livekit-lifecycle watchdog: dispatched room={ROOM}"
+            f" dead_lease={info['dead_owner']} sessions=2 dispatch_id={dispatch.id}"
+        ]
 
     # Alice leaves: B cleans her connection, which A never cleaned.
     await alice.close()

@@ -11,8 +11,11 @@ loopback server's agent dispatch in tests/e2e).
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import signal
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -21,9 +24,10 @@ from typing import Any
 import pytest
 
 from livekit_lifecycle import LifecycleConfig, LifecycleManager, State
+from livekit_lifecycle._watchdog_command import dispatch_line
 from livekit_lifecycle.stores import RedisStore
 from livekit_lifecycle.testing import RoomDriver
-from livekit_lifecycle.watchdog import Watchdog, resume_info
+from livekit_lifecycle.watchdog import DeadRoom, Watchdog, resume_info
 from livekit_loopback.redis_server import RedisServer
 
 from .test_manager_store import crash
@@ -51,8 +55,9 @@ class Fleet:
         self.stores.append(store)
         return store
 
-    async def dispatch(self, room: str, metadata: str) -> None:
+    async def dispatch(self, room: str, metadata: str) -> str:
         self.dispatched.append((room, metadata))
+        return f"AD_{len(self.dispatched)}"  # what a server answers: the dispatch's id
 
     def watchdog(self, name: str, **options: Any) -> Watchdog:
         options.setdefault("dispatch", self.dispatch)
@@ -119,6 +124,9 @@ async def test_two_watchdogs_dispatch_a_dead_jobs_room_once(fleet: Fleet) -> Non
         assert await one.poll() == [] and await two.poll() == []
         await live.aclose()
 
+    told: list[DeadRoom] = []
+    for watchdog in (one, two):
+        watchdog._on_dispatch = told.append
     async with RoomDriver(ROOM) as room:
         dead_store, _ = await dead_job(fleet, room)
         started = time.monotonic()
@@ -135,6 +143,8 @@ async def test_two_watchdogs_dispatch_a_dead_jobs_room_once(fleet: Fleet) -> Non
         assert info["watchdog"] in ("wd-one", "wd-two")
         assert one.stats["dispatched"] + two.stats["dispatched"] == 1
         assert one.stats["claimed_elsewhere"] + two.stats["claimed_elsewhere"] == 1
+        # Told once, with what the dispatcher answered.
+        assert told == [DeadRoom(ROOM, dead_store.lease, 2, metadata, "AD_1")]
 
     # The dispatched job attaches: alice is still there, bob in his window.
     async with RoomDriver(ROOM) as room:
@@ -275,3 +285,142 @@ async def test_a_background_watchdog_wakes_as_the_lease_expires_not_an_interval_
     finally:
         await watchdog.aclose()
     assert len(fleet.dispatched) == 1
+
+
+async def test_a_dead_lease_leaves_the_leases_once_nothing_of_it_is_left_to_recover(
+    fleet: Fleet,
+) -> None:
+    """Issue 22's open note: a dead lease used to stay in ``ns:leases`` (one ``SMEMBERS``
+    per poll) for the rooms' retention plus ``claim_ttl``, ~11 min by default. The poll that
+    finds none of its rooms left to recover drops it; a dead lease that still has a room to
+    recover, and a live one, stay."""
+    watchdog = fleet.watchdog("wd-prune")
+    live = fleet.store(lease_ttl=5.0)
+    await live._ensure_lease()  # a live process's lease, refreshed in the background
+    idle = fleet.store()
+    await idle._ensure_lease()  # a process that died before it wrote any room
+    assert idle._lease_task is not None
+    idle._lease_task.cancel()
+    client = live.client
+    leases = f"{fleet.namespace}:leases"
+
+    async def listed() -> set[str]:
+        return {m.decode() for m in await client.zrange(leases, 0, -1)}
+
+    async with RoomDriver(ROOM) as room:
+        dead_store, _ = await dead_job(fleet, room)
+        index = dead_store._lease_rooms(dead_store.lease)
+        assert await listed() == {live.lease, idle.lease, dead_store.lease}
+        await poll_until("the dispatch", lambda: bool(fleet.dispatched), watchdog)
+        # The idle lease expired first (it was taken first): gone at the latest with this
+        # poll. The dead job's room is dispatched, not recovered yet: its lease stays.
+        assert await listed() == {live.lease, dead_store.lease}
+        assert await watchdog.poll() == []  # dispatched already: nothing more
+        assert await listed() == {live.lease, dead_store.lease}
+        assert await client.smembers(index) == {ROOM.encode()}
+
+    # The new job takes the room over: the next poll drops the room and then the lease.
+    async with RoomDriver(ROOM) as room:
+        room.connect("alice", active=True)
+        new_store = fleet.store(lease_ttl=5.0)
+        new_job = LifecycleManager(LifecycleConfig(store=new_store, grace_period=30.0))
+        new_job.attach(room.room)
+        await until(lambda: new_job.stats["sessions_restored"] == 2, "the restore")
+        assert new_job._persist is not None and await new_job._persist.writer.flush(WAIT)
+        assert await watchdog.poll() == []
+        assert await listed() == {live.lease, new_store.lease}
+        assert await client.smembers(index) == set()
+        # Nothing expired is left: the next polls cost one ZRANGEBYSCORE (and the
+        # next expiry), whatever died before.
+        now_ms = round(time.time() * 1000)
+        assert await client.zrangebyscore(leases, "-inf", now_ms) == []
+        # A dropped lease is dead all the same: its claims can be taken over.
+        assert not await new_store._lease_alive(dead_store.lease)
+        await new_job.aclose()
+    assert len(fleet.dispatched) == 1
+
+
+async def test_the_command_prints_one_line_per_dispatch(fleet: Fleet, loopback_server: Any) -> None:
+    """``livekit-lifecycle watchdog`` as a user runs it: one stable line per dispatch, with
+    the room, the dead lease and the id the server gave the dispatch."""
+    from livekit import api
+
+    http_url = loopback_server.url.replace("ws://", "http://")
+    command = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "livekit_lifecycle", "watchdog"),
+        *("--store", fleet.url, "--namespace", fleet.namespace, "--interval", "0.2"),
+        env={
+            **os.environ,
+            "LIVEKIT_URL": http_url,
+            "LIVEKIT_API_KEY": loopback_server.api_key,
+            "LIVEKIT_API_SECRET": loopback_server.api_secret,
+        },
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert command.stdout is not None
+    try:
+        started = (await asyncio.wait_for(command.stdout.readline(), WAIT)).decode()
+        assert started.startswith("livekit-lifecycle watchdog ")  # it runs
+        async with RoomDriver(ROOM) as room:
+            dead_store, _ = await dead_job(fleet, room)
+            line = (await asyncio.wait_for(command.stdout.readline(), WAIT)).decode()
+        lkapi = api.LiveKitAPI(
+            url=http_url, api_key=loopback_server.api_key, api_secret=loopback_server.api_secret
+        )
+        try:
+            listed = await lkapi.agent_dispatch.list_dispatch(ROOM)
+        finally:
+            await lkapi.aclose()
+        # The server is shared: the room may hold other tests' dispatches.
+        [dispatch] = [
+            d
+            for d in listed
+            if (info := resume_info(d.metadata)) and info["dead_owner"] == dead_store.lease
+        ]
+        assert dispatch.id.startswith("AD_")
+        assert line == (
+            f"livekit-lifecycle watchdog: dispatched room={ROOM}"
+            f" dead_lease={dead_store.lease} sessions=2 dispatch_id={dispatch.id}\n"
+        )
+    finally:
+        if command.returncode is None:
+            command.send_signal(signal.SIGINT)
+        rest = (await asyncio.wait_for(command.stdout.read(), WAIT)).decode()
+        code = await asyncio.wait_for(command.wait(), WAIT)
+    assert code == 0
+    assert rest.startswith("livekit-lifecycle watchdog: stopped")
+    assert not [x for x in rest.splitlines() if x.startswith(line[:39])]  # one dispatch, one line
+
+
+def test_a_dispatch_line_quotes_what_is_not_a_plain_word() -> None:
+    plain = DeadRoom("r1", "host:42:1a2b", 3, "{}", "AD_x")
+    assert dispatch_line(plain) == (
+        "livekit-lifecycle watchdog: dispatched room=r1 dead_lease=host:42:1a2b sessions=3"
+        " dispatch_id=AD_x"
+    )
+    odd = DeadRoom('a room "x"=1', "h:1:2", 0, "{}")
+    assert dispatch_line(odd) == (
+        "livekit-lifecycle watchdog: dispatched room="
+        + json.dumps('a room "x"=1')
+        + ' dead_lease=h:1:2 sessions=0 dispatch_id=""'
+    )
+
+
+async def test_an_on_dispatch_that_raises_is_logged_and_the_watchdog_goes_on(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "livekit_lifecycle")
+
+    def broken(dead_room: DeadRoom) -> None:
+        raise RuntimeError("printer on fire")
+
+    watchdog = fleet.watchdog("wd-told", on_dispatch=broken)
+    async with RoomDriver(ROOM) as room:
+        await dead_job(fleet, room)
+        await poll_until("the dispatch", lambda: bool(fleet.dispatched), watchdog)
+    assert watchdog.stats["dispatched"] == 1 and len(fleet.dispatched) == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("watchdog.on_dispatch_failed" in m for m in messages)
+    assert messages.index("watchdog.dispatched") < messages.index("watchdog.on_dispatch_failed")

@@ -22,7 +22,10 @@ one room needs is in one slot; the three fleet-wide keys are small indexes::
 A lease is alive while its score in ``ns:leases`` is in the future. A process
 refreshes it every third of ``lease_ttl`` with one script call; once expired it
 is never revived (the process takes a new lease id), so "dead" is final and
-a claim or room held by a dead lease can be taken over safely.
+a claim or room held by a dead lease can be taken over safely. A dead lease
+leaves ``ns:leases`` at the first ``dead_rooms`` (a watchdog's poll) that finds
+none of its rooms left to recover, else a retention plus ``claim_ttl`` after its
+expiry (the next lease refresh of any process).
 """
 
 from __future__ import annotations
@@ -437,15 +440,23 @@ class RedisStore:
         rooms (one ``SMEMBERS``) and one pipelined ``HGETALL`` per such room. A room
         another process took over (or that emptied) is dropped from the dead lease's
         rooms then (one ``SREM``), so it is read once after its recovery, not at every
-        poll until the dead lease's index expires.
+        poll until the dead lease's index expires. A dead lease left with no room is
+        dropped from ``ns:leases`` (one ``ZREM`` for all of them): nothing of it is left
+        to recover, and the next polls do not read it again. (The lease script forgets
+        dead leases too, a retention plus ``claim_ttl`` after their expiry: the backstop
+        while no watchdog runs.) An expired lease is never refreshed again, and a lease
+        missing from ``ns:leases`` counts as dead, so dropping one changes no answer.
         """
         now_ms = round(time.time() * 1000)
         dead = await self._client.zrangebyscore(self._leases, "-inf", now_ms)
         found: list[RoomInfo] = []
+        finished: list[str] = []
+        """Dead leases with no room left to recover: dropped from the leases below."""
         for lease in map(_text, dead):
             index = self._lease_rooms(lease)
             quoted = sorted(_text(r) for r in await self._client.smembers(index))
             if not quoted:
+                finished.append(lease)
                 continue
             rooms = [unquote(r) for r in quoted]
             async with self._client.pipeline(transaction=False) as pipe:
@@ -464,6 +475,10 @@ class RedisStore:
                 found.append(RoomInfo(room, lease, False, changed, tuple(records)))
             if settled:
                 await self._client.srem(index, *settled)
+                if len(settled) == len(quoted):
+                    finished.append(lease)
+        if finished:
+            await self._client.zrem(self._leases, *finished)
         return found
 
     async def next_lease_expiry(self) -> float | None:
