@@ -213,6 +213,7 @@ EXPORTS: dict[str, list[str]] = {
         "RESUME_KEY",
         "DeadRoom",
         "Dispatcher",
+        "OnDispatch",
         "RecoveryStore",
         "Watchdog",
         "livekit_dispatcher",
