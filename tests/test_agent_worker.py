@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("livekit.agents", reason="needs livekit-agents (the 'agents' extra)")
 from livekit_loopback.agent_worker import AgentWorker, WorkerExited
+from livekit_loopback.support import eventually
 
 TINY_AGENT = """
 from livekit.agents import AgentServer, JobContext, cli
@@ -81,8 +82,26 @@ async def test_the_worker_starts_with_test_options_and_drains_on_a_signal(
 async def test_sigkill_ends_the_worker_with_no_shutdown(agent_file: Path, tmp_path: Path) -> None:
     async with worker_for(agent_file, tmp_path) as worker:
         await worker.wait_for_line(message("process initialized"), timeout=START)
+        group = worker.pid
+        assert group is not None and len(living_in_group(group)) >= 2  # forkserver, idle job
         assert await worker.stop(signal.SIGKILL) == -signal.SIGKILL
         assert "draining worker" not in worker.text()
+    # The worker's children outlive a SIGKILL of it; the context's end takes them with it.
+    assert await eventually(lambda: not living_in_group(group), timeout=10.0)
+
+
+def living_in_group(group: int) -> list[int]:
+    """Processes of process group ``group`` that are not zombies (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        state, pgrp = fields[0], int(fields[2])
+        if pgrp == group and state not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
 
 
 async def test_waiting_for_a_registration_that_never_comes_says_why(
