@@ -8,9 +8,11 @@ the store is not taken for down. A session whose record cannot be written is ref
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import math
+import sys
 import time
 from typing import Any
 from urllib.parse import quote
@@ -24,8 +26,10 @@ from livekit_lifecycle.stores import (
     RedisStore,
     SessionRecord,
     UnreadableRecord,
+    fleet_snapshot,
     parse_record,
 )
+from livekit_lifecycle.stores._fleet import session_entry
 from livekit_lifecycle.testing import RoomDriver
 
 from .test_manager_store import ROOM, Fleet, settled, until
@@ -176,6 +180,138 @@ async def test_a_room_with_corrupt_records_restores_every_good_one(
         await settled(manager)
         assert await get_raw(store, names["not-json"]) == b"{not json"
         await manager.aclose()
+
+
+def skipped_reasons(caplog: pytest.LogCaptureFixture) -> dict[str, str]:
+    """Each ``store.record_skipped`` line's reason, by the Redis key it names (one line each)."""
+    skipped = [r for r in caplog.records if "store.record_skipped" in r.getMessage()]
+    by_key = {r.__dict__["redis_key"]: r.__dict__["reason"] for r in skipped}
+    assert len(by_key) == len(skipped)
+    return by_key
+
+
+@pytest.mark.redis
+async def test_the_fleet_view_shows_every_good_record_and_names_each_corrupt_one(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    # fleet_snapshot decodes a room in one call: a corrupt record sends that room
+    # record by record, and still costs nothing but its own line.
+    caplog.set_level(logging.INFO, "livekit_lifecycle")
+    store = fleet.store()
+    names = {key: await put_raw(store, key, text) for key, (text, _) in CORRUPT.items()}
+    # In another room, records that decode and pass the schema, but not where they are.
+    clean = "clean-room"
+    for key in ("alice", "bob"):
+        await put_raw(store, key, json.dumps(fields(key)))
+        await put_raw(store, key, json.dumps(fields(key, room=clean)), room=clean)
+    names["elsewhere"] = await put_raw(
+        store, "elsewhere", json.dumps(fields("carol", room=clean)), room=clean
+    )
+    names["lobby"] = await put_raw(
+        store, "lobby", json.dumps(fields("lobby", room="lobby")), room=clean
+    )
+    loaded = {room: await store.load(room) for room in (ROOM, clean)}
+    caplog.clear()
+
+    snapshot = await fleet_snapshot(store, room=ROOM)
+    assert snapshot["rooms"] == {
+        ROOM: {r.key: session_entry(r, snapshot["taken_at"]) for r in loaded[ROOM]}
+    }
+    assert list(snapshot["rooms"][ROOM]) == ["alice", "bob"]
+    other = await fleet_snapshot(store, room=clean)
+    assert other["rooms"][clean] == {
+        r.key: session_entry(r, other["taken_at"]) for r in loaded[clean]
+    }
+    assert list(other["rooms"][clean]) == ["alice", "bob"]
+
+    by_key = skipped_reasons(caplog)
+    assert len(by_key) == len(CORRUPT) + 2
+    for key, (_, says) in CORRUPT.items():
+        assert says in by_key[names[key]], (key, by_key[names[key]])
+    assert "names key 'carol'" in by_key[names["elsewhere"]]
+    assert "names room 'lobby'" in by_key[names["lobby"]]
+
+
+def room_fields(texts: dict[str, str]) -> dict[bytes, bytes]:
+    """A room hash as ``HGETALL`` returns it, fields in this order."""
+    return {f"s:{key}".encode(): text.encode() for key, text in texts.items()}
+
+
+@pytest.mark.redis
+async def test_texts_that_decode_only_together_are_each_refused(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A room's texts are decoded joined: "split-a" is cut short and "split-b" ends it,
+    # "split-c" adds the elements that would put the others back in step. Each text
+    # alone is not JSON, and each is refused so, whatever they make together.
+    from livekit_lifecycle.stores._fleet import _RoomReader
+
+    caplog.set_level(logging.INFO, "livekit_lifecycle")
+    store = fleet.store()
+    texts = {
+        "split-a": json.dumps(fields("split-a"))[:-1] + ', "x": [1',
+        "split-b": "2]}",
+        "split-c": "null, null, null, null, " + json.dumps(fields("split-c")),
+        "alice": json.dumps(fields("alice")),
+    }
+    for key in ("split-a", "split-b", "split-c"):
+        with pytest.raises(UnreadableRecord):
+            parse_record(texts[key], room=ROOM, key=key)
+    found = _RoomReader(store, time.time()).entries(ROOM, room_fields(texts))
+    assert [key for key, _ in found] == ["alice"]
+    by_key = skipped_reasons(caplog)
+    assert sorted(by_key) == sorted(redis_key(store, ROOM, k) for k in texts if k != "alice")
+    assert all("not JSON" in reason for reason in by_key.values())
+
+
+@pytest.mark.redis
+async def test_without_msgspec_the_fleet_view_reads_record_by_record(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # msgspec comes with the redis extra; a RedisStore installed without it still
+    # shows the fleet, through parse_record's checks.
+    caplog.set_level(logging.INFO, "livekit_lifecycle")
+    store = fleet.store()
+    names = {key: await put_raw(store, key, CORRUPT[key][0]) for key in ("not-json", "other-key")}
+    for key in ("alice", "bob"):
+        await put_raw(store, key, json.dumps(fields(key)))
+    loaded = await store.load(ROOM)
+    caplog.clear()
+    monkeypatch.setitem(sys.modules, "livekit_lifecycle.stores._fleet_schema", None)
+    snapshot = await fleet_snapshot(store, room=ROOM)
+    assert snapshot["rooms"][ROOM] == {
+        r.key: session_entry(r, snapshot["taken_at"]) for r in loaded
+    }
+    assert sorted(skipped_reasons(caplog)) == sorted(names.values())
+
+
+def test_the_fleet_schema_knows_every_state() -> None:
+    from typing import get_args
+
+    from livekit_lifecycle.stores._fleet_schema import State as Stored
+    from livekit_lifecycle.stores._record import STATES
+
+    assert set(get_args(Stored)) == STATES == {state.value for state in State}
+
+
+def test_pausing_the_collector_keeps_the_applications_frozen_objects_frozen() -> None:
+    from livekit_lifecycle.stores._record import collector_paused
+
+    kept = [{"a": [1]} for _ in range(10)]
+    gc.freeze()  # what a server that forks does, to share its heap with its children
+    try:
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        with collector_paused():
+            decoded = [{"b": [2]} for _ in range(10)]
+        assert gc.isenabled()
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+    with collector_paused():
+        decoded += [{"c": [3]} for _ in range(10)]
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    assert len(kept) == 10 and len(decoded) == 20
 
 
 @pytest.mark.redis

@@ -361,14 +361,18 @@ class RedisStore:
         self, rooms: Sequence[str], *, skipped: _Skipped = None
     ) -> dict[str, list[SessionRecord]]:
         """The records of several rooms, in pipelined ``HGETALL`` calls (the fleet view)."""
-        return await self._read_rooms(rooms, _as_record, skipped)
+
+        def parse(room: str, fields: dict[Any, Any]) -> list[SessionRecord]:
+            return self._parse_fields(room, fields, skipped, _as_record)
+
+        return await self._read_rooms(rooms, parse)
 
     async def _read_rooms(
-        self, rooms: Sequence[str], convert: _Convert[_T], skipped: _Skipped
-    ) -> dict[str, list[_T]]:
-        """Each room's records, each made by ``convert(text, room, key)`` (which raises
-        :class:`UnreadableRecord` for a record it refuses)."""
-        result: dict[str, list[_T]] = {}
+        self, rooms: Sequence[str], parse: Callable[[str, dict[Any, Any]], _T]
+    ) -> dict[str, _T]:
+        """``parse(room, fields)`` of each room's ``HGETALL`` (a record it refuses is
+        skipped with its log line: see :meth:`_parse_fields`)."""
+        result: dict[str, _T] = {}
         # One pause of the collector for the whole read, not one per room: the
         # records of every room read so far survive, and full collections of a
         # growing heap were half of a 100,000-session fleet view.
@@ -380,7 +384,7 @@ class RedisStore:
                         pipe.hgetall(self._room_key(room))
                     answers = await pipe.execute()
                 for room, fields in zip(chunk, answers, strict=True):
-                    result[room] = self._parse_fields(room, fields, skipped, convert)
+                    result[room] = parse(room, fields)
                     # A turn of the loop between rooms: decoding 500 rooms at once held
                     # the loop for seconds, long enough for this process's lease to expire.
                     await asyncio.sleep(0)
