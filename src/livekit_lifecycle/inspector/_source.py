@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import operator
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -72,7 +71,6 @@ class Source(Protocol):
 
 
 HISTORY_SHOWN = 10
-_BY_KEY = operator.attrgetter("key")
 """Transitions of a session sent to the page (the latest ones)."""
 
 
@@ -283,12 +281,12 @@ class StoreSource:
         return seen
 
     async def _read(self, rooms: list[str]) -> Snapshot:
-        from livekit_lifecycle.stores._fleet import session_entry
+        from livekit_lifecycle.stores._fleet import room_entries
 
-        now = time.time()
+        # The fleet view's reader: a RedisStore's room decoded and checked in one call.
         return {
-            room: {r.key: self._row(session_entry(r, now)) for r in sorted(records, key=_BY_KEY)}
-            for room, records in (await self._store.load_many(rooms)).items()
+            room: {key: self._row(entry) for key, entry in entries.items()}
+            for room, entries in (await room_entries(self._store, rooms, time.time())).items()
         }
 
     def _row(self, record: dict[str, Any]) -> dict[str, Any]:

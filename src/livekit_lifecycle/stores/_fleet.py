@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -46,19 +46,27 @@ async def fleet_snapshot(store: SessionStore, *, room: str | None = None) -> dic
     """
     now = time.time()
     names = [room] if room is not None else [name for name, _ in await store.rooms()]
-    rooms: dict[str, dict[str, dict[str, Any]]] = {}
-    with collector_paused():  # ~0.5 s for 100,000 sessions: see collector_paused
+    found = await room_entries(store, names, now)
+    return {"taken_at": now, "rooms": {name: found[name] for name in sorted(found) if found[name]}}
+
+
+async def room_entries(
+    store: SessionStore, rooms: Sequence[str], now: float
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each of ``rooms`` (an empty dict for a room without records): its entries by key,
+    sorted, as :func:`session_entry` makes them at ``now`` (the fleet view, and the
+    inspector's store source, which re-reads the rooms that changed)."""
+    result: dict[str, dict[str, dict[str, Any]]] = {}
+    with collector_paused():  # ~0.7 s for 100,000 sessions: see collector_paused
         if isinstance(store, RedisStore):
             reader = _RoomReader(store, now)
-            for name, entries in (await store._read_rooms(names, reader.entries)).items():
-                if entries:
-                    rooms[name] = dict(sorted(entries, key=_KEY))
+            for name, entries in (await store._read_rooms(rooms, reader.entries)).items():
+                result[name] = dict(sorted(entries, key=_KEY))
         else:
-            for name, records in (await store.load_many(names)).items():
-                if records:
-                    found = ((r.key, session_entry(r, now)) for r in records)
-                    rooms[name] = dict(sorted(found, key=_KEY))
-        return {"taken_at": now, "rooms": {name: rooms[name] for name in sorted(rooms)}}
+            for name, records in (await store.load_many(rooms)).items():
+                found = ((r.key, session_entry(r, now)) for r in records)
+                result[name] = dict(sorted(found, key=_KEY))
+    return result
 
 
 def session_entry(record: SessionRecord, now: float) -> dict[str, Any]:
@@ -107,37 +115,36 @@ class _RoomReader:
         """``(key, entry)`` of each readable record in ``fields`` (a room's hash)."""
         if self._decode is None:
             return self._one_by_one(room, fields)
+        if not fields or type(next(iter(fields))) is not bytes:
+            return self._one_by_one(room, fields)  # none, or a client decoding replies itself
         names: list[bytes] = []
         parts: list[bytes] = [b"["]
+        add = parts.extend
         sep = self._sep
-        size = 0
         for name, text in fields.items():
-            if type(name) is not bytes or type(text) is not bytes:
-                return self._one_by_one(room, fields)  # a client decoding replies itself
             if not name.startswith(b"s:"):
                 continue
-            history = fields.get(b"h:" + name[2:])
             names.append(name)
-            parts.append(text)
-            parts.append(sep)
+            history = fields.get(b"h:" + name[2:])
             if history:
-                size += len(history)
                 # The lines as with_history joins them: the later "history" wins.
-                parts.append(b"[" + history.replace(b"\n", b",") + b"]")
+                add((text, sep, b"[" + history.replace(b"\n", b",") + b"]", sep))
             else:
-                parts.append(b"null")  # the record's own "history" stands
-            parts.append(sep)
-            size += len(text)
+                add((text, sep, b"null", sep))  # the record's own "history" stands
         if not names:
             return []
         parts[-1] = b"]"
-        if size > MAX_RECORD_BYTES and any(
+        try:
+            joined = b"".join(parts)
+        except TypeError:  # a value that is not bytes: not what HGETALL gives
+            return self._one_by_one(room, fields)
+        if len(joined) > MAX_RECORD_BYTES and any(
             len(fields[name]) + len(fields.get(b"h:" + name[2:]) or b"") > MAX_RECORD_BYTES
             for name in names
         ):
             return self._one_by_one(room, fields)
         try:
-            values = self._decode(b"".join(parts))
+            values = self._decode(joined)
         except self._refusals:
             return self._one_by_one(room, fields)  # one record (or more) says why
         count = len(names)

@@ -520,7 +520,7 @@ def collector_paused() -> Iterator[None]:
     collections of the whole heap: 40 % of a 10,000-session restore went there.
     Records hold no cycles. The pause lasts one room's decoding (~50 ms for
     10,000 sessions), or one ``RedisStore.load_many`` or ``fleet_snapshot`` (the
-    fleet view: about half a second for 100,000 sessions, during which other tasks
+    fleet view: 0.7-0.8 s for 100,000 sessions, during which other tasks
     run uncollected).
 
     On resuming, everything allocated during the pause would be the youngest
