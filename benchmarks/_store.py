@@ -6,9 +6,9 @@ on a free loopback port), the "baseline" column is the default
 :class:`MemoryStore` (no store work at all).
 
 *Throughput*: full lifecycles as in the ``lifecycle`` figure. With Redis,
-every cleanup first awaits its claim (one round trip per ended connection,
-the price of exactly-once across processes) and every change is written
-behind.
+every cleanup first awaits its claim (the price of exactly-once across
+processes; the cleanups that end together are claimed in one round trip)
+and every change is written behind.
 
 *Event → state with a slow Redis*: the manager's Redis sits behind a local
 TCP proxy that delays every answer by 5 ms; connect, active and disconnect
@@ -190,7 +190,7 @@ async def measure(sizes: Sizes, run: int) -> list[Row]:
                 slow = await _event_to_state(sizes.latency_samples, proxy.url)
             memory = await _event_to_state(sizes.latency_samples, None)
             redis_elapsed = elapsed[server.url]
-            note = f"{sizes.lifecycles:,} lifecycles; Redis on loopback, one claim per cleanup"
+            note = f"{sizes.lifecycles:,} lifecycles; Redis on loopback, claims in batches"
             scale = await _fleet_scale(server, quick=sizes.lifecycles < 5_000)
     except RedisUnavailable as exc:
         nan = math.nan

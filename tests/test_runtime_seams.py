@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from livekit_lifecycle import Session, State
-from livekit_lifecycle.stores import Claim
+from livekit_lifecycle._cleanup import ClaimAnswer
 from livekit_lifecycle.testing import RoomDriver
 from tests.conftest import MakeManager
 
@@ -35,14 +37,17 @@ async def test_a_cleanup_claim_decides_whether_callbacks_run_here(
     cleaned: list[str] = []
     manager.add_cleanup(lambda session: cleaned.append(session.key))
     claimed: list[str] = []
+    batches: list[int] = []
 
-    async def claim(session: Session) -> tuple[bool, Claim | None]:
-        claimed.append(session.key)
-        if session.key == "carol":
-            raise RuntimeError("store down")  # logged; the cleanup runs here
-        return session.key != "bob", None  # bob's cleanup already ran elsewhere
+    async def claims(sessions: Sequence[Session], answer: ClaimAnswer) -> None:
+        batches.append(len(sessions))
+        for session in sessions:
+            claimed.append(session.key)
+            if session.key == "carol":
+                raise RuntimeError("store down")  # logged; the cleanup runs here
+            answer(session, session.key != "bob", None)  # bob's already ran elsewhere
 
-    manager._cleanup.use_claim(claim, manager._runtime.set_cleanup_claim)
+    manager._cleanup.use_claims(claims, manager._runtime.set_cleanup_claim, manager._runtime.resume)
     for name in ("alice", "bob", "carol"):
         driver.connect(name, active=True)
         driver.disconnect(name)
@@ -50,9 +55,10 @@ async def test_a_cleanup_claim_decides_whether_callbacks_run_here(
         session = await manager.wait_for(name, State.GRACE, WAIT)
         assert session.cleanups == 1
     assert claimed == ["alice", "bob", "carol"]
+    assert batches == [3]  # due in the same turn: claimed together, by one task
     assert cleaned == ["alice", "carol"]
     assert manager.stats["internal_errors"] == 1
-    manager._cleanup.use_claim(None)  # unset: the callbacks run inline again, no claim asked
+    manager._cleanup.use_claims(None)  # unset: the callbacks run inline again, no claim asked
     driver.connect("dave", active=True)
     driver.disconnect("dave")
     await manager.wait_for("dave", State.GRACE, WAIT)

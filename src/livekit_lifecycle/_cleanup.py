@@ -4,20 +4,27 @@
 runtime for the activity :data:`~livekit_lifecycle.statechart.PARTICIPANT_CHART`
 declares on ``disconnecting``. One path: :meth:`CleanupActivity.run` calls the
 callbacks inline while they stay synchronous (the common case costs no task)
-and returns the rest as a coroutine from the first awaitable on, or at once
-when a durable store's claim has to be awaited first. Each callback is
-isolated and bounded; nothing cancels the run but a shutdown past its deadline.
+and returns the rest as a coroutine from the first awaitable on. With a
+durable store the claims come first: every cleanup that became due in one loop
+turn joins one batch, claimed by one task in one call to the store (one round
+trip), and each is handed back to the runtime (:data:`~._runtime.PENDING`,
+``resume``) when its answer is in. Each callback is isolated and bounded;
+nothing cancels the run but a shutdown past its deadline.
 
 Seams (internal):
 
-- :meth:`CleanupActivity.use_claim` ``(claim, record)``: ``await claim(session) ->
-  (run_here, Claim | None)`` is a durable store's claim on the cleanup, awaited
-  before the callbacks; ``run_here`` false means the cleanup already ran
-  elsewhere. A claim that raises is logged (``manager.internal_error``,
-  ``during="cleanup_claim"``) and the cleanup runs here. ``record(session, won)``
+- :meth:`CleanupActivity.use_claims` ``(claims, record, resume)``: ``await
+  claims(sessions, answer)`` is a durable store's claim on a batch of cleanups,
+  awaited before their callbacks; it calls ``answer(session, run_here, Claim |
+  None)`` once per session, as soon as that session's claim is known
+  (``run_here`` false: the cleanup already ran elsewhere). A session it leaves
+  unanswered because it raised is logged (``manager.internal_error``,
+  ``during="cleanup_claim"``) and its cleanup runs here. ``record(session, won)``
   is how the claim won reaches :attr:`Session.cleanup_claim
   <livekit_lifecycle.Session.cleanup_claim>`: the runtime writes the session's
   fields (``SessionRuntime.set_cleanup_claim``), this module never does.
+  ``resume(session, rest)`` is the runtime's side of :data:`~._runtime.PENDING`
+  (``SessionRuntime.resume``).
 - :attr:`CleanupActivity.observer` (an :class:`~._observer.Observer`): told
   when a run starts and ends, and about each callback that fails or times out.
 """
@@ -25,24 +32,27 @@ Seams (internal):
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._callbacks import Outcome, Report, Supervisor
 from ._log import ManagerLog
 from ._observer import Observer
+from ._runtime import PENDING, Pending
 from .session import Session, reason_name
 
 if TYPE_CHECKING:
     from .stores import Claim
 
 __all__ = [
+    "ClaimAnswer",
     "CleanupActivity",
     "CleanupCallback",
-    "CleanupClaim",
+    "CleanupClaims",
     "RecordClaim",
     "UserActivity",
     "user_activity",
@@ -50,52 +60,114 @@ __all__ = [
 
 CleanupCallback = Callable[[Session], Any]
 """``fn(session)``, sync or async; called while the session is ``disconnecting``."""
-CleanupClaim = Callable[[Session], Awaitable["tuple[bool, Claim | None]"]]
-"""``await claim(session)``: (run the cleanup here?, the claim won, if the store gave one)."""
+ClaimAnswer = Callable[[Session, bool, "Claim | None"], None]
+"""``answer(session, run_here, claim)``: one session's claim is known."""
+CleanupClaims = Callable[[Sequence[Session], ClaimAnswer], Awaitable[None]]
+"""``await claims(sessions, answer)``: claim the cleanups of ``sessions``, answering each."""
 RecordClaim = Callable[[Session, "Claim | None"], None]
 """``record(session, claim)``: the claim of the session's current cleanup (None: none yet)."""
+Resume = Callable[[Session, "Coroutine[Any, Any, None] | None"], None]
+"""``resume(session, rest)``: an activity that returned ``PENDING`` went on (see ``_runtime``)."""
 
 
 class CleanupActivity:
     """Runs the registered cleanup callbacks for one session (see the module doc)."""
+
+    __slots__ = (
+        "_claimer",
+        "_claims",
+        "_log",
+        "_record_claim",
+        "_resume",
+        "_supervisor",
+        "_waiting",
+        "callbacks",
+        "observer",
+    )
 
     def __init__(self, log: ManagerLog, supervisor: Supervisor) -> None:
         self._log = log
         self._supervisor = supervisor
         self.callbacks: list[CleanupCallback] = []
         """In registration order (``LifecycleManager.add_cleanup`` appends)."""
-        self._claim: CleanupClaim | None = None
+        self._claims: CleanupClaims | None = None
         self._record_claim: RecordClaim = _unrecorded
+        self._resume: Resume = _unwired
         self.observer: Observer = Observer()
+        self._waiting: list[tuple[Session, contextvars.Context]] = []
+        """The cleanups waiting for their claim to be sent (the next batch)."""
+        self._claimer: asyncio.Task[None] | None = None
 
-    def use_claim(self, claim: CleanupClaim | None, record: RecordClaim | None = None) -> None:
-        """Await ``claim`` before the callbacks (None: run them at once, no claim asked);
-        ``record`` is told the claim won (and None when a run starts)."""
-        self._claim = claim
+    def use_claims(
+        self,
+        claims: CleanupClaims | None,
+        record: RecordClaim | None = None,
+        resume: Resume | None = None,
+    ) -> None:
+        """Await ``claims`` before the callbacks (None: run them at once, no claim asked);
+        ``record`` is told the claim won (and None when a run starts); ``resume`` takes
+        each cleanup back to the runtime once its claim is known."""
+        self._claims = claims
         self._record_claim = record or _unrecorded
+        self._resume = resume or _unwired
 
-    def run(self, session: Session) -> Coroutine[Any, Any, None] | None:
-        """The activity: ``None`` when every callback ran inline, else a coroutine for the rest."""
-        claim = self._claim
-        if claim is not None:
-            return self._claimed_run(session, claim)
-        return self._run(session)
+    def run(self, session: Session) -> Coroutine[Any, Any, None] | Pending | None:
+        """The activity: ``None`` when every callback ran inline, else a coroutine for
+        the rest, or ``PENDING`` when the store's claim has to be awaited first."""
+        claims = self._claims
+        if claims is None:
+            return self._run(session)
+        self._record_claim(session, None)  # the previous connection's claim is not this run's
+        # The callbacks run in the context the runtime runs this activity in (a
+        # tracing span...), as a task created here would.
+        self._waiting.append((session, contextvars.copy_context()))
+        if self._claimer is None:
+            # One task claims for every cleanup, a batch per round trip: it starts
+            # after every activity that became due this turn has joined (the runtime
+            # runs them in one go), and the cleanups that become due while a batch is
+            # in flight make the next one (a cleanup that waits costs a list entry).
+            self._claimer = asyncio.get_running_loop().create_task(
+                self._claim_batches(claims), name="livekit-lifecycle:cleanup-claims"
+            )
+            self._supervisor.track(self._claimer)
+        return PENDING
 
-    async def _claimed_run(self, session: Session, claim: CleanupClaim) -> None:
-        record = self._record_claim
-        record(session, None)  # the previous connection's claim is not this run's
+    async def _claim_batches(self, claims: CleanupClaims) -> None:
         try:
-            here, won = await claim(session)
+            while self._waiting:
+                contexts = dict(self._waiting)
+                self._waiting = []
+                try:
+                    await claims(list(contexts), self._answer_in(contexts))
+                except Exception:
+                    for session in list(contexts):
+                        self._log.internal_error(session, "cleanup_claim")
+                        self._answer_in(contexts)(session, True, None)
+        except BaseException:  # cancelled: a shutdown past its deadline abandons them
+            self._waiting = []
+            raise
+        finally:
+            self._claimer = None
+
+    def _answer_in(self, contexts: dict[Session, contextvars.Context]) -> ClaimAnswer:
+        def answer(session: Session, here: bool, won: Claim | None) -> None:
+            context = contexts.pop(session, None)
+            if context is not None:  # answered once
+                context.run(self._claimed, session, here, won)
+
+        return answer
+
+    def _claimed(self, session: Session, here: bool, won: Claim | None) -> None:
+        rest = None
+        try:
+            self._record_claim(session, won)
+            if here:
+                rest = self._run(session)
+            else:
+                self.observer.cleanup_ended(session)  # observability hook
         except Exception:
-            self._log.internal_error(session, "cleanup_claim")
-            here, won = True, None
-        record(session, won)
-        if not here:
-            self.observer.cleanup_ended(session)  # observability hook
-            return
-        rest = self._run(session)
-        if rest is not None:
-            await rest
+            self._log.internal_error(session, "cleanup")
+        self._resume(session, rest)
 
     def _run(self, session: Session) -> Coroutine[Any, Any, None] | None:
         self.observer.cleanup_started(session)  # observability hook
@@ -192,3 +264,7 @@ def _uncancel_current_task() -> None:
     uncancel = getattr(task, "uncancel", None)  # Python >= 3.11 counts cancel requests
     if uncancel is not None:
         uncancel()
+
+
+def _unwired(session: Session, rest: Coroutine[Any, Any, None] | None) -> None:
+    raise RuntimeError("CleanupActivity.resume is not wired")  # pragma: no cover

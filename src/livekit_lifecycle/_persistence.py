@@ -11,8 +11,9 @@ instead and does no store work at all. It is called at these seams:
   :meth:`Persistence.written` after every transition (and ``set_user_id``),
   :meth:`Persistence.data` for a session's ``data`` (whose every change is
   written behind);
-- by the cleanup activity, :meth:`Persistence.claim` before a connection's
-  cleanup callbacks run: only the process that wins the claim in the store runs them;
+- by the cleanup activity, :meth:`Persistence.claims` before the cleanup callbacks
+  of the connections whose cleanup became due together: only the process that wins
+  a connection's claim in the store runs them;
 - by the façade, :meth:`Persistence.aclose` at the end of shutdown: a bounded flush.
 
 It reaches the runtime only through its public methods (``restore``, ``feed``,
@@ -43,6 +44,7 @@ from .stores._protocol import log_skipped
 from .stores._writer import STORE_STATS, StoreWriter
 
 if TYPE_CHECKING:
+    from ._cleanup import ClaimAnswer
     from ._intake import RoomIntake
     from ._runtime import SessionRuntime
 
@@ -79,6 +81,8 @@ _LOAD_TIMEOUT = 5.0
 """Seconds one load may take before it is abandoned (and retried)."""
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
+_CLAIMS_PER_CALL = 500
+"""Cleanups claimed in one call to the store, at most (RedisStore's script call holds 500)."""
 _BOUND = (State.CONNECTING, State.ACTIVE, State.RECONNECTED)
 _T = TypeVar("_T")
 
@@ -495,31 +499,74 @@ class Persistence:
 
     # ------------------------------------------------------------------ claims
 
-    async def claim(self, session: Session) -> tuple[bool, Claim | None]:
-        """Whether this process runs the cleanup of ``session``'s current connection,
-        and the claim it won (``None`` when the store did not answer)."""
+    async def claims(self, sessions: Sequence[Session], answer: ClaimAnswer) -> None:
+        """Whether this process runs the cleanup of each session's current connection,
+        and the claim it won (``None`` when the store did not answer): ``answer`` is
+        called once per session. The sessions due together are claimed together, one
+        call to the store; a restored session whose cleanup a dead process had
+        claimed waits in a task of its own (:meth:`_take_over`), answered later."""
         room = self._log.room_name() or ""
-        # Bounded like a cleanup callback (cleanup_timeout, and the shutdown deadline):
-        # a burst of cleanups queues its claims, which then share round trips.
+        # Bounded like a cleanup callback (cleanup_timeout, and the shutdown deadline).
         timeout = max(self._supervisor.callback_timeout(), 0.1)
+        interrupted = self._interrupted
+        batch = [s for s in sessions if s.key not in interrupted] if interrupted else sessions
+        for start in range(0, len(batch), _CLAIMS_PER_CALL):
+            # A backlog is asked for in parts, each answered before the next is sent:
+            # its first cleanups go on a round trip sooner, and a store's one call
+            # stays one round trip (RedisStore: one script call).
+            part = batch[start : start + _CLAIMS_PER_CALL]
+            try:
+                claims = await _bounded(
+                    self._store.claim_many(room, self.owner, [(s.key, s.sid) for s in part]),
+                    timeout,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._unverified(part, exc, answer)
+            else:
+                self.writer.succeeded()
+                for session, claim in zip(part, claims, strict=True):
+                    answer(session, self._claimed(session, claim), claim if claim.won else None)
+        if len(batch) < len(sessions):
+            loop = asyncio.get_running_loop()
+            for session in sessions:
+                if session.key in interrupted:
+                    # A task of its own (rare: restored after a crash): its wait for the
+                    # dead lease must not hold up the batches after this one.
+                    self._supervisor.track(
+                        loop.create_task(self._claim_alone(room, session, timeout, answer))
+                    )
+
+    async def _claim_alone(
+        self, room: str, session: Session, timeout: float, answer: ClaimAnswer
+    ) -> None:
         try:
             claim = await _bounded(
                 self._store.claim(room, session.key, session.sid, self.owner), timeout
             )
-            if session.key in self._interrupted:
-                self._interrupted.discard(session.key)
-                claim = await self._take_over(room, session, claim, timeout)
+            self._interrupted.discard(session.key)
+            claim = await self._take_over(room, session, claim, timeout)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            # Availability first: an unverified cleanup runs here (docs/stores.md).
-            self.writer.failed("claim", exc)
+            self._unverified([session], exc, answer)
+            return
+        self.writer.succeeded()
+        answer(session, self._claimed(session, claim), claim if claim.won else None)
+
+    def _unverified(self, sessions: Sequence[Session], exc: Exception, answer: ClaimAnswer) -> None:
+        # Availability first: an unverified cleanup runs here (docs/stores.md).
+        self.writer.failed("claim", exc)
+        for session in sessions:
             self._stats["store_claims_unverified"] += 1
             self._log.session(
                 logging.WARNING, "cleanup.claim_unverified", "cleanup", session, owner=self.owner
             )
-            return True, None
-        self.writer.succeeded()
+            answer(session, True, None)
+
+    def _claimed(self, session: Session, claim: Claim) -> bool:
+        """Log ``claim``'s verdict; True when the cleanup runs here."""
         if claim.won:
             self._log.session(
                 logging.INFO,
@@ -530,7 +577,7 @@ class Persistence:
                 token=claim.token,
                 retry=claim.retry,
             )
-            return True, claim
+            return True
         self._stats["store_claims_lost"] += 1
         self._log.session(
             logging.INFO,
@@ -541,7 +588,7 @@ class Persistence:
             winner=claim.owner,
             token=claim.token,
         )
-        return False, None
+        return False
 
     async def _take_over(self, room: str, session: Session, claim: Claim, timeout: float) -> Claim:
         """A restored session's cleanup was interrupted by its process's death: wait for

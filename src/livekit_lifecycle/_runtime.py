@@ -15,9 +15,12 @@ the chart it is given; it names no state and no trigger of its own:
   starts its implementation (the manager provides one per activity name, e.g.
   the cleanup callbacks) on the loop's next turn, in one batch for every
   session whose activity became due meanwhile; an implementation returns
-  ``None`` when it finished inline, or a coroutine for the rest, which runs
-  as a task. When it ends the activity's ``done`` trigger fires, then the
-  inputs queued meanwhile are applied in order. Nothing cancels an activity.
+  ``None`` when it finished inline, a coroutine for the rest, which runs
+  as a task, or :data:`PENDING`: it goes on by itself and calls
+  :meth:`SessionRuntime.resume` later (the cleanup's claims: one task for a
+  whole batch instead of one per session). When it ends the activity's
+  ``done`` trigger fires, then the inputs queued meanwhile are applied in
+  order. Nothing cancels an activity but a shutdown past its deadline.
 
 It talks to the rest of the manager through narrow callbacks, each documented
 where it is declared: :class:`SessionEvents` (notifications),
@@ -37,7 +40,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from livekit import rtc
 
@@ -54,11 +57,32 @@ from .statechart import Edge, State, Statechart
 if TYPE_CHECKING:
     from .stores import Claim
 
-__all__ = ["ActivityRun", "SessionEvents", "SessionRuntime", "SessionStoreSeam"]
+__all__ = [
+    "PENDING",
+    "ActivityRun",
+    "Pending",
+    "SessionEvents",
+    "SessionRuntime",
+    "SessionStoreSeam",
+]
 
-ActivityRun = Callable[[Session], Coroutine[Any, Any, None] | None]
+
+class Pending:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PENDING"
+
+
+PENDING: Final = Pending()
+"""What an activity's implementation returns when it goes on by itself: it calls
+:meth:`SessionRuntime.resume` for that session exactly once, later, in the context
+it ran in (a shutdown past its deadline may cancel it first: the session is abandoned)."""
+
+ActivityRun = Callable[[Session], "Coroutine[Any, Any, None] | Pending | None"]
 """An activity's implementation: runs for ``session``; ``None`` when it finished inline,
-else a coroutine that finishes it. It must not raise (it isolates user code itself)."""
+a coroutine that finishes it, or :data:`PENDING`. It must not raise (it isolates user
+code itself)."""
 
 _append = list.append
 _Batch = tuple[list[tuple[Session, contextvars.Context]], "asyncio.Future[None]"]
@@ -499,18 +523,37 @@ class SessionRuntime:
                 return
             done, run = entry
             rest = run(session)
-            if rest is None:
-                self._end(session, done)
-            else:
-                self.supervisor.track(
-                    asyncio.get_running_loop().create_task(
-                        self._finish(session, done, rest),
-                        name=f"livekit-lifecycle:{session._key}",
-                    )
-                )
+            if rest is not PENDING:
+                self._went_on(session, done, cast("Coroutine[Any, Any, None] | None", rest))
         except Exception:
             self._busy.discard(session)
             self.log.internal_error(session, "activity")
+
+    def resume(self, session: Session, rest: Coroutine[Any, Any, None] | None) -> None:
+        """An activity that returned :data:`PENDING` went on: ``rest`` as ``run`` would
+        have returned it (``None``: it finished)."""
+        try:
+            entry = self._activity.get(session._state)
+            if entry is None:  # left the state meanwhile (cannot happen while busy)
+                if rest is not None:
+                    rest.close()
+                self._continue(session, False)
+                return
+            self._went_on(session, entry[0], rest)
+        except Exception:
+            self._busy.discard(session)
+            self.log.internal_error(session, "activity")
+
+    def _went_on(self, session: Session, done: str, rest: Coroutine[Any, Any, None] | None) -> None:
+        if rest is None:
+            self._end(session, done)
+        else:
+            self.supervisor.track(
+                asyncio.get_running_loop().create_task(
+                    self._finish(session, done, rest),
+                    name=f"livekit-lifecycle:{session._key}",
+                )
+            )
 
     async def _finish(self, session: Session, done: str, rest: Coroutine[Any, Any, None]) -> None:
         ended = False

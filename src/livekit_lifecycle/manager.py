@@ -127,7 +127,7 @@ class LifecycleManager:
             persist.bind(runtime, intake)
             intake.persist = persist
             runtime.add_transition_hook(persist.written)
-            cleanup.use_claim(persist.claim, runtime.set_cleanup_claim)
+            cleanup.use_claims(persist.claims, runtime.set_cleanup_claim, runtime.resume)
 
     def _add_observer(self, observer: Observer) -> None:
         """Seam for metrics and tracing: ``observer`` is told about cleanups and shutdowns."""

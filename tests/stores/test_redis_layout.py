@@ -218,6 +218,29 @@ async def test_a_claim_of_a_dead_process_is_taken_over_with_a_higher_token(
         await second.aclose()
 
 
+async def test_claim_many_takes_over_a_dead_process_claim(redis_url: str) -> None:
+    first = RedisStore.from_url(redis_url, namespace="takeover-many", lease_ttl=0.3)
+    second = RedisStore.from_url(redis_url, namespace="takeover-many", lease_ttl=0.3)
+    try:
+        await first.write([StoreWrite("r", "a", record("r", "a", state="disconnecting"), 60)])
+        held = await first.claim("r", "a", "PA_a", "first")
+        lost, fresh = await second.claim_many("r", "second", [("a", "PA_a"), ("c", "PA_c")])
+        assert not lost.won and lost.owner == "first"  # the owner lives: never two owners
+        assert fresh.won and not fresh.retry
+        await crash(first)
+        deadline = time.monotonic() + WAIT
+        while True:
+            taken, kept = await second.claim_many("r", "second", [("a", "PA_a"), ("c", "PA_c")])
+            if taken.owner != "first":
+                break
+            assert time.monotonic() < deadline, "the claim was never taken over"
+            await asyncio.sleep(0.05)
+        assert taken.won and taken.retry and taken.token > held.token
+        assert kept.won and kept.token == fresh.token
+    finally:
+        await second.aclose()
+
+
 async def test_a_burst_of_first_claims_takes_one_lease(redis_url: str) -> None:
     # Each claim of a burst at start used to acquire the lease itself: 300 concurrent
     # calls outran the client's pool of 100 connections ("Too many connections").

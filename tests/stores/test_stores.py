@@ -73,6 +73,24 @@ async def test_a_claim_is_won_once_and_kept_by_its_winner(any_store: SessionStor
     assert other.won and other.token > first.token
 
 
+async def test_claim_many_answers_each_as_claim_would(any_store: SessionStore) -> None:
+    mine = await any_store.claim("r", "mine", "PA_m", "owner-1")
+    theirs = await any_store.claim("r", "theirs", "PA_t", "owner-2")
+    fresh = [(f"k{n}", f"PA_{n}") for n in range(600)]  # more than one script call's worth
+    claims = await any_store.claim_many(
+        "r", "owner-1", [("mine", "PA_m"), ("theirs", "PA_t"), *fresh]
+    )
+    assert len(claims) == 602
+    assert claims[0].won and claims[0].token == mine.token
+    assert not claims[1].won and claims[1].owner == "owner-2" and claims[1].token == theirs.token
+    assert all(c.won and c.owner == "owner-1" for c in claims[2:])
+    tokens = [c.token for c in claims[2:]]
+    assert len(set(tokens)) == 600 and min(tokens) > theirs.token
+    assert await any_store.claim_many("r", "owner-1", []) == []
+    again = await any_store.claim("r", "k7", "PA_7", "owner-2")
+    assert not again.won and again.token == claims[9].token
+
+
 @pytest.mark.redis
 async def test_concurrent_claims_from_separate_clients_have_one_winner(
     redis_server: RedisServer,

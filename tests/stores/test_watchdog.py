@@ -111,19 +111,6 @@ async def dead_job(
     return store, manager
 
 
-async def dispatches(loopback_server: Any, http_url: str) -> list[Any]:
-    """The room's agent dispatches, as the server lists them (Twirp AgentDispatchService)."""
-    from livekit import api
-
-    lkapi = api.LiveKitAPI(
-        url=http_url, api_key=loopback_server.api_key, api_secret=loopback_server.api_secret
-    )
-    try:
-        return list(await lkapi.agent_dispatch.list_dispatch(ROOM))
-    finally:
-        await lkapi.aclose()
-
-
 async def test_two_watchdogs_dispatch_a_dead_jobs_room_once(fleet: Fleet) -> None:
     one, two = fleet.watchdog("wd-one"), fleet.watchdog("wd-two")
     async with RoomDriver(ROOM) as room:
@@ -236,6 +223,7 @@ async def test_the_default_dispatcher_creates_the_dispatch_on_a_livekit_server(
     fleet: Fleet, loopback_server: Any
 ) -> None:
     """livekit-api's AgentDispatchService against the loopback server's (no worker takes it)."""
+    from livekit import api
 
     http_url = loopback_server.url.replace("ws://", "http://")
     watchdog = Watchdog(
@@ -250,7 +238,13 @@ async def test_the_default_dispatcher_creates_the_dispatch_on_a_livekit_server(
         async with RoomDriver(ROOM) as room:
             dead_store, _ = await dead_job(fleet, room)
             await poll_until("the dispatch", lambda: watchdog.stats["dispatched"] == 1, watchdog)
-        listed = await dispatches(loopback_server, http_url)
+        lkapi = api.LiveKitAPI(
+            url=http_url, api_key=loopback_server.api_key, api_secret=loopback_server.api_secret
+        )
+        try:
+            listed = await lkapi.agent_dispatch.list_dispatch(ROOM)
+        finally:
+            await lkapi.aclose()
         named = [d for d in listed if d.agent_name == "my-agent"]
         assert len(named) == 1
         info = resume_info(named[0].metadata)
@@ -349,6 +343,7 @@ async def test_a_dead_lease_leaves_the_leases_once_nothing_of_it_is_left_to_reco
 async def test_the_command_prints_one_line_per_dispatch(fleet: Fleet, loopback_server: Any) -> None:
     """``livekit-lifecycle watchdog`` as a user runs it: one stable line per dispatch, with
     the room, the dead lease and the id the server gave the dispatch."""
+    from livekit import api
 
     http_url = loopback_server.url.replace("ws://", "http://")
     command = await asyncio.create_subprocess_exec(
@@ -371,7 +366,13 @@ async def test_the_command_prints_one_line_per_dispatch(fleet: Fleet, loopback_s
         async with RoomDriver(ROOM) as room:
             dead_store, _ = await dead_job(fleet, room)
             line = (await asyncio.wait_for(command.stdout.readline(), WAIT)).decode()
-        listed = await dispatches(loopback_server, http_url)
+        lkapi = api.LiveKitAPI(
+            url=http_url, api_key=loopback_server.api_key, api_secret=loopback_server.api_secret
+        )
+        try:
+            listed = await lkapi.agent_dispatch.list_dispatch(ROOM)
+        finally:
+            await lkapi.aclose()
         # The server is shared: the room may hold other tests' dispatches.
         [dispatch] = [
             d

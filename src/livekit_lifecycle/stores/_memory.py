@@ -84,6 +84,11 @@ class MemoryStore:
             held = self._claims[room, key, sid] = (owner, next(self._tokens))
         return Claim(held[0] == owner, held[0], held[1])
 
+    async def claim_many(
+        self, room: str, owner: str, connections: Sequence[tuple[str, str]]
+    ) -> list[Claim]:
+        return [await self.claim(room, key, sid, owner) for key, sid in connections]
+
     async def scan(
         self, *, skipped: Callable[[SkippedRecord], None] | None = None
     ) -> AsyncIterator[SessionRecord]:

@@ -111,6 +111,17 @@ class SessionStore(Protocol):
         """
         ...
 
+    async def claim_many(
+        self, room: str, owner: str, connections: Sequence[tuple[str, str]]
+    ) -> list[Claim]:
+        """:meth:`claim` of each ``(key, sid)`` of ``room`` for ``owner``, answers in order.
+
+        What a manager calls for the cleanups that became due together: a store
+        claims them in as few round trips as it can (:class:`RedisStore`: one per
+        500). Each answer is what :meth:`claim` of that connection would give.
+        """
+        ...
+
     def scan(
         self, *, skipped: Callable[[SkippedRecord], None] | None = None
     ) -> AsyncIterator[SessionRecord]:

@@ -35,7 +35,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import quote, unquote
 
@@ -75,6 +75,8 @@ _PLAIN = re.compile(r"[A-Za-z0-9._~-]+")
 """What ``quote(name, safe="")`` leaves as it is."""
 _PER_CALL = 500
 """Entries in one script call at most: no call holds Redis for long (a script runs alone)."""
+_CLAIM_CALLS = 8
+"""Claim script calls in flight at once, at most (each on a connection of its own)."""
 _CLOSE_WAIT = 2.0
 """Seconds aclose() waits for the store's own tasks to end once cancelled."""
 
@@ -148,19 +150,24 @@ return 1
 
 # Claims of one room, many per call. KEYS[1] the room's token counter, KEYS[2]
 # the room hash, KEYS[i] (i > 2) a claim. ARGV: claim TTL (ms), this lease,
-# then per claim: owner, session key, sid, takeover-token (0: none).
+# then per claim: owner ('' = the previous claim's), session key, sid,
+# takeover-token (0: none).
 # A claim free -> taken with a fresh token. Held -> answered as is, unless the
 # caller names the token it found held by a dead lease (checked by the caller:
 # leases live in another slot) and the cleanup was not done: then taken over.
 # "Done" is read from the session's record: gone, another connection, or past
 # the cleanup (cleaned, grace, reconnected, removed).
-# Answers per claim: won (0/1), holder owner, token, holder lease, retry (0/1),
-# done (0/1: a held claim whose cleanup the record shows done).
+# Answers per claim: won (0/1), holder owner ('' = the claimant), token, holder
+# lease ('' = this lease), retry (0/1), done (0/1: a held claim whose cleanup the
+# record shows done). The '' forms keep a batch's answer small: a reply of 500
+# claims is read in one go, not in several turns of the caller's event loop.
 _CLAIM_SCRIPT = """
 local answers = {}
+local owner = ''
 for c = 3, #KEYS do
   local a = 3 + 4 * (c - 3)
-  local owner, key, sid = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  if ARGV[a] ~= '' then owner = ARGV[a] end
+  local key, sid = ARGV[a + 1], ARGV[a + 2]
   local over = tonumber(ARGV[a + 3])
   local held = redis.call('GET', KEYS[c])
   local take = not held
@@ -190,12 +197,14 @@ for c = 3, #KEYS do
     redis.call('PEXPIRE', KEYS[1], ARGV[1])
     redis.call('SET', KEYS[c], token .. ' ' .. ARGV[2] .. ' ' .. owner, 'PX', ARGV[1])
     answers[#answers + 1] = 1
-    answers[#answers + 1] = owner
+    answers[#answers + 1] = ''
     answers[#answers + 1] = token
-    answers[#answers + 1] = ARGV[2]
+    answers[#answers + 1] = ''
     answers[#answers + 1] = retry
     answers[#answers + 1] = 0
   else
+    if holder == owner then holder = '' end
+    if lease == ARGV[2] then lease = '' end
     answers[#answers + 1] = 0
     answers[#answers + 1] = holder
     answers[#answers + 1] = token
@@ -208,11 +217,37 @@ return answers
 """
 
 
+class _ClaimSink:
+    """The answers of one ``claim`` or ``claim_many`` call, filled as script calls return:
+    one future per call, not per claim."""
+
+    __slots__ = ("claims", "future", "left")
+
+    def __init__(self, size: int, future: asyncio.Future[list[Claim]]) -> None:
+        self.claims: list[Claim] = [_NO_CLAIM] * size
+        self.left = size
+        self.future = future
+
+    def put(self, index: int, claim: Claim) -> None:
+        self.claims[index] = claim
+        self.left -= 1
+        if not self.left and not self.future.done():
+            self.future.set_result(self.claims)
+
+    def fail(self, exc: BaseException) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+_NO_CLAIM = Claim(False, "", 0)
+
+
 class _PendingClaim(NamedTuple):
     key: str
     sid: str
     owner: str
-    future: asyncio.Future[Claim]
+    sink: _ClaimSink
+    position: int
 
 
 class RedisStore:
@@ -579,6 +614,14 @@ class RedisStore:
         if not self._lease_held:
             await self._renew("new")
             self._lease_held = True
+            # The first claim and write then find their scripts loaded: without this each
+            # paid a refused EVALSHA and a SCRIPT LOAD, two round trips more, while the
+            # first cleanups of a burst waited on them.
+            with contextlib.suppress(Exception):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    pipe.script_load(_CLAIM_SCRIPT)
+                    pipe.script_load(_WRITE_SCRIPT)
+                    await pipe.execute()
 
     async def _renew(self, mode: str) -> bool:
         now_ms = round(time.time() * 1000)
@@ -654,42 +697,97 @@ class RedisStore:
         """
         if not self._lease_held or self._lease_task is None:  # a coroutine less per claim
             await self._ensure_lease()
-        future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
-        self._claims.setdefault(room, []).append(_PendingClaim(key, sid, owner, future))
-        if self._claiming is None or self._claiming.done():
-            self._claiming = asyncio.get_running_loop().create_task(self._send_claims())
-        claim = await future
-        if (
-            not claim.won
-            and claim.lease
-            and claim.lease != self._lease
-            and not await self._lease_alive(claim.lease)
-        ):
-            # Its owner died: take it over unless the cleanup was written as done.
-            pending = _PendingClaim(key, sid, owner, future)
-            return (await self._claim_call(room, [pending], claim.token))[0]
+        claim = (await self._queue(room, owner, [(key, sid)]))[0]
+        if not claim.won and claim.lease and claim.lease != self._lease:
+            return await self._take_over(room, key, sid, owner, claim)
         return claim
 
-    async def _claim_call(
-        self, room: str, batch: Sequence[_PendingClaim], takeover: int = 0
+    async def claim_many(
+        self, room: str, owner: str, connections: Sequence[tuple[str, str]]
     ) -> list[Claim]:
-        keys = [f"{self._room_key(room)}:token", self._room_key(room)]
-        args: list[str | int] = [self._claim_ms, self._lease]
+        """See :meth:`SessionStore.claim_many`: the claims join those waiting to be
+        sent; one script call carries up to 500, one call in flight at a time."""
+        if not connections:
+            return []
+        if not self._lease_held or self._lease_task is None:
+            await self._ensure_lease()
+        if len(connections) <= _PER_CALL and not self._claims and self._claiming_idle():
+            # Nothing queued or in flight: sent from here, a turn of the loop sooner
+            # than through the sending task (a manager sends one batch at a time).
+            claims = await self._claim_call(room, connections, owner=owner)
+        else:
+            claims = await self._queue(room, owner, connections)
+        alive: dict[str, bool] = {}  # one look per lease, however many claims it holds
+        for index, claim in enumerate(claims):
+            if not claim.won and claim.lease and claim.lease != self._lease:
+                if claim.lease not in alive:
+                    alive[claim.lease] = await self._lease_alive(claim.lease)
+                if not alive[claim.lease]:
+                    key, sid = connections[index]
+                    claims[index] = (
+                        await self._claim_call(room, [(key, sid)], claim.token, owner=owner)
+                    )[0]
+        return claims
+
+    def _claiming_idle(self) -> bool:
+        return self._claiming is None or self._claiming.done()
+
+    def _queue(
+        self, room: str, owner: str, connections: Sequence[tuple[str, str]]
+    ) -> asyncio.Future[list[Claim]]:
+        """Queue claims for :meth:`_send_claims`: claims made while a call is in flight
+        share the next one (and no burst opens a connection per caller)."""
+        loop = asyncio.get_running_loop()
+        sink = _ClaimSink(len(connections), loop.create_future())
+        queued = self._claims.setdefault(room, [])
+        for index, (key, sid) in enumerate(connections):
+            queued.append(_PendingClaim(key, sid, owner, sink, index))
+        if self._claiming_idle():
+            self._claiming = loop.create_task(self._send_claims())
+        return sink.future
+
+    async def _take_over(self, room: str, key: str, sid: str, owner: str, claim: Claim) -> Claim:
+        """``claim`` is held by another lease: if that lease expired, take the claim
+        over (unless the cleanup was written as done), else answer it as is."""
+        if await self._lease_alive(claim.lease):
+            return claim
+        return (await self._claim_call(room, [(key, sid)], claim.token, owner=owner))[0]
+
+    async def _claim_call(
+        self,
+        room: str,
+        batch: Sequence[_PendingClaim | tuple[str, str]],
+        takeover: int = 0,
+        *,
+        owner: str = "",
+    ) -> list[Claim]:
+        """One script call; ``batch`` holds queued claims, or ``(key, sid)`` pairs of ``owner``."""
+        room_key = self._room_key(room)
+        keys = [f"{room_key}:token", room_key]
+        this_lease = self._lease
+        args: list[str | int] = [self._claim_ms, this_lease]
+        owners = []
+        previous = ""
         for pending in batch:
-            keys.append(self._claim_key(room, pending.key, pending.sid))
-            args += [pending.owner, _quote(pending.key), pending.sid, takeover]
+            key, sid = pending[0], pending[1]
+            by = pending.owner if isinstance(pending, _PendingClaim) else owner
+            owners.append(by)
+            quoted = _quote(key)
+            keys.append(f"{room_key}:claim:{quoted}:{_quote(sid)}")
+            args += ["" if by == previous else by, quoted, sid, takeover]
+            previous = by
         answers = await self._claim(keys=keys, args=args)
         claims = []
-        for index, pending in enumerate(batch):
+        for index, by in enumerate(owners):
             won, holder, token, lease, retry, done = answers[6 * index : 6 * index + 6]
-            holder_name = _text(holder)
+            holder_name = _text(holder) or by
             claims.append(
                 Claim(
-                    bool(won) or holder_name == pending.owner,
+                    bool(won) or holder_name == by,
                     holder_name,
                     int(token),
                     retry=bool(retry),
-                    lease=_text(lease),
+                    lease=_text(lease) or this_lease,
                     done=bool(done),
                 )
             )
@@ -697,25 +795,39 @@ class RedisStore:
 
     async def _send_claims(self) -> None:
         while self._claims:
-            room, pending = next(iter(self._claims.items()))
-            batch = pending[:_PER_CALL]
-            del pending[:_PER_CALL]
-            if not pending:
-                del self._claims[room]
+            # Up to _CLAIM_CALLS script calls at once (a backlog of thousands is
+            # one round trip, not one per 500: the claims wait less, and their
+            # sessions live less long); the next ones wait for these.
+            calls: list[tuple[str, list[_PendingClaim]]] = []
+            while self._claims and len(calls) < _CLAIM_CALLS:
+                room, pending = next(iter(self._claims.items()))
+                calls.append((room, pending[:_PER_CALL]))
+                del pending[:_PER_CALL]
+                if not pending:
+                    del self._claims[room]
             try:
-                claims = await self._claim_call(room, batch)
-            except Exception as exc:
-                for item in batch:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
-                continue
+                if len(calls) == 1:
+                    answers: list[list[Claim] | Exception] = [
+                        await _settled(self._claim_call(*calls[0]))
+                    ]
+                else:
+                    answers = await asyncio.gather(
+                        *(_settled(self._claim_call(room, batch)) for room, batch in calls)
+                    )
             except BaseException:  # cancelled (aclose): so are the claims in flight
-                for item in [*batch, *(p for ps in self._claims.values() for p in ps)]:
-                    item.future.cancel()
+                for item in [
+                    *(p for _, batch in calls for p in batch),
+                    *(p for ps in self._claims.values() for p in ps),
+                ]:
+                    item.sink.future.cancel()
                 raise
-            for item, claim in zip(batch, claims, strict=True):
-                if not item.future.done():
-                    item.future.set_result(claim)
+            for (_, batch), claims in zip(calls, answers, strict=True):
+                if isinstance(claims, Exception):
+                    for item in batch:
+                        item.sink.fail(claims)
+                    continue
+                for item, claim in zip(batch, claims, strict=True):
+                    item.sink.put(item.position, claim)
 
     # ------------------------------------------------------------------ the rest
 
@@ -792,3 +904,11 @@ def _quote(name: str) -> str:
     # Encodes ':' (the separator), the hash-tag braces and every glob character.
     # Most names need nothing: one regex match instead of quote()'s pass.
     return name if _PLAIN.fullmatch(name) else quote(name, safe="")
+
+
+async def _settled(call: Awaitable[_T]) -> _T | Exception:
+    """``await call``, or the error it raised (a failed call fails only its own claims)."""
+    try:
+        return await call
+    except Exception as exc:
+        return exc
