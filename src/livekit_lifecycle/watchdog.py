@@ -22,7 +22,6 @@ or ``livekit-lifecycle watchdog --store redis://... --agent-name my-agent``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -56,6 +55,8 @@ long as it is under two thirds of the lease TTL (the least time from a death to 
 expiry, leases being refreshed every third of their TTL)."""
 _BACKOFF_MAX = 10.0
 _EXPIRY_SLACK = 0.02
+_CLOSE_TIMEOUT = 5.0
+"""How long aclose() waits for the polling task once cancelled (see aclose)."""
 """Seconds after a lease's expiry the watchdog polls: the lease is then surely expired."""
 
 
@@ -216,6 +217,7 @@ class Watchdog:
         self._dispatched: set[tuple[str, str]] = set()
         self._unavailable = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._log = get_logger()
         self.stats: dict[str, int] = {
             "polls": 0,
@@ -345,7 +347,7 @@ class Watchdog:
             "watchdog.started", category="recovery", watchdog=self.name, interval=self._interval
         )
         delay = self._interval
-        while True:
+        while not self._stopping:
             await self.poll()
             if self._unavailable:
                 delay = min(delay * 2, max(_BACKOFF_MAX, self._interval))
@@ -382,9 +384,16 @@ class Watchdog:
         """Stop polling and close the default dispatcher's HTTP session. The store is yours."""
         task, self._task = self._task, None
         if task is not None:
+            # A flag as well as the cancel, and a bounded wait: redis-py may turn the
+            # cancellation of a command in flight into its own error, which poll()
+            # takes for an outage and goes on; the flag ends the loop at its next turn.
+            self._stopping = True
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            done, _ = await asyncio.wait({task}, timeout=_CLOSE_TIMEOUT)
+            if task not in done:
+                self._log.warning("watchdog.stop_timeout", category="recovery", watchdog=self.name)
+            elif not task.cancelled() and (error := task.exception()) is not None:
+                raise error  # what ended the polling, as awaiting the task would
         close, self._close_dispatcher = self._close_dispatcher, None
         if close is not None:
             await close()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -115,4 +119,24 @@ async def test_the_fleet_page_shows_a_store_outage_and_resumes_after_it(
             assert inspector.problem == ""
     finally:
         await inspector.aclose()  # never raises the outage's error
+        await reader.aclose()
+
+
+async def test_closing_the_fleet_page_is_bounded_while_redis_does_not_answer(
+    redis_store: RedisStore, redis_server: RedisServer
+) -> None:
+    # The page's pump reads the store through outages; a cancellation redis-py turns into
+    # its own error must not keep aclose() waiting on it.
+    reader = RedisStore.from_url(redis_server.url, namespace=redis_store.namespace, timeout=60.0)
+    inspector = await Inspector.start(StoreSource(reader, interval=0.05))
+    pid = redis_server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # frozen: the next poll's command never gets an answer
+    try:
+        await asyncio.sleep(0.3)  # a poll in flight (were none, the bound holds trivially)
+        started = time.monotonic()
+        await asyncio.wait_for(inspector.aclose(), WAIT)
+        assert time.monotonic() - started < 7.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
         await reader.aclose()

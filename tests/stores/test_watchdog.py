@@ -424,3 +424,23 @@ async def test_an_on_dispatch_that_raises_is_logged_and_the_watchdog_goes_on(
     messages = [r.getMessage() for r in caplog.records]
     assert any("watchdog.on_dispatch_failed" in m for m in messages)
     assert messages.index("watchdog.dispatched") < messages.index("watchdog.on_dispatch_failed")
+
+
+async def test_aclose_is_bounded_while_redis_does_not_answer(
+    fleet: Fleet, redis_server: RedisServer
+) -> None:
+    # redis-py may turn the cancellation of a command in flight into its own error, which
+    # the polling loop takes for an outage: aclose() must not wait on that loop for ever.
+    watchdog = fleet.watchdog("wd-frozen", timeout=60.0, interval=0.05)
+    watchdog.start()
+    await until(lambda: watchdog.stats["polls"] >= 1, "a first poll")
+    pid = redis_server.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # frozen: the next poll's command never gets an answer
+    try:
+        await asyncio.sleep(0.3)  # a poll in flight (were none, the bound holds trivially)
+        started = time.monotonic()
+        await asyncio.wait_for(watchdog.aclose(), WAIT)
+        assert time.monotonic() - started < 7.0
+    finally:
+        os.kill(pid, signal.SIGCONT)

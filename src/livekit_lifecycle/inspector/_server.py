@@ -30,6 +30,8 @@ _WRITE_TIMEOUT = 10.0
 """Seconds a write to one client may take; a client that reads no faster is dropped."""
 _RETRY_FIRST = 0.5
 _RETRY_MAX = 5.0
+_CLOSE_TIMEOUT = 5.0
+"""How long aclose() waits for the pump once cancelled (see aclose)."""
 """Backoff between attempts to read a source that failed (a store outage), in seconds."""
 _LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
@@ -199,11 +201,19 @@ class Inspector:
             await self.source.aclose()
         except Exception:
             self._log.exception("inspector.source_close_failed", source=self.source.description)
-        if self._pump is not None:
-            self._pump.cancel()
-            # The pump keeps going through source errors; whatever ended it
-            # was logged then and is not the closer's to raise.
-            await asyncio.gather(self._pump, return_exceptions=True)
+        pump, self._pump = self._pump, None
+        if pump is not None:
+            pump.cancel()
+            # Bounded: a store client may turn the cancellation of a call in flight
+            # into its own error (redis-py does), which the pump takes for an outage;
+            # it stops on `_closed` at its next turn. Whatever ended it was logged
+            # then and is not the closer's to raise.
+            done, _ = await asyncio.wait({pump}, timeout=_CLOSE_TIMEOUT)
+            if pump in done:
+                if not pump.cancelled():
+                    pump.exception()
+            else:
+                self._log.warning("inspector.pump_stuck", source=self.source.description)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -267,7 +277,7 @@ class Inspector:
     async def _follow(self) -> None:
         """Follow the source; through its failures (a store outage), retried with backoff."""
         delay = _RETRY_FIRST
-        while True:
+        while not self._closed:
             if self._problem:
                 try:
                     snapshot = await self.source.snapshot()
