@@ -72,6 +72,8 @@ PERSISTENCE_STATS = (
     "sessions_expired_while_away",
     "store_records_skipped",
     "store_restores_deferred",
+    "store_claims_waited",
+    "store_claims_taken_over",
 )
 """The counters a durable store adds to ``LifecycleManager.stats``."""
 
@@ -83,6 +85,9 @@ _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
 _CLAIMS_PER_CALL = 500
 """Cleanups claimed in one call to the store, at most (RedisStore's script call holds 500)."""
+_WAIT_FIRST = 0.02
+"""Seconds before a claim held elsewhere is asked again: the holder's cleanup is usually
+done (and written, 20 ms behind) within a few tens of milliseconds."""
 _BOUND = (State.CONNECTING, State.ACTIVE, State.RECONNECTED)
 _T = TypeVar("_T")
 
@@ -441,7 +446,14 @@ class Persistence:
 
     def written(self, session: Session) -> None:
         """``session`` changed: write it behind the event path."""
-        self.writer.mark(session.key)
+        if session.state is State.CLEANED:
+            # The cleanup of this connection ended (run here, or elsewhere): the next
+            # write says so, and the store marks its claim done for a manager that lost
+            # the claim and waits (a record alone may be overwritten by that manager's
+            # own older view of the connection).
+            self.writer.mark(session.key, cleaned=session.sid)
+        else:
+            self.writer.mark(session.key)
 
     def set_conversation(self, key: str, conversation: dict[str, Any]) -> None:
         """Write ``conversation`` (JSON) with session ``key``'s record from now on."""
@@ -504,7 +516,8 @@ class Persistence:
         and the claim it won (``None`` when the store did not answer): ``answer`` is
         called once per session. The sessions due together are claimed together, one
         call to the store; a restored session whose cleanup a dead process had
-        claimed waits in a task of its own (:meth:`_take_over`), answered later."""
+        claimed, and a claim lost to another process that has not finished that
+        cleanup, wait in a task of their own (:meth:`_take_over`), answered later."""
         room = self._log.room_name() or ""
         # Bounded like a cleanup callback (cleanup_timeout, and the shutdown deadline).
         timeout = max(self._supervisor.callback_timeout(), 0.1)
@@ -527,6 +540,15 @@ class Persistence:
             else:
                 self.writer.succeeded()
                 for session, claim in zip(part, claims, strict=True):
+                    if self._runs_elsewhere(claim):
+                        # Its cleanup runs in another process, which may die before it
+                        # finishes: wait (in a task: the others of the batch go on).
+                        self._supervisor.track(
+                            asyncio.get_running_loop().create_task(
+                                self._wait_elsewhere(room, session, claim, timeout, answer)
+                            )
+                        )
+                        continue
                     answer(session, self._claimed(session, claim), claim if claim.won else None)
         if len(batch) < len(sessions):
             loop = asyncio.get_running_loop()
@@ -553,6 +575,12 @@ class Persistence:
             self._unverified([session], exc, answer)
             return
         self.writer.succeeded()
+        answer(session, self._claimed(session, claim), claim if claim.won else None)
+
+    async def _wait_elsewhere(
+        self, room: str, session: Session, claim: Claim, timeout: float, answer: ClaimAnswer
+    ) -> None:
+        claim = await self._take_over(room, session, claim, timeout)
         answer(session, self._claimed(session, claim), claim if claim.won else None)
 
     def _unverified(self, sessions: Sequence[Session], exc: Exception, answer: ClaimAnswer) -> None:
@@ -587,20 +615,101 @@ class Persistence:
             owner=self.owner,
             winner=claim.owner,
             token=claim.token,
+            done=claim.done,
         )
         return False
 
+    def _runs_elsewhere(self, claim: Claim) -> bool:
+        """A claim lost to another process's lease whose cleanup is not written as done:
+        that cleanup runs there, or was interrupted by that process's death (taken over
+        here once its lease expired). A store without leases (``lease`` empty) keeps
+        at-most-once: the loser moves on at once. So does a claim held under this
+        process's own lease (another manager of this process): it dies with us."""
+        if claim.won or claim.done or not claim.lease:
+            return False
+        return claim.lease != getattr(self._store, "lease", None)
+
     async def _take_over(self, room: str, session: Session, claim: Claim, timeout: float) -> Claim:
-        """A restored session's cleanup was interrupted by its process's death: wait for
-        that process's lease to expire (its cleanup may still be written as done meanwhile),
-        then the store hands the claim over. Bounded by the lease TTL plus ``timeout``."""
+        """Wait while ``claim`` is held elsewhere: until its cleanup is written as done
+        (the holder finished: nothing runs here), or the holder's lease expired (the
+        store hands the claim over: won, ``retry``, a higher token: the callbacks run
+        here). For a restored session whose process died mid-cleanup, and for a live
+        manager that lost the claim to a process that may die before it finishes.
+
+        Asked again after 20 ms, then twice as long each time up to a quarter of the
+        lease TTL. Bounded by the lease TTL plus ``timeout`` (the holder's lease expires
+        within the TTL of its death; a live holder's callbacks are bounded by the
+        cleanup timeout) and by the shutdown's deadline: a holder that is alive and not
+        done by then keeps the cleanup (at most once), the session here moves on. A
+        store that fails meanwhile is asked again: the last answer stands at the end.
+        """
+        if claim.won or claim.done or not claim.lease:
+            return claim
+        supervisor = self._supervisor
         lease_ttl = float(getattr(self._store, "lease_ttl", 0.0))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + lease_ttl + timeout
-        while not claim.won and not claim.done and claim.lease and loop.time() < deadline:
-            await asyncio.sleep(max(lease_ttl / 4, 0.05))
-            claim = await asyncio.wait_for(
-                self._store.claim(room, session.key, session.sid, self.owner), timeout
+        started = loop.time()
+        deadline = started + lease_ttl + timeout
+        holder = claim.owner
+        self._stats["store_claims_waited"] += 1
+        self._log.session(
+            logging.INFO,
+            "cleanup.claim_waiting",
+            "cleanup",
+            session,
+            owner=self.owner,
+            holder=holder,
+            holder_lease=claim.lease,
+            token=claim.token,
+            wait_at_most=round(deadline - started, 3),
+        )
+        wait = _WAIT_FIRST
+        while True:
+            now = loop.time()
+            # The shutdown's deadline cuts the wait (callback_timeout() is 0 past it).
+            until = min(deadline, now + supervisor.callback_timeout())
+            if supervisor.cancelling or now + wait > until:
+                break
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, max(lease_ttl / 4, _WAIT_FIRST))
+            try:
+                claim = await _bounded(
+                    self._store.claim(room, session.key, session.sid, self.owner),
+                    max(min(timeout, until - loop.time()), 0.05),
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.writer.failed("claim", exc)
+                continue
+            self.writer.succeeded()
+            if claim.won or claim.done or not claim.lease:
+                break
+        waited = round(loop.time() - started, 3)
+        if claim.won:
+            self._stats["store_claims_taken_over"] += int(claim.retry)
+            self._log.session(
+                logging.WARNING,
+                "cleanup.claim_taken_over",
+                "cleanup",
+                session,
+                owner=self.owner,
+                holder=holder,
+                token=claim.token,
+                retry=claim.retry,
+                waited=waited,
+            )
+        elif not claim.done:
+            self._log.session(
+                logging.WARNING,
+                "cleanup.claim_wait_ended",
+                "cleanup",
+                session,
+                owner=self.owner,
+                holder=claim.owner,
+                token=claim.token,
+                waited=waited,
+                shutdown=supervisor.deadline is not None,
             )
         return claim
 

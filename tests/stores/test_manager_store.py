@@ -314,6 +314,89 @@ async def test_two_managers_on_one_room_clean_each_connection_once(fleet: Fleet)
     assert sum(m.stats["store_claims_lost"] for m in managers) >= len(connections)
 
 
+async def _two_on_alice(
+    fleet: Fleet, one: RoomDriver, two: RoomDriver, hang: asyncio.Event
+) -> tuple[LifecycleManager, LifecycleManager, list[Any], list[Any]]:
+    """Two managers on one room, each with a RedisStore (a lease) of its own: alice's
+    connection ends, the first sees it first and wins the claim; its cleanup hangs on
+    ``hang``; the second loses the claim and waits. Each list gets the claims its
+    manager's callbacks ran under."""
+    winner = fleet.manager(one.room, store=fleet.store(lease_ttl=0.5), cleanup_timeout=5.0)
+    loser = fleet.manager(two.room, store=fleet.store(lease_ttl=1.0), cleanup_timeout=5.0)
+    won: list[Any] = []
+    taken: list[Any] = []
+
+    @winner.add_cleanup
+    async def stuck(session: Session) -> None:
+        won.append(session.cleanup_claim)
+        await hang.wait()
+
+    loser.add_cleanup(lambda s: taken.append(s.cleanup_claim))
+    for manager in (winner, loser):
+        await manager.idle()
+    for driver in (one, two):
+        driver.connect("alice", sid="PA_alice", active=True)
+    await settled(winner)
+    await settled(loser)
+    one.disconnect("alice")
+    await until(lambda: bool(won), "the winner's cleanup")
+    two.disconnect("alice")
+    await until(lambda: loser.stats["store_claims_waited"] == 1, "the loser waiting")
+    return winner, loser, won, taken
+
+
+@pytest.mark.redis
+async def test_a_live_manager_that_lost_the_claim_takes_it_over_when_the_winner_dies(
+    fleet: Fleet,
+) -> None:
+    # Exactly once beside a live loser: the winner dies mid-cleanup; the manager that
+    # lost the claim was waiting in `disconnecting`, sees the winner's lease expire, takes
+    # the claim over with a higher token and runs the callbacks, told it is a retry.
+    hang = asyncio.Event()
+    async with RoomDriver(ROOM) as one, RoomDriver(ROOM) as two:
+        winner, loser, won, taken = await _two_on_alice(fleet, one, two, hang)
+        assert loser.state_of("alice") is State.DISCONNECTING and taken == []
+        crash(winner)
+        store = winner.config.store
+        assert isinstance(store, RedisStore) and store._lease_task is not None
+        store._lease_task.cancel()  # the process is gone: its lease is no longer refreshed
+        await until(lambda: bool(taken), "the claim taken over")
+        await loser.idle()
+        (held,) = won
+        (claim,) = taken
+        assert held is not None and not held.retry
+        assert claim is not None and claim.retry and claim.token > held.token
+        assert loser.state_of("alice") is State.GRACE
+        assert loser.stats["store_claims_waited"] == 1
+        assert loser.stats["store_claims_taken_over"] == 1
+        assert loser.stats["store_claims_lost"] == 0
+        await loser.aclose()
+    fleet.checkers.pop(0)  # the crashed stand-in: see the crash-mid-cleanup test
+    hang.set()
+    await winner.idle()
+
+
+@pytest.mark.redis
+async def test_a_live_manager_that_lost_the_claim_runs_nothing_when_the_winner_finishes(
+    fleet: Fleet,
+) -> None:
+    hang = asyncio.Event()
+    async with RoomDriver(ROOM) as one, RoomDriver(ROOM) as two:
+        winner, loser, won, taken = await _two_on_alice(fleet, one, two, hang)
+        started = time.monotonic()
+        hang.set()  # the winner finishes: its record says so, the loser moves on
+        await until(lambda: loser.state_of("alice") is State.GRACE, "the loser moved on")
+        assert time.monotonic() - started < 1.0  # not its wait's bound (1 s + 5 s)
+        await winner.idle()
+        await loser.idle()
+        assert len(won) == 1 and taken == []
+        assert winner.state_of("alice") is State.GRACE
+        assert loser.stats["store_claims_waited"] == 1
+        assert loser.stats["store_claims_taken_over"] == 0
+        assert loser.stats["store_claims_lost"] == 1
+        assert sorted(fleet.cleaned) == [("alice", "PA_alice")]
+
+
 # --------------------------------------------------------------------------- faults
 
 

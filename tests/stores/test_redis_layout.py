@@ -241,6 +241,42 @@ async def test_claim_many_takes_over_a_dead_process_claim(redis_url: str) -> Non
         await second.aclose()
 
 
+async def test_a_write_that_says_a_connection_was_cleaned_marks_its_claim_done(
+    redis_url: str,
+) -> None:
+    # Two live managers write one session: the loser's own older view of the connection
+    # (still `disconnecting`) can land after the winner's `grace` and hide it from the
+    # record. The winner's write marks the claim itself done; nothing unmarks it.
+    first = RedisStore.from_url(redis_url, namespace="marked", lease_ttl=0.3)
+    second = RedisStore.from_url(redis_url, namespace="marked", lease_ttl=0.3)
+    try:
+        for key in ("a", "b"):
+            await first.write([StoreWrite("r", key, record("r", key, state="disconnecting"), 60)])
+        held = await first.claim("r", "a", "PA_a", "first")
+        gone = await first.claim("r", "b", "PA_b", "first")
+        lost = await second.claim("r", "a", "PA_a", "second")
+        assert not lost.won and not lost.done and lost.lease == first.lease
+        grace = record("r", "a", state="grace")
+        await first.write([StoreWrite("r", "a", grace, 60, cleaned=("PA_a",))])
+        await first.write([StoreWrite("r", "b", None, 0.0, cleaned=("PA_b",))])  # removed
+        for key in ("a", "b"):  # the loser's older view lands after
+            await second.write([StoreWrite("r", key, record("r", key, state="disconnecting"), 60)])
+        assert (await second.client.get("marked:{r}:claim:a:PA_a")).startswith(b"d ")
+        for key, claim in (("a", held), ("b", gone)):
+            seen = await second.claim("r", key, f"PA_{key}", "second")
+            assert not seen.won and seen.done and seen.token == claim.token
+        await crash(first)  # dead now: a claim marked done is still never taken over
+        deadline = time.monotonic() + WAIT
+        while await second._lease_alive(first.lease):
+            assert time.monotonic() < deadline, "the first lease never expired"
+            await asyncio.sleep(0.05)
+        kept = await second.claim("r", "a", "PA_a", "second")
+        assert not kept.won and kept.done and kept.owner == "first"
+        assert 0 < await second.client.pttl("marked:{r}:claim:a:PA_a") <= 600_000
+    finally:
+        await second.aclose()
+
+
 async def test_a_burst_of_first_claims_takes_one_lease(redis_url: str) -> None:
     # Each claim of a burst at start used to acquire the lease itself: 300 concurrent
     # calls outran the client's pool of 100 connections ("Too many connections").

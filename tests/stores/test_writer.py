@@ -182,3 +182,37 @@ async def test_a_session_gone_before_its_first_write_is_never_sent() -> None:
     assert writes[1:] == [["kept", "restored"]]
     assert await stored(store) == {}
     assert await writer.aclose(WAIT)
+
+
+async def test_cleaned_connections_ride_on_the_keys_next_write_until_one_lands() -> None:
+    # What a RedisStore marks its claims done with (docs/stores.md, a live manager that
+    # lost the claim): each connection whose cleanup ended, on its key's next write or
+    # deletion; kept across a failed write, sent once.
+    store, table = MemoryStore(), Table()
+    sent: list[tuple[str, bool, tuple[str, ...]]] = []
+    write = store.write
+    failures = [RuntimeError("Redis is down")]
+
+    async def recorded(batch: Any) -> None:
+        if failures:
+            raise failures.pop()
+        sent.extend((e.key, e.record is None, e.cleaned) for e in batch)
+        await write(batch)
+
+    store.write = recorded  # type: ignore[method-assign]
+    writer = table.writer(store)
+    writer.start()
+    table.set("a", state="grace")
+    writer.mark("a", cleaned="PA_a1")
+    writer.mark("a", cleaned="PA_a2")
+    assert await writer.flush(WAIT)  # after the failed write, retried
+    writer.mark("a")
+    assert await writer.flush(WAIT)
+    # Sent once (the outage's end rewrites every session: without them again).
+    assert sent[0] == ("a", False, ("PA_a1", "PA_a2"))
+    assert sent[1:] and all(entry == ("a", False, ()) for entry in sent[1:])
+    del table.records["a"]
+    writer.mark("a", cleaned="PA_a3")
+    assert await writer.flush(WAIT)
+    assert sent[-1] == ("a", True, ("PA_a3",))
+    assert await writer.aclose(WAIT)

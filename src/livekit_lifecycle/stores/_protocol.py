@@ -28,6 +28,12 @@ class StoreWrite(NamedTuple):
     previous write to the store: a store may append them, then keep the last
     ``len(record.history)`` entries, instead of rewriting the history.
     ``None``: replace the whole history."""
+    cleaned: tuple[str, ...] = ()
+    """Sids of this key's connections whose cleanup ended (here or, for a claim lost,
+    elsewhere) since the key's previous write, oldest first. A store that keeps claims
+    marks those claims done (:class:`RedisStore`: a manager that lost a claim waits for
+    the mark, or for the holder's lease to expire; a record alone may be overwritten
+    by that manager's own older view). A store without claims ignores it."""
 
 
 class Claim(NamedTuple):

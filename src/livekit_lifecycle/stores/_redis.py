@@ -13,7 +13,9 @@ one room needs is in one slot; the three fleet-wide keys are small indexes::
                              refreshed by its owner's lease loop: never expires
                              while the owner lives.
     ns:{R}:token             the room's fencing-token counter (claims)
-    ns:{R}:claim:K:S         a connection's cleanup claim: "token lease owner"
+    ns:{R}:claim:K:S         a connection's cleanup claim: "token lease owner",
+                             prefixed "d " once a write says that connection
+                             was cleaned (see _CLAIM_SCRIPT)
     ns:{R}:recovery:L        set-once: who recovers this room from dead lease L
     ns:rooms                 sorted set: room -> last change (ms): the rooms index
     ns:leases                sorted set: lease id -> expiry (ms): the leases
@@ -79,33 +81,52 @@ _CLAIM_CALLS = 8
 """Claim script calls in flight at once, at most (each on a connection of its own)."""
 _CLOSE_WAIT = 2.0
 """Seconds aclose() waits for the store's own tasks to end once cancelled."""
+_MARKED = 64
+"""Claims one entry marks done at most (the newest): more only when one user's
+connections came and went that fast between two writes of its session."""
 
-# One room's upserts and deletes in one call, in order. KEYS[1] the room hash.
+# One room's upserts and deletes in one call, in order. KEYS[1] the room hash, then
+# the claims of the connections the upserts say were cleaned, in order.
 # ARGV: lease, now (ms), room TTL (ms), entry count, then per entry
-#   key, 'd'                                         delete
-#   key, 'r'|'a', record, limit, n, entry1..entryn    upsert; replace or append history
+#   key, 'd', m                                           delete
+#   key, 'r'|'a', record, m, limit, n, entry1..entryn     upsert; replace or append history
+# m: the next m claim keys are marked done ("d " before their value): the writer saw
+# the cleanup of those connections of that key end (StoreWrite.cleaned).
 # Answers the room's session count (the room is deleted when none is left).
 _WRITE_SCRIPT = """
 local room = KEYS[1]
 local i = 5
 local delta = 0
+local c = 1
+local function mark(m)
+  for _ = 1, tonumber(m) do
+    c = c + 1
+    local held = redis.call('GET', KEYS[c])
+    if held and string.sub(held, 1, 2) ~= 'd ' then
+      local ttl = redis.call('PTTL', KEYS[c])
+      if ttl > 0 then redis.call('SET', KEYS[c], 'd ' .. held, 'PX', ttl) end
+    end
+  end
+end
 for _ = 1, tonumber(ARGV[4]) do
   local key = ARGV[i]
   local op = ARGV[i + 1]
   if op == 'd' then
     delta = delta - redis.call('HDEL', room, 's:' .. key)
     redis.call('HDEL', room, 'h:' .. key)
-    i = i + 2
+    mark(ARGV[i + 2])
+    i = i + 3
   else
     delta = delta + redis.call('HSET', room, 's:' .. key, ARGV[i + 2])
-    local limit = tonumber(ARGV[i + 3])
-    local n = tonumber(ARGV[i + 4])
+    mark(ARGV[i + 3])
+    local limit = tonumber(ARGV[i + 4])
+    local n = tonumber(ARGV[i + 5])
     local parts = {}
     if op == 'a' then
       local old = redis.call('HGET', room, 'h:' .. key)
       if old and old ~= '' then parts[1] = old end
     end
-    for j = 1, n do parts[#parts + 1] = ARGV[i + 4 + j] end
+    for j = 1, n do parts[#parts + 1] = ARGV[i + 5 + j] end
     local hist = table.concat(parts, '\\n')
     if limit > 0 and hist ~= '' then
       local _, breaks = string.gsub(hist, '\\n', '')
@@ -122,7 +143,7 @@ for _ = 1, tonumber(ARGV[4]) do
     else
       redis.call('HSET', room, 'h:' .. key, hist)
     end
-    i = i + 5 + n
+    i = i + 6 + n
   end
 end
 local sessions = redis.call('HINCRBY', room, 'n', delta)
@@ -155,11 +176,15 @@ return 1
 # A claim free -> taken with a fresh token. Held -> answered as is, unless the
 # caller names the token it found held by a dead lease (checked by the caller:
 # leases live in another slot) and the cleanup was not done: then taken over.
-# "Done" is read from the session's record: gone, another connection, or past
-# the cleanup (cleaned, grace, reconnected, removed).
+# "Done": the claim is marked so ("d " before its value: a write that says the
+# connection was cleaned, _WRITE_SCRIPT), or the session's record says so:
+# gone, another connection, or past the cleanup (cleaned, grace, reconnected,
+# removed). The mark is what a manager that lost the claim and waits for it reads:
+# its own record, written behind the winner's, may show the connection back in
+# 'disconnecting'; nothing unmarks a claim (a takeover only replaces an unmarked one).
 # Answers per claim: won (0/1), holder owner ('' = the claimant), token, holder
-# lease ('' = this lease), retry (0/1), done (0/1: a held claim whose cleanup the
-# record shows done). The '' forms keep a batch's answer small: a reply of 500
+# lease ('' = this lease), retry (0/1), done (0/1: a held claim whose cleanup is
+# marked or recorded done). The '' forms keep a batch's answer small: a reply of 500
 # claims is read in one go, not in several turns of the caller's event loop.
 _CLAIM_SCRIPT = """
 local answers = {}
@@ -174,13 +199,15 @@ for c = 3, #KEYS do
   local retry, done = 0, 0
   local token, lease, holder = 0, '', ''
   if held then
+    local marked = string.sub(held, 1, 2) == 'd '
+    if marked then held = string.sub(held, 3) end
     local first = string.find(held, ' ', 1, true)
     local second = string.find(held, ' ', first + 1, true)
     token = tonumber(string.sub(held, 1, first - 1))
     lease = string.sub(held, first + 1, second - 1)
     holder = string.sub(held, second + 1)
     done = 1
-    local text = redis.call('HGET', KEYS[2], 's:' .. key)
+    local text = not marked and redis.call('HGET', KEYS[2], 's:' .. key)
     if text then
       local ok, record = pcall(cjson.decode, text)
       if ok and type(record) == 'table' and record['sid'] == sid then
@@ -568,11 +595,14 @@ class RedisStore:
             retention = retention or round(self._ttl_margin * 1000)
             for start in range(0, len(entries), _PER_CALL):
                 args: list[str | int | bytes] = []
+                keys = [self._room_key(room)]
                 chunk = entries[start : start + _PER_CALL]
                 for entry in chunk:
-                    args += _entry_args(entry)
+                    entry_args, cleaned = _entry_args(entry)
+                    args += entry_args
+                    keys += [self._claim_key(room, entry.key, sid) for sid in cleaned]
                 args = [self._lease, now_ms, retention, len(chunk), *args]
-                calls: list[Any] = [self._write(keys=[self._room_key(room)], args=args)]
+                calls: list[Any] = [self._write(keys=keys, args=args)]
                 if room not in self._indexed:
                     calls.append(self._index_for_lease(room))
                 calls.append(self._client.zadd(self._index, {_quote(room): now_ms}))
@@ -855,11 +885,14 @@ class RedisStore:
         return f"RedisStore(namespace={self._namespace!r})"
 
 
-def _entry_args(entry: StoreWrite) -> list[str | int | bytes]:
+def _entry_args(entry: StoreWrite) -> tuple[list[str | int | bytes], list[str]]:
+    """The write script's arguments of ``entry``, and the sids of the connections it
+    says were cleaned (``entry.cleaned``: their claims are marked done)."""
     key = _quote(entry.key)
     record = entry.record
     if record is None:
-        return [key, "d"]
+        cleaned = _marked(entry)
+        return [key, "d", len(cleaned)], cleaned
     # orjson refuses non-str keys and ints beyond 64 bits itself, but writes NaN as
     # null: what JSON cannot carry is refused here, before anything is sent.
     if record.data:
@@ -879,7 +912,15 @@ def _entry_args(entry: StoreWrite) -> list[str | int | bytes]:
         new, op = history, "r"
     else:
         new, op = history[len(history) - entry.appended :] if entry.appended else (), "a"
-    return [key, op, text, len(history), len(new), *map(orjson.dumps, new)]
+    cleaned = _marked(entry)
+    args: list[str | int | bytes] = [key, op, text, len(cleaned), len(history), len(new)]
+    args += map(orjson.dumps, new)
+    return args, cleaned
+
+
+def _marked(entry: StoreWrite) -> list[str]:
+    """``entry.cleaned`` without repeats, the newest ``_MARKED`` of them."""
+    return list(dict.fromkeys(entry.cleaned[-_MARKED:])) if entry.cleaned else []
 
 
 def _as_record(text: bytes, room: str, key: str) -> SessionRecord:

@@ -29,6 +29,8 @@ _VALUE_ERRORS = (TypeError, ValueError, OverflowError, RecursionError)
 """What encoding a record raises: the record is at fault, not the store."""
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 2.0
+_CLEANED_KEPT = 64
+"""Cleaned sids kept per key until written (see ``StoreWrite.cleaned``)."""
 
 
 class StoreWriter:
@@ -78,6 +80,8 @@ class StoreWriter:
         self._stored: set[str] = set()
         """Keys the store may hold a record of (written, or marked ``stored``): a session
         gone before its first write (within one coalescing window) needs no delete."""
+        self._cleaned: dict[str, list[str]] = {}
+        """Key -> sids whose cleanup ended, oldest first, until a write carried them."""
         self._refused: set[str] = set()
         """Keys of the batch in flight the store refused (their previous record stays)."""
         self._wake = asyncio.Event()
@@ -93,14 +97,21 @@ class StoreWriter:
         """False during an outage (from a failed store call until the next one that works)."""
         return self._down_since is None
 
-    def mark(self, key: str, *, stored: bool = False) -> None:
+    def mark(self, key: str, *, stored: bool = False, cleaned: str = "") -> None:
         """Have ``key``'s session written (or its record deleted, once it is gone). O(1).
 
         ``stored``: the store holds a record of ``key`` this writer did not write
         (a restored one): its deletion is never skipped (see :meth:`_batch`).
+        ``cleaned``: the cleanup of this connection (sid) of ``key`` ended: sent with
+        the key's next write, or deletion (``StoreWrite.cleaned``), until one lands.
         """
         if stored:
             self._stored.add(key)
+        if cleaned:
+            sids = self._cleaned.setdefault(key, [])
+            sids.append(cleaned)
+            if len(sids) > _CLEANED_KEPT:
+                del sids[0]
         self._dirty[key] = None
         if not self._wake.is_set():
             self._wake.set()
@@ -212,6 +223,8 @@ class StoreWriter:
                 self._stats["store_writes"] += len(batch)
             retry = _RETRY_FIRST
             for entry in batch:
+                if entry.cleaned:
+                    self._sent_cleaned(entry)
                 if entry.record is None:
                     self._stored.discard(entry.key)
                 history = entry.record.history if entry.record is not None else ()
@@ -223,6 +236,14 @@ class StoreWriter:
                     self._written.pop(entry.key, None)
             self._refused.clear()
             self.succeeded()
+
+    def _sent_cleaned(self, entry: StoreWrite) -> None:
+        sids = self._cleaned.get(entry.key)
+        if sids is not None:
+            sent = set(entry.cleaned)
+            sids[:] = [sid for sid in sids if sid not in sent]  # newer ones stay
+            if not sids:
+                del self._cleaned[entry.key]
 
     async def _write_one_by_one(self, room: str, batch: list[StoreWrite]) -> bool:
         """Write ``batch`` entry by entry after ``error``; False when the store failed (outage)."""
@@ -279,12 +300,17 @@ class StoreWriter:
                     ttl = record_ttl(record, self._grace_period, margin, now)
                 else:
                     if key in self._stored:  # else never written: nothing to delete
-                        batch.append(StoreWrite(room, key, None, 0.0))
+                        cleaned = tuple(self._cleaned.get(key, ()))
+                        batch.append(StoreWrite(room, key, None, 0.0, cleaned=cleaned))
+                    else:
+                        self._cleaned.pop(key, None)
                     self._written.pop(key, None)
                     continue
             except Exception as exc:
                 self._unserialisable(room, key, exc)
                 continue
             self._stored.add(key)  # before the write: a failed one may have landed
-            batch.append(StoreWrite(room, key, record, ttl, self._appended(key, record)))
+            appended = self._appended(key, record)
+            cleaned = tuple(self._cleaned.get(key, ()))
+            batch.append(StoreWrite(room, key, record, ttl, appended, cleaned))
         return batch
