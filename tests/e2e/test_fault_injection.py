@@ -322,18 +322,23 @@ class Acknowledged:
         self.lost: list[str] = []
         self.reads = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._poll())
 
     async def stop(self) -> None:
+        # The flag, not only the cancellation: redis-py can turn the cancellation of a
+        # call in flight into an error of its own, which the loop takes for an outage
+        # and polls on (two long runs hung for ever in this wait).
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
     async def _poll(self) -> None:
-        while True:
+        while not self._stopping:
             try:
                 records = await self._store.load(self._room, skipped=lambda _: None)
             except Exception:
