@@ -241,6 +241,32 @@ async def test_claim_many_takes_over_a_dead_process_claim(redis_url: str) -> Non
         await second.aclose()
 
 
+async def test_claims_of_one_call_keep_their_names_and_owners_apart(redis_url: str) -> None:
+    # The claims of one script call travel in one argument: names with spaces, colons,
+    # braces and non-ASCII, and owners changing within the call, come back as sent.
+    store = RedisStore.from_url(redis_url, namespace="packed")
+    try:
+        connections = [("a b:{c}", "PA_1"), ("é", "PA ü"), ("plain", "PA_3")]
+        await store.write(
+            [StoreWrite("r", "é", record("r", "é", state="disconnecting", sid="PA ü"), 60)]
+        )
+        first = await store.claim_many("r", "one owner", connections)
+        assert [c.won for c in first] == [True, True, True]
+        assert len({c.token for c in first}) == 3
+        mixed = await store.claim_many("r", "another", connections)
+        assert [(c.won, c.owner) for c in mixed] == [(False, "one owner")] * 3
+        assert [c.token for c in mixed] == [c.token for c in first]
+        assert [c.done for c in mixed] == [True, False, True]  # only é's record is live
+        for key, sid in connections:
+            assert await store.client.exists(store._claim_key("r", key, sid))
+        with pytest.raises(ValueError, match="separator"):
+            await store.claim_many("r", "x", [("k", "PA\x1f1")])
+        with pytest.raises(ValueError, match="separator"):
+            await store.claim_many("r", "x\x1e", [("k", "PA_1")])
+    finally:
+        await store.aclose()
+
+
 async def test_a_write_that_says_a_connection_was_cleaned_marks_its_claim_done(
     redis_url: str,
 ) -> None:

@@ -171,7 +171,8 @@ return 1
 
 # Claims of one room, many per call. KEYS[1] the room's token counter, KEYS[2]
 # the room hash, KEYS[i] (i > 2) a claim. ARGV: claim TTL (ms), this lease,
-# then per claim: owner ('' = the previous claim's), session key, sid,
+# then the claims in one argument, each "owner\x1fkey\x1fsid\x1ftakeover", joined
+# by "\x1e": owner ('' = the previous claim's), session key (quoted), sid,
 # takeover-token (0: none).
 # A claim free -> taken with a fresh token. Held -> answered as is, unless the
 # caller names the token it found held by a dead lease (checked by the caller:
@@ -189,11 +190,17 @@ return 1
 _CLAIM_SCRIPT = """
 local answers = {}
 local owner = ''
+local packed = ARGV[3]
+local at = 1
 for c = 3, #KEYS do
-  local a = 3 + 4 * (c - 3)
-  if ARGV[a] ~= '' then owner = ARGV[a] end
-  local key, sid = ARGV[a + 1], ARGV[a + 2]
-  local over = tonumber(ARGV[a + 3])
+  local stop = string.find(packed, '\\30', at, true) or (#packed + 1)
+  local f1 = string.find(packed, '\\31', at, true)
+  local f2 = string.find(packed, '\\31', f1 + 1, true)
+  local f3 = string.find(packed, '\\31', f2 + 1, true)
+  if f1 > at then owner = string.sub(packed, at, f1 - 1) end
+  local key, sid = string.sub(packed, f1 + 1, f2 - 1), string.sub(packed, f2 + 1, f3 - 1)
+  local over = tonumber(string.sub(packed, f3 + 1, stop - 1))
+  at = stop + 1
   local held = redis.call('GET', KEYS[c])
   local take = not held
   local retry, done = 0, 0
@@ -795,8 +802,8 @@ class RedisStore:
         room_key = self._room_key(room)
         keys = [f"{room_key}:token", room_key]
         this_lease = self._lease
-        args: list[str | int] = [self._claim_ms, this_lease]
         owners = []
+        entries = []
         previous = ""
         for pending in batch:
             key, sid = pending[0], pending[1]
@@ -804,9 +811,14 @@ class RedisStore:
             owners.append(by)
             quoted = _quote(key)
             keys.append(f"{room_key}:claim:{quoted}:{_quote(sid)}")
-            args += ["" if by == previous else by, quoted, sid, takeover]
+            entries.append(f"{'' if by == previous else by}\x1f{quoted}\x1f{sid}\x1f{takeover}")
             previous = by
-        answers = await self._claim(keys=keys, args=args)
+        # The claims in one argument, not four each: redis-py encodes every argument in
+        # Python, which was most of a claim's cost on this side (docs/performance.md).
+        packed = "\x1e".join(entries)
+        if packed.count("\x1f") != 3 * len(entries) or packed.count("\x1e") != len(entries) - 1:
+            raise ValueError("a claim's sid or owner holds a separator (\\x1e or \\x1f)")
+        answers = await self._claim(keys=keys, args=[self._claim_ms, this_lease, packed])
         claims = []
         for index, by in enumerate(owners):
             won, holder, token, lease, retry, done = answers[6 * index : 6 * index + 6]
