@@ -196,6 +196,7 @@ EXPORTS: dict[str, list[str]] = {
         "RedisUnavailable",
         "find_redis_server",
         "free_port",
+        "free_ports",
     ],
     "livekit_loopback.support": [
         "WAIT",

@@ -6,8 +6,11 @@ import base64
 import datetime
 import gzip
 import ipaddress
+import socket
 
 import pytest
+
+from livekit_loopback.redis_server import free_ports
 
 pytest.importorskip("aiortc", reason="the loopback server needs the 'testing' extra")
 
@@ -237,3 +240,13 @@ def test_each_data_subscription_gets_its_own_handle_written_into_the_packets() -
     moved = data_tracks.rewritten(packet, second)
     assert data_tracks.publisher_handle(moved) == second and moved[4:] == packet[4:]
     assert subscriptions.remove("DTR_1") and subscriptions.handle_of("DTR_1") is None
+
+
+def test_free_ports_are_distinct_and_free() -> None:
+    # A cluster node's port and its bus port once came out equal from two probes in a
+    # row, and the node never started: picked together, they cannot.
+    ports = free_ports(8)
+    assert len(set(ports)) == 8
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as again:
+            again.bind(("127.0.0.1", port))

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 from types import TracebackType
 
-from .redis_server import RedisServer, RedisUnavailable, _inline_reply, free_port
+from .redis_server import RedisServer, RedisUnavailable, _inline_reply, free_ports
 
 __all__ = ["RedisClusterServer", "find_redis_cli"]
 
@@ -53,6 +53,8 @@ class RedisClusterServer:
     async def start(self) -> None:
         cli = find_redis_cli()
         try:
+            # Every node's port and bus port picked at once: all distinct.
+            ports = free_ports(2 * self._masters)
             for index in range(self._masters):
                 node = RedisServer(
                     self._directory / f"node-{index}",
@@ -64,8 +66,9 @@ class RedisClusterServer:
                         "--cluster-node-timeout",
                         "5000",
                         "--cluster-port",
-                        str(free_port()),
+                        str(ports[2 * index + 1]),
                     ],
+                    port=ports[2 * index],
                 )
                 self._nodes.append(node)
                 await node.start()

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["RedisServer", "RedisUnavailable", "find_redis_server", "free_port"]
+__all__ = ["RedisServer", "RedisUnavailable", "find_redis_server", "free_port", "free_ports"]
 
 _READY_TIMEOUT = 10.0
 
@@ -51,13 +51,15 @@ class RedisServer:
         *,
         executable: str | None = None,
         arguments: Sequence[str] = (),
+        port: int = 0,
     ) -> None:
         self._directory = Path(directory)
         self._executable = executable
         self._arguments = list(arguments)
         """More ``redis-server`` options (``--cluster-enabled yes``...)."""
         self._process: asyncio.subprocess.Process | None = None
-        self._port = 0
+        self._port = port
+        """0 until started: then the kernel's pick (see :func:`free_ports`)."""
 
     @property
     def port(self) -> int:
@@ -144,11 +146,22 @@ def free_port() -> int:
     return _free_port()
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1, held together while picked: one
+    probe at a time can be handed the same port twice (a cluster node's port and its bus
+    port once were: the node never started)."""
+    probes = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return free_ports(1)[0]
 
 
 async def _answers(port: int) -> bool:
