@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -19,6 +17,8 @@ from livekit_lifecycle.testing import RoomDriver
 from livekit_loopback.redis_server import RedisServer
 from livekit_loopback.support import eventually
 from tests.test_inspector import WAIT, next_event
+
+from .test_restore_retries import frozen
 
 pytestmark = pytest.mark.redis
 
@@ -129,14 +129,11 @@ async def test_closing_the_fleet_page_is_bounded_while_redis_does_not_answer(
     # its own error must not keep aclose() waiting on it.
     reader = RedisStore.from_url(redis_server.url, namespace=redis_store.namespace, timeout=60.0)
     inspector = await Inspector.start(StoreSource(reader, interval=0.05))
-    pid = redis_server.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)  # frozen: the next poll's command never gets an answer
     try:
-        await asyncio.sleep(0.3)  # a poll in flight (were none, the bound holds trivially)
-        started = time.monotonic()
-        await asyncio.wait_for(inspector.aclose(), WAIT)
-        assert time.monotonic() - started < 7.0
+        with frozen(redis_server):  # the next poll's command never gets an answer
+            await asyncio.sleep(0.3)  # a poll in flight (were none, the bound holds trivially)
+            started = time.monotonic()
+            await asyncio.wait_for(inspector.aclose(), WAIT)
+            assert time.monotonic() - started < 7.0
     finally:
-        os.kill(pid, signal.SIGCONT)
         await reader.aclose()

@@ -31,6 +31,7 @@ from livekit_lifecycle.watchdog import DeadRoom, Watchdog, resume_info
 from livekit_loopback.redis_server import RedisServer
 
 from .test_manager_store import crash
+from .test_restore_retries import frozen
 
 pytestmark = pytest.mark.redis
 
@@ -109,6 +110,19 @@ async def dead_job(
     assert lease_task is not None
     lease_task.cancel()  # the process is gone: nobody refreshes its lease
     return store, manager
+
+
+async def dispatches(loopback_server: Any, http_url: str) -> list[Any]:
+    """The room's agent dispatches, as the server lists them (Twirp AgentDispatchService)."""
+    from livekit import api
+
+    lkapi = api.LiveKitAPI(
+        url=http_url, api_key=loopback_server.api_key, api_secret=loopback_server.api_secret
+    )
+    try:
+        return list(await lkapi.agent_dispatch.list_dispatch(ROOM))
+    finally:
+        await lkapi.aclose()
 
 
 async def test_two_watchdogs_dispatch_a_dead_jobs_room_once(fleet: Fleet) -> None:
@@ -223,8 +237,6 @@ async def test_the_default_dispatcher_creates_the_dispatch_on_a_livekit_server(
     fleet: Fleet, loopback_server: Any
 ) -> None:
     """livekit-api's AgentDispatchService against the loopback server's (no worker takes it)."""
-    from livekit import api
-
     http_url = loopback_server.url.replace("ws://", "http://")
     watchdog = Watchdog(
         fleet.store(),
@@ -238,13 +250,7 @@ async def test_the_default_dispatcher_creates_the_dispatch_on_a_livekit_server(
         async with RoomDriver(ROOM) as room:
             dead_store, _ = await dead_job(fleet, room)
             await poll_until("the dispatch", lambda: watchdog.stats["dispatched"] == 1, watchdog)
-        lkapi = api.LiveKitAPI(
-            url=http_url, api_key=loopback_server.api_key, api_secret=loopback_server.api_secret
-        )
-        try:
-            listed = await lkapi.agent_dispatch.list_dispatch(ROOM)
-        finally:
-            await lkapi.aclose()
+        listed = await dispatches(loopback_server, http_url)
         named = [d for d in listed if d.agent_name == "my-agent"]
         assert len(named) == 1
         info = resume_info(named[0].metadata)
@@ -343,8 +349,6 @@ async def test_a_dead_lease_leaves_the_leases_once_nothing_of_it_is_left_to_reco
 async def test_the_command_prints_one_line_per_dispatch(fleet: Fleet, loopback_server: Any) -> None:
     """``livekit-lifecycle watchdog`` as a user runs it: one stable line per dispatch, with
     the room, the dead lease and the id the server gave the dispatch."""
-    from livekit import api
-
     http_url = loopback_server.url.replace("ws://", "http://")
     command = await asyncio.create_subprocess_exec(
         *(sys.executable, "-m", "livekit_lifecycle", "watchdog"),
@@ -366,13 +370,7 @@ async def test_the_command_prints_one_line_per_dispatch(fleet: Fleet, loopback_s
         async with RoomDriver(ROOM) as room:
             dead_store, _ = await dead_job(fleet, room)
             line = (await asyncio.wait_for(command.stdout.readline(), WAIT)).decode()
-        lkapi = api.LiveKitAPI(
-            url=http_url, api_key=loopback_server.api_key, api_secret=loopback_server.api_secret
-        )
-        try:
-            listed = await lkapi.agent_dispatch.list_dispatch(ROOM)
-        finally:
-            await lkapi.aclose()
+        listed = await dispatches(loopback_server, http_url)
         # The server is shared: the room may hold other tests' dispatches.
         [dispatch] = [
             d
@@ -434,13 +432,8 @@ async def test_aclose_is_bounded_while_redis_does_not_answer(
     watchdog = fleet.watchdog("wd-frozen", timeout=60.0, interval=0.05)
     watchdog.start()
     await until(lambda: watchdog.stats["polls"] >= 1, "a first poll")
-    pid = redis_server.pid
-    assert pid is not None
-    os.kill(pid, signal.SIGSTOP)  # frozen: the next poll's command never gets an answer
-    try:
+    with frozen(redis_server):  # the next poll's command never gets an answer
         await asyncio.sleep(0.3)  # a poll in flight (were none, the bound holds trivially)
         started = time.monotonic()
         await asyncio.wait_for(watchdog.aclose(), WAIT)
         assert time.monotonic() - started < 7.0
-    finally:
-        os.kill(pid, signal.SIGCONT)
