@@ -259,10 +259,20 @@ async def test_claims_of_one_call_keep_their_names_and_owners_apart(redis_url: s
         assert [c.done for c in mixed] == [True, False, True]  # only é's record is live
         for key, sid in connections:
             assert await store.client.exists(store._claim_key("r", key, sid))
-        with pytest.raises(ValueError, match="separator"):
-            await store.claim_many("r", "x", [("k", "PA\x1f1")])
-        with pytest.raises(ValueError, match="separator"):
-            await store.claim_many("r", "x\x1e", [("k", "PA_1")])
+        # An owner or sid holding the packing's separators (or its escape) is claimed
+        # like any other, alone or beside plain ones, and reads back as it was.
+        odd = [("k", "PA\x1f1"), ("k2", "\x1dPA"), ("k3", "PA_3"), ("k4", "PA\x1e\x1e")]
+        await store.write(
+            [StoreWrite("r", "k", record("r", "k", state="disconnecting", sid="PA\x1f1"), 60)]
+        )
+        claimed = await store.claim_many("r", "x\x1ey", odd)
+        assert [c.won for c in claimed] == [True] * 4
+        assert all(c.owner == "x\x1ey" for c in claimed)
+        again = await store.claim_many("r", "plain", odd)
+        assert [(c.won, c.owner) for c in again] == [(False, "x\x1ey")] * 4
+        assert [c.done for c in again] == [False, True, True, True]  # k's record: its sid
+        holder = await store.client.get(store._claim_key("r", "k", "PA\x1f1"))
+        assert holder.endswith(b" x\x1ey")
     finally:
         await store.aclose()
 

@@ -173,7 +173,8 @@ return 1
 # the room hash, KEYS[i] (i > 2) a claim. ARGV: claim TTL (ms), this lease,
 # then the claims in one argument, each "owner\x1fkey\x1fsid\x1ftakeover", joined
 # by "\x1e": owner ('' = the previous claim's), session key (quoted), sid,
-# takeover-token (0: none).
+# takeover-token (0: none). An owner or sid holding a separator comes as "\x1d" and
+# its bytes in hex (_packed_field).
 # A claim free -> taken with a fresh token. Held -> answered as is, unless the
 # caller names the token it found held by a dead lease (checked by the caller:
 # leases live in another slot) and the cleanup was not done: then taken over.
@@ -192,13 +193,19 @@ local answers = {}
 local owner = ''
 local packed = ARGV[3]
 local at = 1
+local function raw(field)
+  if string.byte(field, 1) ~= 29 then return field end
+  return (string.gsub(string.sub(field, 2), '..', function(h)
+    return string.char(tonumber(h, 16))
+  end))
+end
 for c = 3, #KEYS do
   local stop = string.find(packed, '\\30', at, true) or (#packed + 1)
   local f1 = string.find(packed, '\\31', at, true)
   local f2 = string.find(packed, '\\31', f1 + 1, true)
   local f3 = string.find(packed, '\\31', f2 + 1, true)
-  if f1 > at then owner = string.sub(packed, at, f1 - 1) end
-  local key, sid = string.sub(packed, f1 + 1, f2 - 1), string.sub(packed, f2 + 1, f3 - 1)
+  if f1 > at then owner = raw(string.sub(packed, at, f1 - 1)) end
+  local key, sid = string.sub(packed, f1 + 1, f2 - 1), raw(string.sub(packed, f2 + 1, f3 - 1))
   local over = tonumber(string.sub(packed, f3 + 1, stop - 1))
   at = stop + 1
   local held = redis.call('GET', KEYS[c])
@@ -811,13 +818,12 @@ class RedisStore:
             owners.append(by)
             quoted = _quote(key)
             keys.append(f"{room_key}:claim:{quoted}:{_quote(sid)}")
-            entries.append(f"{'' if by == previous else by}\x1f{quoted}\x1f{sid}\x1f{takeover}")
+            field = "" if by == previous else _packed_field(by)
+            entries.append(f"{field}\x1f{quoted}\x1f{_packed_field(sid)}\x1f{takeover}")
             previous = by
         # The claims in one argument, not four each: redis-py encodes every argument in
         # Python, which was most of a claim's cost on this side (docs/performance.md).
         packed = "\x1e".join(entries)
-        if packed.count("\x1f") != 3 * len(entries) or packed.count("\x1e") != len(entries) - 1:
-            raise ValueError("a claim's sid or owner holds a separator (\\x1e or \\x1f)")
         answers = await self._claim(keys=keys, args=[self._claim_ms, this_lease, packed])
         claims = []
         for index, by in enumerate(owners):
@@ -951,6 +957,16 @@ def _with_history(text: bytes | str, history: bytes | str | None) -> bytes:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _packed_field(value: str) -> str:
+    """``value`` as a field of the claims' one argument: as it is, or, when it holds a
+    separator (or starts with the escape), ``\x1d`` and its UTF-8 in hex (the claim
+    script decodes it). Keys are quoted already; LiveKit sids and owner names never
+    need it, and an odd one costs its claim nothing but the escape."""
+    if "\x1e" in value or "\x1f" in value or value[:1] == "\x1d":
+        return "\x1d" + value.encode().hex()
+    return value
 
 
 def _quote(name: str) -> str:
