@@ -40,7 +40,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from livekit import rtc
@@ -116,8 +116,48 @@ def _manager(room: rtc.Room, store: SessionStore, **config: Any) -> LifecycleMan
     return manager
 
 
-async def _throughput(sizes: Sizes, url: str | None) -> float:
-    store: SessionStore = MemoryStore() if url is None else _redis_store(url)
+class _InProcessDurable(MemoryStore):
+    """A MemoryStore that says it is durable: the manager then does all of a durable
+    store's work (marks, renders, writes, a claim per cleanup, sessions waiting for it),
+    and every call is answered in this process at once. The anatomy rows: what the store
+    work costs without any I/O, against what Redis adds to it."""
+
+    @property
+    def durable(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+class _Collections:
+    """Counts the collector's runs (young ones: generation 0) while it is installed."""
+
+    def __init__(self) -> None:
+        self.young = 0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 0:
+            self.young += 1
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[None]:
+        gc.callbacks.append(self)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(self)
+
+
+async def _throughput(sizes: Sizes, url: str | None, store: SessionStore | None = None) -> float:
+    if store is None:
+        store = MemoryStore() if url is None else _redis_store(url)
     script = lifecycles(sizes.lifecycles)
     with real_room() as room:
         countdown = _subjects.Countdown(len(script))
@@ -186,17 +226,27 @@ async def measure(sizes: Sizes, run: int) -> list[Row]:
             # Alternate who goes first so that neither always inherits the other's heap.
             order = (None, server.url) if run % 2 else (server.url, None)
             elapsed = {url: await _throughput(sizes, url) for url in order}
+            in_process = await _throughput(sizes, None, _InProcessDurable())
+            with _collector_off():
+                bare = {url: await _throughput(sizes, url) for url in order}
+                bare_in_process = await _throughput(sizes, None, _InProcessDurable())
+            slow_young, memory_young = _Collections(), _Collections()
             async with _SlowProxy(server.port, REDIS_DELAY) as proxy:
-                slow = await _event_to_state(sizes.latency_samples, proxy.url)
-            memory = await _event_to_state(sizes.latency_samples, None)
-            redis_elapsed = elapsed[server.url]
+                with slow_young.counting():
+                    slow = await _event_to_state(sizes.latency_samples, proxy.url)
+            with memory_young.counting():
+                memory = await _event_to_state(sizes.latency_samples, None)
+            redis_elapsed, bare_redis = elapsed[server.url], bare[server.url]
             note = f"{sizes.lifecycles:,} lifecycles; Redis on loopback, claims in batches"
             scale = await _fleet_scale(server, quick=sizes.lifecycles < 5_000)
     except RedisUnavailable as exc:
         nan = math.nan
         redis_elapsed, elapsed, slow, memory = nan, {None: nan}, [], []
+        in_process, bare, bare_in_process = nan, {None: nan}, nan
+        slow_young, memory_young = _Collections(), _Collections()
         note = f"not measured: {exc}"
         scale = {}
+        bare_redis = nan
     events = sizes.lifecycles * EVENTS_PER_LIFECYCLE
     return [
         Row(
@@ -212,6 +262,33 @@ async def measure(sizes: Sizes, run: int) -> list[Row]:
         ),
         Row(
             FIGURE,
+            "anatomy: events per second, a durable store answering in this process",
+            "events/s",
+            "higher",
+            note="a durable store's work without its I/O (_InProcessDurable), vs MemoryStore",
+            ours=[events / in_process],
+            baseline=[events / elapsed[None]],
+        ),
+        Row(
+            FIGURE,
+            "anatomy: events per second with the collector off, RedisStore",
+            "events/s",
+            "higher",
+            note="gc.disable() for both columns: what is left is the store's work proper",
+            ours=[events / bare_redis],
+            baseline=[events / bare[None]],
+        ),
+        Row(
+            FIGURE,
+            "anatomy: events per second with the collector off, in-process durable store",
+            "events/s",
+            "higher",
+            note="gc.disable() for both columns",
+            ours=[events / bare_in_process],
+            baseline=[events / bare[None]],
+        ),
+        Row(
+            FIGURE,
             f"event → state p99, Redis answering in {REDIS_DELAY * 1e3:.0f} ms vs MemoryStore",
             "s",
             "lower",
@@ -220,6 +297,15 @@ async def measure(sizes: Sizes, run: int) -> list[Row]:
             note="writes are behind the event path: Redis's latency must not show",
             ours=[percentile(slow, 99)],
             baseline=[percentile(memory, 99)],
+        ),
+        Row(
+            FIGURE,
+            "anatomy: young collections during the event → state run",
+            "runs",
+            "lower",
+            note="sessions waiting for their claim outlive collections MemoryStore's never see",
+            ours=[float(slow_young.young)],
+            baseline=[float(memory_young.young)],
         ),
         *_scale_rows(scale),
     ]

@@ -32,7 +32,7 @@ FIGURES = {
     "shutdown": ["sessions, each cleanup 50 ms"],
     "soak": ["allocated blocks growth after warm-up"],
     "observability overhead": ["metrics on", "tracing on"],
-    "store": ["RedisStore vs MemoryStore", "Redis answering in 5 ms"],
+    "store": ["RedisStore vs MemoryStore", "Redis answering in 5 ms", "anatomy: young collections"],
 }
 NEEDS_REDIS = {"store"}
 

@@ -7,9 +7,9 @@ callbacks inline while they stay synchronous (the common case costs no task)
 and returns the rest as a coroutine from the first awaitable on. With a
 durable store the claims come first: every cleanup that became due in one loop
 turn joins one batch, claimed by one task in one call to the store (one round
-trip), and each is handed back to the runtime (:data:`~._runtime.PENDING`,
-``resume``) when its answer is in. Each callback is isolated and bounded;
-nothing cancels the run but a shutdown past its deadline.
+trip; up to four batches out at once), and each is handed back to the runtime
+(:data:`~._runtime.PENDING`, ``resume``) when its answer is in. Each callback is
+isolated and bounded; nothing cancels the run but a shutdown past its deadline.
 
 Seams (internal):
 
@@ -48,6 +48,9 @@ from .session import Session, reason_name
 if TYPE_CHECKING:
     from .stores import Claim
 
+_BATCHES_IN_FLIGHT = 4
+"""Claim batches out at once, at most (a claim's round trip is ~3 turns of a busy loop)."""
+
 __all__ = [
     "ClaimAnswer",
     "CleanupActivity",
@@ -76,6 +79,7 @@ class CleanupActivity:
     __slots__ = (
         "_claimer",
         "_claims",
+        "_flying",
         "_log",
         "_record_claim",
         "_resume",
@@ -97,6 +101,9 @@ class CleanupActivity:
         self._waiting: list[tuple[Session, contextvars.Context]] = []
         """The cleanups waiting for their claim to be sent (the next batch)."""
         self._claimer: asyncio.Task[None] | None = None
+        """The task that will send the next batch, until it has taken it."""
+        self._flying: set[asyncio.Task[None]] = set()
+        """The batches started and not finished (the claimer's included)."""
 
     def use_claims(
         self,
@@ -121,33 +128,44 @@ class CleanupActivity:
         # The callbacks run in the context the runtime runs this activity in (a
         # tracing span...), as a task created here would.
         self._waiting.append((session, contextvars.copy_context()))
-        if self._claimer is None:
-            # One task claims for every cleanup, a batch per round trip: it starts
-            # after every activity that became due this turn has joined (the runtime
-            # runs them in one go), and the cleanups that become due while a batch is
-            # in flight make the next one (a cleanup that waits costs a list entry).
-            self._claimer = asyncio.get_running_loop().create_task(
-                self._claim_batches(claims), name="livekit-lifecycle:cleanup-claims"
-            )
-            self._supervisor.track(self._claimer)
+        self._next_batch(claims)
         return PENDING
 
-    async def _claim_batches(self, claims: CleanupClaims) -> None:
+    def _next_batch(self, claims: CleanupClaims) -> None:
+        # One task claims for every cleanup that became due this turn: it starts after
+        # they have all joined (the runtime runs them in one go). Up to
+        # _BATCHES_IN_FLIGHT batches are out at once, so a cleanup usually waits one
+        # round trip, not the batch before it as well; the bound keeps a slow store
+        # from getting a call (and a connection) per turn.
+        if self._claimer is not None or len(self._flying) >= _BATCHES_IN_FLIGHT:
+            return  # the cleanup joins the batch that starts next
+        task = asyncio.get_running_loop().create_task(
+            self._claim_batch(claims), name="livekit-lifecycle:cleanup-claims"
+        )
+        self._claimer = task
+        self._flying.add(task)
+        task.add_done_callback(functools.partial(self._landed, claims))
+        self._supervisor.track(task)
+
+    async def _claim_batch(self, claims: CleanupClaims) -> None:
+        contexts = dict(self._waiting)
+        self._waiting = []
+        self._claimer = None  # the cleanups due from now on make the next batch
         try:
-            while self._waiting:
-                contexts = dict(self._waiting)
-                self._waiting = []
-                try:
-                    await claims(list(contexts), self._answer_in(contexts))
-                except Exception:
-                    for session in list(contexts):
-                        self._log.internal_error(session, "cleanup_claim")
-                        self._answer_in(contexts)(session, True, None)
-        except BaseException:  # cancelled: a shutdown past its deadline abandons them
-            self._waiting = []
-            raise
-        finally:
-            self._claimer = None
+            await claims(list(contexts), self._answer_in(contexts))
+        except Exception:
+            for session in list(contexts):
+                self._log.internal_error(session, "cleanup_claim")
+                self._answer_in(contexts)(session, True, None)
+
+    def _landed(self, claims: CleanupClaims, task: asyncio.Task[None]) -> None:
+        self._flying.discard(task)
+        if self._claimer is task:
+            self._claimer = None  # cancelled before it took its batch
+        if task.cancelled():
+            self._waiting = []  # a shutdown past its deadline abandons them
+        elif self._waiting:
+            self._next_batch(claims)
 
     def _answer_in(self, contexts: dict[Session, contextvars.Context]) -> ClaimAnswer:
         def answer(session: Session, here: bool, won: Claim | None) -> None:

@@ -83,11 +83,13 @@ _LOAD_TIMEOUT = 5.0
 """Seconds one load may take before it is abandoned (and retried)."""
 _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
+_PREPARE_TIMEOUT = 0.5
+"""Seconds the claims of nothing at attach may take (a store's own; RedisStore answers at once)."""
 _CLAIMS_PER_CALL = 500
 """Cleanups claimed in one call to the store, at most (RedisStore's script call holds 500)."""
-_WAIT_FIRST = 0.02
+_WAIT_FIRST = 0.05
 """Seconds before a claim held elsewhere is asked again: the holder's cleanup is usually
-done (and written, 20 ms behind) within a few tens of milliseconds."""
+done (and written, 50 ms behind) within a few tens of milliseconds."""
 _BOUND = (State.CONNECTING, State.ACTIVE, State.RECONNECTED)
 _T = TypeVar("_T")
 
@@ -200,6 +202,15 @@ class Persistence:
         runtime = self._runtime
         room = self._log.room_name() or ""
         loop = asyncio.get_running_loop()
+        try:
+            # Claims of nothing: the store gets ready for this room's claims now, not
+            # while the first cleanups of a burst wait (RedisStore: lease, connections).
+            await _bounded(self._store.claim_many(room, self.owner, []), _PREPARE_TIMEOUT)
+        except asyncio.CancelledError:
+            self._held = None
+            raise
+        except Exception:  # a store that is down says so at the load
+            pass
         load = _Load(self, room)
         try:
             records = await load.until(loop.time() + self.hold_for)
@@ -446,14 +457,20 @@ class Persistence:
 
     def written(self, session: Session) -> None:
         """``session`` changed: write it behind the event path."""
-        if session.state is State.CLEANED:
+        state = session._state
+        if state is State.CLEANED:
             # The cleanup of this connection ended (run here, or elsewhere): the next
             # write says so, and the store marks its claim done for a manager that lost
             # the claim and waits (a record alone may be overwritten by that manager's
             # own older view of the connection).
-            self.writer.mark(session.key, cleaned=session.sid)
+            self.writer.mark(session._key, cleaned=session._sid)
+        elif state is State.REMOVED:
+            key = session._key
+            self.conversations.pop(key, None)
+            self._rendered.pop(key, None)
+            self.writer.gone(key)
         else:
-            self.writer.mark(session.key)
+            self.writer.changed(session._key)
 
     def set_conversation(self, key: str, conversation: dict[str, Any]) -> None:
         """Write ``conversation`` (JSON) with session ``key``'s record from now on."""
@@ -523,33 +540,13 @@ class Persistence:
         timeout = max(self._supervisor.callback_timeout(), 0.1)
         interrupted = self._interrupted
         batch = [s for s in sessions if s.key not in interrupted] if interrupted else sessions
-        for start in range(0, len(batch), _CLAIMS_PER_CALL):
-            # A backlog is asked for in parts, each answered before the next is sent:
-            # its first cleanups go on a round trip sooner, and a store's one call
-            # stays one round trip (RedisStore: one script call).
-            part = batch[start : start + _CLAIMS_PER_CALL]
-            try:
-                claims = await _bounded(
-                    self._store.claim_many(room, self.owner, [(s.key, s.sid) for s in part]),
-                    timeout,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._unverified(part, exc, answer)
-            else:
-                self.writer.succeeded()
-                for session, claim in zip(part, claims, strict=True):
-                    if self._runs_elsewhere(claim):
-                        # Its cleanup runs in another process, which may die before it
-                        # finishes: wait (in a task: the others of the batch go on).
-                        self._supervisor.track(
-                            asyncio.get_running_loop().create_task(
-                                self._wait_elsewhere(room, session, claim, timeout, answer)
-                            )
-                        )
-                        continue
-                    answer(session, self._claimed(session, claim), claim if claim.won else None)
+        # A backlog is asked for in parts (a store's one call stays one call: RedisStore's
+        # script call holds 500), sent together: each waits one round trip.
+        parts = [batch[i : i + _CLAIMS_PER_CALL] for i in range(0, len(batch), _CLAIMS_PER_CALL)]
+        if len(parts) == 1:
+            await self._claim_part(room, parts[0], timeout, answer)
+        elif parts:
+            await asyncio.gather(*(self._claim_part(room, p, timeout, answer) for p in parts))
         if len(batch) < len(sessions):
             loop = asyncio.get_running_loop()
             for session in sessions:
@@ -559,6 +556,32 @@ class Persistence:
                     self._supervisor.track(
                         loop.create_task(self._claim_alone(room, session, timeout, answer))
                     )
+
+    async def _claim_part(
+        self, room: str, part: Sequence[Session], timeout: float, answer: ClaimAnswer
+    ) -> None:
+        try:
+            claims = await _bounded(
+                self._store.claim_many(room, self.owner, [(s.key, s.sid) for s in part]),
+                timeout,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._unverified(part, exc, answer)
+            return
+        self.writer.succeeded()
+        for session, claim in zip(part, claims, strict=True):
+            if self._runs_elsewhere(claim):
+                # Its cleanup runs in another process, which may die before it
+                # finishes: wait (in a task: the others of the batch go on).
+                self._supervisor.track(
+                    asyncio.get_running_loop().create_task(
+                        self._wait_elsewhere(room, session, claim, timeout, answer)
+                    )
+                )
+                continue
+            answer(session, self._claimed(session, claim), claim if claim.won else None)
 
     async def _claim_alone(
         self, room: str, session: Session, timeout: float, answer: ClaimAnswer
@@ -596,6 +619,8 @@ class Persistence:
     def _claimed(self, session: Session, claim: Claim) -> bool:
         """Log ``claim``'s verdict; True when the cleanup runs here."""
         if claim.won:
+            if not self._log.enabled(logging.INFO):
+                return True
             self._log.session(
                 logging.INFO,
                 "cleanup.claimed",
@@ -636,7 +661,7 @@ class Persistence:
         here). For a restored session whose process died mid-cleanup, and for a live
         manager that lost the claim to a process that may die before it finishes.
 
-        Asked again after 20 ms, then twice as long each time up to a quarter of the
+        Asked again after 50 ms, then twice as long each time up to a quarter of the
         lease TTL. Bounded by the lease TTL plus ``timeout`` (the holder's lease expires
         within the TTL of its death; a live holder's callbacks are bounded by the
         cleanup timeout) and by the shutdown's deadline: a holder that is alive and not

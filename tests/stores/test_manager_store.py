@@ -167,6 +167,30 @@ async def test_data_is_checked_at_assignment_and_written_behind(
     assert await fleet.stored() == {}  # a graceful shutdown ends the sessions
 
 
+@pytest.mark.redis
+async def test_attaching_takes_the_lease_before_the_first_session(
+    fleet: Fleet, driver: RoomDriver
+) -> None:
+    # The store gets ready when a manager attaches (lease, scripts, connections): the
+    # first cleanups of a burst do not wait for them. A store that only reads does not.
+    manager = fleet.manager(driver.room)
+    store = manager.config.store
+    assert isinstance(store, RedisStore)
+    await manager.idle()
+    leases = f"{fleet.namespace}:leases"
+    deadline = time.monotonic() + WAIT
+    while await store.client.zscore(leases, store.lease) is None:
+        assert time.monotonic() < deadline, "the lease was not taken at attach"
+        await asyncio.sleep(0.01)
+    assert manager.sessions == {} and await fleet.stored() == {}
+    reader = fleet.stores[-1]
+    assert await store.client.zscore(leases, reader.lease) is None
+    driver.connect("alice", active=True, sid="PA_alice")
+    driver.disconnect("alice")
+    await until(lambda: fleet.cleaned == [("alice", "PA_alice")], "alice cleaned once")
+    await manager.aclose()
+
+
 # --------------------------------------------------------------------------- restart
 
 

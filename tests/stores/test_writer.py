@@ -69,6 +69,35 @@ async def test_marks_are_coalesced_and_the_latest_state_wins() -> None:
     assert await writer.aclose(WAIT)
 
 
+async def test_a_key_is_written_once_its_own_window_passed_and_a_short_one_never() -> None:
+    # Each key waits its own window from its first mark: a key marked while an older
+    # one waits is not swept into the older one's write, and a session that came and
+    # went within its window costs no write at all (no record, no delete).
+    store, table = MemoryStore(), Table()
+    writer = table.writer(store, coalesce=0.5)
+    writer.start()
+    table.set("old")
+    writer.mark("old")
+    marked = time.monotonic()
+    await asyncio.sleep(0.25)
+    table.set("young")
+    writer.mark("young")
+    deadline = time.monotonic() + WAIT
+    while "old" not in await stored(store):
+        assert time.monotonic() < deadline, "the old key was never written"
+        await asyncio.sleep(0.01)
+    assert time.monotonic() - marked >= 0.5
+    if time.monotonic() - marked < 0.7:  # the young key's window has not passed yet
+        assert "young" not in table.rendered
+    del table.records["young"]  # gone before its window passed
+    writer.mark("young")
+    assert await writer.flush(WAIT)
+    assert await stored(store) == {"old": "active"}
+    assert table.rendered.count("young") == 1  # found gone: nothing written, nothing deleted
+    assert table.stats["store_writes"] == 1
+    await writer.aclose(WAIT)
+
+
 async def test_unserialisable_data_keeps_the_previous_record_and_is_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

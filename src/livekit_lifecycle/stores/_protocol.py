@@ -125,6 +125,9 @@ class SessionStore(Protocol):
         What a manager calls for the cleanups that became due together: a store
         claims them in as few round trips as it can (:class:`RedisStore`: one per
         500). Each answer is what :meth:`claim` of that connection would give.
+        A manager attaching to ``room`` calls it once with no connections: a store
+        may get ready for the claims to come (:class:`RedisStore`: its lease,
+        scripts and connections, in the background); it must answer ``[]``.
         """
         ...
 

@@ -79,6 +79,9 @@ _PER_CALL = 500
 """Entries in one script call at most: no call holds Redis for long (a script runs alone)."""
 _CLAIM_CALLS = 8
 """Claim script calls in flight at once, at most (each on a connection of its own)."""
+_WARM_CONNECTIONS = 6
+"""Connections opened when a manager attaches: its claim batches in flight (4), its
+writer and the lease loop."""
 _CLOSE_WAIT = 2.0
 """Seconds aclose() waits for the store's own tasks to end once cancelled."""
 _MARKED = 64
@@ -330,6 +333,7 @@ class RedisStore:
         self._lease_task: asyncio.Task[None] | None = None
         self._lease_held = False
         self._acquiring: asyncio.Task[None] | None = None
+        self._warming: asyncio.Task[None] | None = None
         self._closing = False
         self._rooms: dict[str, int] = {}
         """Rooms this process holds sessions of -> retention (ms): the lease loop refreshes them."""
@@ -750,14 +754,23 @@ class RedisStore:
         self, room: str, owner: str, connections: Sequence[tuple[str, str]]
     ) -> list[Claim]:
         """See :meth:`SessionStore.claim_many`: the claims join those waiting to be
-        sent; one script call carries up to 500, one call in flight at a time."""
+        sent; one script call carries up to 500, and claims made while calls are in
+        flight share the next one.
+
+        No connections (a manager attaching to ``room``): the lease is taken, the
+        scripts loaded and connections to the room's node opened in the background,
+        so that the first cleanups of a burst do not wait for them."""
         if not connections:
+            if self._warming is None and not self._closing:
+                self._warming = asyncio.get_running_loop().create_task(
+                    self._warm(room), name="livekit-lifecycle:store-warm"
+                )
             return []
         if not self._lease_held or self._lease_task is None:
             await self._ensure_lease()
         if len(connections) <= _PER_CALL and not self._claims and self._claiming_idle():
-            # Nothing queued or in flight: sent from here, a turn of the loop sooner
-            # than through the sending task (a manager sends one batch at a time).
+            # Nothing queued: sent from here, a turn of the loop sooner
+            # than through the sending task.
             claims = await self._claim_call(room, connections, owner=owner)
         else:
             claims = await self._queue(room, owner, connections)
@@ -772,6 +785,15 @@ class RedisStore:
                         await self._claim_call(room, [(key, sid)], claim.token, owner=owner)
                     )[0]
         return claims
+
+    async def _warm(self, room: str) -> None:
+        with contextlib.suppress(Exception):  # down: the first real call says so
+            await self._ensure_lease()
+        # A connection opened in the middle of a burst costs its cleanups several round
+        # trips (connect, HELLO, client info) on a busy loop: ~30 turns, measured.
+        name = self._room_key(room)
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*(self._client.exists(name) for _ in range(_WARM_CONNECTIONS)))
 
     def _claiming_idle(self) -> bool:
         return self._claiming is None or self._claiming.done()
@@ -886,7 +908,11 @@ class RedisStore:
         """Stop the lease loop and release connections. Records stay; the lease is
         given up only when this process holds no room any more."""
         self._closing = True
-        tasks = {t for t in (self._claiming, self._lease_task, self._acquiring) if t is not None}
+        tasks = {
+            t
+            for t in (self._claiming, self._lease_task, self._acquiring, self._warming)
+            if t is not None
+        }
         for task in tasks:
             task.cancel()
         if tasks:

@@ -36,11 +36,16 @@ _CLEANED_KEPT = 64
 class StoreWriter:
     """Writes marked sessions to ``store`` from one task: ordered, coalesced, never blocking.
 
-    :meth:`mark` is all the event path does (a dict insert). The task waits
-    ``coalesce`` seconds (20 ms) after the first mark, then renders each marked
-    key's *current* record, so a session that changed ten times meanwhile (or
-    while a write was in flight) is written once, in its latest state, and one
-    session's writes can never overtake each other.
+    :meth:`mark` is all the event path does (a dict insert). A key is written
+    once ``coalesce`` seconds (50 ms) have passed since its first mark: the task
+    then renders its *current* record, so a session that changed ten times
+    meanwhile (or while a write was in flight) is written once, in its latest
+    state, one session's writes can never overtake each other, and a session
+    that came and went within 50 ms of its first change is never written at
+    all (each key's own 50 ms, not a window shared with older marks: under a
+    steady stream of changes a shared window would write every session alive
+    at its end, however young). 50 ms covers a cleanup's claim on a busy loop
+    (docs/stores.md, "How writes happen").
 
     A failing store starts an outage: logged once (``store.unavailable``),
     counted (``stats["store_outages"]``, each failed attempt in
@@ -64,7 +69,7 @@ class StoreWriter:
         grace_period: float,
         stats: dict[str, int],
         timeout: float = 5.0,
-        coalesce: float = 0.02,
+        coalesce: float = 0.05,
     ) -> None:
         self._store = store
         self._room = room
@@ -74,7 +79,8 @@ class StoreWriter:
         self._stats = stats
         self._timeout = timeout
         self._coalesce = coalesce
-        self._dirty: dict[str, None] = {}
+        self._dirty: dict[str, float] = {}
+        """Key -> when it was first marked since its last write (monotonic), oldest first."""
         self._written: dict[str, dict[str, object]] = {}
         """Each session's newest history entry the store has: what is new is after it."""
         self._stored: set[str] = set()
@@ -112,10 +118,32 @@ class StoreWriter:
             sids.append(cleaned)
             if len(sids) > _CLEANED_KEPT:
                 del sids[0]
-        self._dirty[key] = None
+        if key not in self._dirty:
+            # Re-marking keeps the first time and the place: the dict stays oldest first.
+            self._dirty[key] = time.monotonic()
         if not self._wake.is_set():
             self._wake.set()
             self._settled.clear()
+
+    def changed(self, key: str) -> None:
+        """:meth:`mark` with no options: what every change of state calls (one dict
+        lookup when ``key`` waits already)."""
+        dirty = self._dirty
+        if key not in dirty:
+            dirty[key] = time.monotonic()
+            if not self._wake.is_set():
+                self._wake.set()
+                self._settled.clear()
+
+    def gone(self, key: str) -> None:
+        """``key``'s session ended: its record is deleted, if the store may hold one; one
+        still waiting for its first write is dropped (nothing to write, nothing to delete)."""
+        if key in self._stored:
+            self.changed(key)
+        else:
+            self._dirty.pop(key, None)
+            self._cleaned.pop(key, None)
+            self._written.pop(key, None)
 
     def mark_all(self) -> None:
         for key in self._live_keys():
@@ -191,12 +219,7 @@ class StoreWriter:
                     self._settled.set()
                 await self._wake.wait()
                 continue
-            if self._coalesce:
-                # Changes of the next few ms join this write: a session that moves
-                # through several states at once is written once, in the last one.
-                await asyncio.sleep(self._coalesce)
-            keys = list(self._dirty)
-            self._dirty.clear()
+            keys = await self._due()
             batch = self._batch(room, keys)
             if not batch:  # every key came and went unwritten
                 continue
@@ -213,7 +236,7 @@ class StoreWriter:
                     continue
             except Exception as exc:
                 for key in keys:  # rendered afresh (whole history) on the next attempt
-                    self._dirty[key] = None
+                    self._remark(key)
                     self._written.pop(key, None)
                 self.failed("write", exc)
                 await asyncio.sleep(retry)
@@ -237,6 +260,27 @@ class StoreWriter:
             self._refused.clear()
             self.succeeded()
 
+    async def _due(self) -> list[str]:
+        """The keys first marked at least ``coalesce`` s ago (waiting for the oldest if
+        none is), taken out of the dirty set. Called with at least one key marked."""
+        dirty = self._dirty
+        wait = next(iter(dirty.values())) + self._coalesce - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        ripe = time.monotonic() - self._coalesce
+        keys = []
+        for key, first in dirty.items():
+            if first > ripe:
+                break  # oldest first: the rest are younger
+            keys.append(key)
+        for key in keys:
+            del dirty[key]
+        return keys
+
+    def _remark(self, key: str) -> None:
+        """Have ``key`` written again (after a failed write: the retry's backoff comes first)."""
+        self._dirty.setdefault(key, time.monotonic())
+
     def _sent_cleaned(self, entry: StoreWrite) -> None:
         sids = self._cleaned.get(entry.key)
         if sids is not None:
@@ -257,7 +301,7 @@ class StoreWriter:
                 continue
             except Exception as exc:
                 for later in batch[batch.index(entry) :]:  # rendered afresh next time
-                    self._dirty[later.key] = None
+                    self._remark(later.key)
                 self.failed("write", exc)
                 return False
             self._stats["store_writes"] += 1
