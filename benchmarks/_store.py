@@ -260,32 +260,36 @@ async def measure(sizes: Sizes, run: int) -> list[Row]:
             ours=[events / redis_elapsed],
             baseline=[events / elapsed[None]],
         ),
-        Row(
-            FIGURE,
-            "anatomy: events per second, a durable store answering in this process",
-            "events/s",
-            "higher",
-            note="a durable store's work without its I/O (_InProcessDurable), vs MemoryStore",
-            ours=[events / in_process],
-            baseline=[events / elapsed[None]],
-        ),
-        Row(
-            FIGURE,
-            "anatomy: events per second with the collector off, RedisStore",
-            "events/s",
-            "higher",
-            note="gc.disable() for both columns: what is left is the store's work proper",
-            ours=[events / bare_redis],
-            baseline=[events / bare[None]],
-        ),
-        Row(
-            FIGURE,
-            "anatomy: events per second with the collector off, in-process durable store",
-            "events/s",
-            "higher",
-            note="gc.disable() for both columns",
-            ours=[events / bare_in_process],
-            baseline=[events / bare[None]],
+        *(
+            Row(
+                FIGURE,
+                f"anatomy: events per second, {arm}",
+                "events/s",
+                "higher",
+                note=why,
+                ours=[events / ours],
+                baseline=[events / base],
+            )
+            for arm, why, ours, base in (
+                (
+                    "a durable store answering in this process",
+                    "a durable store's work without its I/O (_InProcessDurable), vs MemoryStore",
+                    in_process,
+                    elapsed[None],
+                ),
+                (
+                    "with the collector off, RedisStore",
+                    "gc.disable() for both columns: what is left is the store's work proper",
+                    bare_redis,
+                    bare[None],
+                ),
+                (
+                    "with the collector off, in-process durable store",
+                    "gc.disable() for both columns",
+                    bare_in_process,
+                    bare[None],
+                ),
+            )
         ),
         Row(
             FIGURE,
