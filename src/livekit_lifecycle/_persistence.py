@@ -465,10 +465,8 @@ class Persistence:
             # own older view of the connection).
             self.writer.mark(session._key, cleaned=session._sid)
         elif state is State.REMOVED:
-            key = session._key
-            self.conversations.pop(key, None)
-            self._rendered.pop(key, None)
-            self.writer.gone(key)
+            self._forget(session._key)
+            self.writer.gone(session._key)
         else:
             self.writer.changed(session._key)
 
@@ -481,8 +479,7 @@ class Persistence:
         runtime = self._runtime
         session = runtime.sessions.get(key)
         if session is None or session.state is State.REMOVED:
-            self.conversations.pop(key, None)
-            self._rendered.pop(key, None)
+            self._forget(key)
             return None
         return SessionRecord(
             room=self._log.room_name() or "",
@@ -501,6 +498,11 @@ class Persistence:
             owner=self.owner,
             conversation=self.conversations.get(key),
         )
+
+    def _forget(self, key: str) -> None:
+        """What this side keeps of session ``key`` for its writes, let go (it is gone)."""
+        self.conversations.pop(key, None)
+        self._rendered.pop(key, None)
 
     def _history_of(self, key: str, history: Sequence[Transition]) -> tuple[dict[str, Any], ...]:
         """``history`` as dicts, each transition converted once: a write of a session

@@ -118,18 +118,14 @@ class StoreWriter:
             sids.append(cleaned)
             if len(sids) > _CLEANED_KEPT:
                 del sids[0]
-        if key not in self._dirty:
-            # Re-marking keeps the first time and the place: the dict stays oldest first.
-            self._dirty[key] = time.monotonic()
-        if not self._wake.is_set():
-            self._wake.set()
-            self._settled.clear()
+        self.changed(key)
 
     def changed(self, key: str) -> None:
         """:meth:`mark` with no options: what every change of state calls (one dict
         lookup when ``key`` waits already)."""
         dirty = self._dirty
         if key not in dirty:
+            # Re-marking keeps the first time and the place: the dict stays oldest first.
             dirty[key] = time.monotonic()
             if not self._wake.is_set():
                 self._wake.set()
@@ -236,7 +232,7 @@ class StoreWriter:
                     continue
             except Exception as exc:
                 for key in keys:  # rendered afresh (whole history) on the next attempt
-                    self._remark(key)
+                    self.changed(key)
                     self._written.pop(key, None)
                 self.failed("write", exc)
                 await asyncio.sleep(retry)
@@ -277,10 +273,6 @@ class StoreWriter:
             del dirty[key]
         return keys
 
-    def _remark(self, key: str) -> None:
-        """Have ``key`` written again (after a failed write: the retry's backoff comes first)."""
-        self._dirty.setdefault(key, time.monotonic())
-
     def _sent_cleaned(self, entry: StoreWrite) -> None:
         sids = self._cleaned.get(entry.key)
         if sids is not None:
@@ -301,7 +293,7 @@ class StoreWriter:
                 continue
             except Exception as exc:
                 for later in batch[batch.index(entry) :]:  # rendered afresh next time
-                    self._remark(later.key)
+                    self.changed(later.key)
                 self.failed("write", exc)
                 return False
             self._stats["store_writes"] += 1
